@@ -1,0 +1,307 @@
+"""The course's one small decoder-only language model.
+
+Every notebook that trains or samples text uses this model: 02 swaps its feed-forward for DeepSeekMoE, 03 swaps its
+attention for MLA, 04 adds MTP modules on top of its hidden states, 05 and 06 use it as the RL policy. It is a
+pre-norm transformer like DeepSeek-V3's (RMSNorm, RoPE, SwiGLU, untied embedding and output head), just tiny.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rope import apply_rope, rope_cos_sin
+
+
+# --------------------------------------------------------------------------------------------- tokenizers
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (vocab 256): any text, including Chinese, with no vocabulary to learn."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class CharTokenizer:
+    """One token per character of a fixed alphabet, plus whole-string special tokens such as '<think>'.
+
+    Specials are matched first when encoding, so '<answer>' is one token, not eight.
+    """
+
+    def __init__(self, chars: str, specials: list[str] | tuple[str, ...] = ()):
+        if len(set(chars)) != len(chars):
+            raise ValueError("chars must not contain duplicates")
+        self.specials = list(specials)
+        self.itos = list(chars) + self.specials
+        if len(set(self.itos)) != len(self.itos):
+            raise ValueError("specials must differ from the single characters and from each other")
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        # Longest specials first so '<answer>' wins over a shorter special that is its prefix.
+        self._specials_by_len = sorted(self.specials, key=len, reverse=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def id_of(self, token: str) -> int:
+        if token not in self.stoi:
+            raise ValueError(f"token {token!r} is not in this tokenizer's vocabulary")
+        return self.stoi[token]
+
+    def encode(self, text: str) -> list[int]:
+        ids, i = [], 0
+        while i < len(text):
+            for sp in self._specials_by_len:
+                if text.startswith(sp, i):
+                    ids.append(self.stoi[sp])
+                    i += len(sp)
+                    break
+            else:
+                ch = text[i]
+                if ch not in self.stoi:
+                    raise ValueError(f"character {ch!r} at position {i} is not in this tokenizer's alphabet")
+                ids.append(self.stoi[ch])
+                i += 1
+        return ids
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    max_seq_len: int = 256
+    ffn: str = "dense"            # "dense" (SwiGLU) or "moe" (course_lib.moe.MoE, notebook 02)
+    moe: dict | None = None       # keyword arguments for MoE(d_model=..., **moe)
+    n_dense_layers: int = 0       # like V3's first_k_dense_replace: the first layers keep a dense FFN
+    attention: str = "mha"        # "mha" or "mla" (course_lib.attention.MLA, notebook 03)
+    mla: dict | None = None       # keyword arguments for MLA(d_model=..., n_heads=..., **mla)
+    ffn_hidden: int | None = None  # SwiGLU hidden size; default about 8/3 * d_model, rounded to 16
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE")
+        if self.ffn not in ("dense", "moe"):
+            raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
+        if self.attention not in ("mha", "mla"):
+            raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
+        if not 0 <= self.n_dense_layers <= self.n_layers:
+            raise ValueError(f"n_dense_layers must be between 0 and n_layers={self.n_layers}, got {self.n_dense_layers}")
+        if self.ffn_hidden is None:
+            self.ffn_hidden = int(math.ceil(8 * self.d_model / 3 / 16) * 16)
+
+
+# --------------------------------------------------------------------------------------------- layers
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight; no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in float32 at least, as DeepSeek-V3's code does, so low-precision inputs stay stable.
+        dtype = x.dtype
+        x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """FFN(x) = W2 (SiLU(W1 x) * W3 x) (Shazeer 2020); DeepSeek's dense layers and every expert use it."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, hidden, bias=False)   # gate
+        self.w3 = nn.Linear(d_model, hidden, bias=False)   # up
+        self.w2 = nn.Linear(hidden, d_model, bias=False)   # down
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class CausalSelfAttention(nn.Module):
+    """Standard multi-head attention with RoPE and a KV cache (the baseline MLA is compared with in 03)."""
+
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int, rope_base: float = 10000.0):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        cos, sin = rope_cos_sin(torch.arange(max_seq_len), self.head_dim, rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x, start_pos: int = 0, cache: dict | None = None):
+        B, T, _ = x.shape
+        if start_pos + T > self.cos.shape[0]:
+            raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq_len={self.cos.shape[0]}")
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B,H,T,hd)
+        cos, sin = self.cos[start_pos:start_pos + T], self.sin[start_pos:start_pos + T]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # The cache holds the rotated keys and the values of all earlier positions: one (k, v) per token per layer.
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        S = k.shape[2]
+        if T == 1:
+            mask = None                                   # one new token may look at everything before it
+        else:
+            # query i (absolute position S-T+i) may see keys 0..S-T+i
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model)
+        self.ffn_norm = RMSNorm(cfg.d_model)
+        if cfg.attention == "mla":
+            from .attention import MLA  # imported here so the dense model needs nothing from notebook 03
+            self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **(cfg.mla or {}))
+        else:
+            self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_base)
+        if cfg.ffn == "moe" and layer >= cfg.n_dense_layers:
+            from .moe import MoE
+            self.ffn = MoE(d_model=cfg.d_model, **(cfg.moe or {}))
+        else:
+            self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+
+    def forward(self, x, start_pos: int = 0, cache: dict | None = None):
+        x = x + self.attn(self.attn_norm(x), start_pos=start_pos, cache=cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    hidden: torch.Tensor          # last block's output, before the final norm (MTP modules start from it)
+    aux_loss: torch.Tensor        # sum of the MoE layers' balance losses (0 for a dense model)
+
+
+class TinyLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # Small normal init (GPT-2 / nanoGPT): keeps early logits near uniform so the first loss is about log(vocab).
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self) -> list[dict]:
+        """One empty dict per layer; the attention modules fill them during generation."""
+        return [{} for _ in self.blocks]
+
+    def forward(self, idx, targets=None, cache: list[dict] | None = None, start_pos: int = 0) -> ModelOutput:
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.blocks)}; use model.new_cache()")
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, start_pos=start_pos, cache=None if cache is None else cache[i])
+        logits = self.head(self.norm(x))
+        loss = None
+        if targets is not None:
+            # -100 marks positions that do not count (prompt tokens, padding).
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        aux = [b.ffn.aux_loss for b in self.blocks if getattr(b.ffn, "aux_loss", None) is not None]
+        aux_loss = torch.stack(aux).sum() if aux else logits.new_zeros(())
+        return ModelOutput(logits, loss, x, aux_loss)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def generate(model: TinyLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, eos_id: int | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> torch.Tensor:
+    """Sample continuations for a batch of equal-length prompts idx (B, T); returns (B, T + new).
+
+    temperature=0 means greedy. After a row emits eos_id it keeps emitting eos_id (so rows stay aligned);
+    generation stops early once every row has finished.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    was_training = model.training
+    model.eval()
+    cache = model.new_cache() if use_cache else None
+    out, step_input, pos = idx, idx, 0
+    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = model(step_input, cache=cache, start_pos=pos).logits[:, -1]
+            pos += step_input.shape[1]
+        else:
+            logits = model(out).logits[:, -1]
+        nxt = sample_next(logits, temperature, top_k, generator)
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        step_input = nxt[:, None]
+        if eos_id is not None and bool(done.all()):
+            break
+    model.train(was_training)
+    return out
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from logits (B, V): greedy at temperature 0, else softmax(logits / T) over the top_k."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def token_logprobs(model: TinyLM, idx: torch.Tensor) -> torch.Tensor:
+    """log p(idx[:, t+1] | idx[:, :t+1]) for every position: (B, T-1). Differentiable (the RL losses need it)."""
+    logits = model(idx).logits[:, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, idx[:, 1:, None]).squeeze(-1)
