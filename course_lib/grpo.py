@@ -1,0 +1,179 @@
+"""GRPO: Group Relative Policy Optimization, at toy scale.
+
+Papers (equation numbers refer to the arXiv versions):
+  * DeepSeekMath (arXiv 2402.03300) §4.1: GRPO itself -- eq. (3) objective, eq. (4) k3 KL estimator,
+    §4.1.2 outcome-supervision advantages, Figure 4 (PPO vs GRPO).
+  * DeepSeek-R1 (arXiv 2501.12948) §2.2.1: the same objective, used for R1-Zero with rule-based rewards.
+  * DAPO (arXiv 2503.14476) eq. (8)-(10): decoupled clip (epsilon_low / epsilon_high) and a token-level loss.
+  * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.1: no 1/|o_i|, no std scaling.
+
+The loss variants follow the definitions in TRL's GRPOTrainer (huggingface/trl, trl/trainer/grpo_trainer.py at
+commit f2cd577: advantages in `_generate_and_score_completions`, lines 2687-2707; the loss in `_compute_loss`,
+lines 3070-3141). Where TRL and a paper differ, the docstring says which one we follow.
+
+Shapes used throughout: B completions (= n_prompts * G, each group's G samples next to each other), T completion
+positions (padded). `mask` is 1.0 for real completion tokens and 0.0 for padding.
+
+The second half of the file is a small, reusable training loop (`grpo_train`) around these pieces.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Advantages
+# ----------------------------------------------------------------------------------------------------------------
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """One advantage per completion, the group's own mean as the baseline (no value model).
+
+    DeepSeekMath §4.1.2 (outcome supervision): every token of completion i gets
+        A_i = (r_i - mean(r_group)) / std(r_group)
+    `scale` picks the denominator, as TRL's `scale_rewards`:
+        "group": std of the completion's own group (DeepSeekMath, R1)
+        "batch": std of all rewards in the batch (the mean stays per group)
+        "none":  no division at all (Dr. GRPO §3.1: the std term over-weights too-easy / too-hard questions)
+    std is the unbiased sample std (torch.std), and eps keeps a group whose rewards are all equal at 0 -- the same
+    choice as TRL (eps = 1e-4).
+
+    rewards: (B,) with B = n_prompts * group_size, each group's samples consecutive.
+    """
+    if not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2 (a group of one has no baseline), got {group_size!r}")
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale must be one of {SCALE_REWARDS}, got {scale!r}")
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D (one reward per completion), got shape {tuple(rewards.shape)}")
+    if rewards.numel() == 0 or rewards.numel() % group_size != 0:
+        raise ValueError(f"rewards has {rewards.numel()} entries, not a positive multiple of group_size={group_size}")
+    grouped = rewards.view(-1, group_size)
+    # A_i = r_i - mean(group): the group is the baseline
+    adv = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
+    if scale == "group":
+        std = grouped.std(dim=1).repeat_interleave(group_size)
+        adv = adv / (std + eps)
+    elif scale == "batch":
+        adv = adv / (rewards.std() + eps)
+    return adv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-token pieces
+# ----------------------------------------------------------------------------------------------------------------
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(pi_theta || pi_ref) from the log-probs of the sampled tokens.
+
+    DeepSeekMath eq. (4) (Schulman's "k3"):
+        D_KL = pi_ref / pi_theta - log(pi_ref / pi_theta) - 1
+    With x = pi_ref/pi_theta, x - log x - 1 >= 0 for every x > 0, and its mean over tokens sampled from pi_theta
+    is exactly KL(pi_theta || pi_ref) (because E[x] = 1 under pi_theta).
+    """
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"ref_logp shape {tuple(ref_logp.shape)} does not match logp shape {tuple(logp.shape)}")
+    log_ratio = ref_logp - logp  # log(pi_ref / pi_theta)
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                      epsilon: float = 0.2, epsilon_high: float | None = None) -> torch.Tensor:
+    """Per-token clipped objective (to be MAXIMISED); returns shape (B, T).
+
+    DeepSeekMath eq. (3), inner term, with ratio_t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t):
+        min( ratio_t * A_i,  clip(ratio_t, 1 - eps_low, 1 + eps_high) * A_i )
+    eps_low = eps_high = epsilon in PPO/GRPO; DAPO eq. (10) ("clip-higher") decouples them, e.g. 0.2 / 0.28.
+    """
+    if epsilon <= 0 or (epsilon_high is not None and epsilon_high <= 0):
+        raise ValueError(f"epsilon and epsilon_high must be > 0, got {epsilon!r}, {epsilon_high!r}")
+    if old_logp.shape != logp.shape:
+        raise ValueError(f"old_logp shape {tuple(old_logp.shape)} does not match logp shape {tuple(logp.shape)}")
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    return torch.min(ratio * adv, clipped * adv)
+
+
+def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str = "grpo",
+              max_completion_length: int | None = None, num_tokens: float | None = None) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar; the four variants differ only here.
+
+        grpo    (DeepSeekMath eq. 3):  1/B * sum_i 1/|o_i| * sum_t l_it      -- mean per sequence, then over sequences
+        bnpo    (TRL):                 sum_i sum_t l_it / sum_i |o_i|        -- token mean over this batch
+        dapo    (DAPO eq. 8):          sum_i sum_t l_it / sum_i |o_i|        -- token mean over the WHOLE batch; TRL
+                                        divides by `num_items_in_batch` (all tokens across gradient-accumulation
+                                        micro-batches). Pass that count as num_tokens; without it dapo == bnpo.
+        dr_grpo (Dr. GRPO §3.1):       sum_i sum_t l_it / (B * L)            -- L a constant: max_completion_length
+    The |o_i| of grpo is the reason long wrong answers are punished less per token (Dr. GRPO's length bias).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if mask.shape != per_token_loss.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the loss shape {tuple(per_token_loss.shape)}")
+    mask = mask.to(per_token_loss.dtype)
+    masked = per_token_loss * mask
+    if loss_type == "grpo":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dapo":
+        denom = mask.sum() if num_tokens is None else torch.as_tensor(float(num_tokens))
+        return masked.sum() / denom.clamp(min=1.0)
+    # dr_grpo
+    if max_completion_length is None or max_completion_length < 1:
+        raise ValueError(f"max_completion_length must be a positive int for dr_grpo, got {max_completion_length!r}")
+    return masked.sum() / (per_token_loss.size(0) * max_completion_length)
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              ref_logp: torch.Tensor | None = None, beta: float = 0.0, epsilon: float = 0.2,
+              epsilon_high: float | None = None, loss_type: str = "grpo",
+              max_completion_length: int | None = None, num_tokens: float | None = None):
+    """The GRPO loss (to MINIMISE) and a few statistics for the logs.
+
+    DeepSeekMath eq. (3), negated, with the KL term inside the per-token sum (as in the paper and TRL):
+        l_it = -min(ratio_t A_i, clip(ratio_t) A_i) + beta * D_KL_t
+    then reduced by `aggregate(..., loss_type)`. beta = 0 (DAPO, Dr. GRPO, TRL's default) skips the reference model.
+
+    logp, old_logp, ref_logp, mask: (B, T); advantages: (B,). With one update per rollout (mu = 1), pass
+    old_logp = logp.detach(): the ratio is 1 but its gradient is the policy gradient.
+    Returns (loss, stats) with stats = {"kl": masked-mean k3 KL (0 if beta == 0), "clip_frac": share of tokens clipped}.
+    """
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
+    if mask.shape != logp.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match logp shape {tuple(logp.shape)}")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must have shape ({logp.size(0)},), got {tuple(advantages.shape)}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    objective = clipped_surrogate(logp, old_logp, advantages, epsilon, epsilon_high)
+    per_token_loss = -objective
+    mask_f = mask.to(logp.dtype)
+    n_tok = mask_f.sum().clamp(min=1.0)
+    kl_mean = torch.zeros(())
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("ref_logp is required when beta > 0")
+        kl = kl_k3(logp, ref_logp)
+        per_token_loss = per_token_loss + beta * kl
+        kl_mean = ((kl * mask_f).sum() / n_tok).detach()
+    loss = aggregate(per_token_loss, mask_f, loss_type, max_completion_length, num_tokens)
+    # a token is "clipped" when the clip branch is the active one and removes the gradient
+    ratio = torch.exp(logp - old_logp).detach()
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    adv = advantages.unsqueeze(1)
+    clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
+    clip_frac = (clipped.to(mask_f.dtype) * mask_f).sum() / n_tok
+    return loss, {"kl": float(kl_mean), "clip_frac": float(clip_frac)}
