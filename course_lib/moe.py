@@ -1,0 +1,362 @@
+"""DeepSeekMoE feed-forward layer with V2 / V3 routing.
+
+What is here (papers cited next to each formula):
+
+* ``SwiGLU``: one expert, a small gated feed-forward network.
+* ``route``: the router. Affinities s (softmax as in DeepSeek-V2, or sigmoid as in DeepSeek-V3),
+  optional group-limited routing, optional aux-loss-free bias used *only* for choosing experts,
+  normalisation over the chosen experts and ``routed_scaling_factor``.
+* ``expert_balance_loss`` (DeepSeekMoE / V2 expert-level auxiliary loss) and
+  ``sequence_balance_loss`` (V3's complementary sequence-wise balance loss).
+* ``bias_update`` (V3's aux-loss-free balancing rule) and ``max_violation`` (the MaxVio metric).
+* ``MoE``: N_s shared experts plus N_r fine-grained routed experts, with two dispatch strategies:
+  ``"sparse"`` (each expert runs only on its own tokens; the default) and ``"loop"`` (one token at a
+  time, for teaching). Tests prove both equal and prove the layer equal to transformers' DeepseekV3MoE.
+
+Parameter names follow transformers' ``DeepseekV3Config`` where one exists.
+
+Papers: DeepSeekMoE (arXiv 2401.06066), DeepSeek-V2 (arXiv 2405.04434), DeepSeek-V3 (arXiv 2412.19437).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SCORING_FUNCS = ("sigmoid", "softmax")
+DISPATCH_MODES = ("sparse", "loop")
+
+
+class SwiGLU(nn.Module):
+    """One expert: FFN(u) = W_down( SiLU(W_gate u) * (W_up u) ).
+
+    The gate and up projections are stored as one matrix (gate rows first, then up rows) so that
+    one matmul computes both; this is also the layout of transformers' ``gate_up_proj``.
+    """
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+# ----------------------------------------------------------------------------------------------
+# Routing
+# ----------------------------------------------------------------------------------------------
+
+def group_limited_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str) -> torch.Tensor:
+    """Boolean mask (N, E): True for experts that sit in one of the ``topk_group`` best groups.
+
+    The E experts are split into ``n_group`` equal groups (in V3 one group = the experts of one node).
+    DeepSeek-V2 §2.2.2 (device-limited routing) ranks a group by its best expert ("max");
+    DeepSeek-V3 §2.1.2 (node-limited routing) ranks a group by the sum of its two best affinities
+    ("top2"), which is what the released V3 code and transformers do.
+    """
+    n_tok, n_exp = choice.shape
+    grouped = choice.view(n_tok, n_group, n_exp // n_group)
+    if group_score == "max":
+        scores = grouped.amax(dim=-1)
+    else:
+        # group score = sum of the top-2 affinities in the group (a 1-expert group uses its only one)
+        scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
+    kept = scores.topk(topk_group, dim=-1).indices                       # (N, topk_group)
+    group_mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, kept, True)
+    return group_mask.unsqueeze(-1).expand_as(grouped).reshape(n_tok, n_exp)
+
+
+def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias: torch.Tensor | None = None,
+          n_group: int = 1, topk_group: int = 1, norm_topk_prob: bool = True,
+          routed_scaling_factor: float = 1.0):
+    """Choose ``top_k`` experts per token and their gate values.
+
+    ``logits`` (N, E) are u_t^T e_i. Returns ``(weights (N, k), indices (N, k), scores (N, E))`` where
+    ``scores`` are the unbiased affinities s_{i,t}.
+    """
+    # Affinities. DeepSeek-V2 §2.2.1: s_{i,t} = Softmax_i(u_t^T e_i);  DeepSeek-V3 eq. (15): Sigmoid(u_t^T e_i)
+    if scoring_func == "softmax":
+        scores = logits.softmax(dim=-1)
+    else:
+        scores = logits.sigmoid()
+    # V3 eq. (16), aux-loss-free balancing: select with s_{i,t} + b_i, but gate with s_{i,t} (bias only steers)
+    choice = scores if bias is None else scores + bias
+    if n_group > 1:
+        keep = group_limited_mask(choice, n_group, topk_group, "max" if scoring_func == "softmax" else "top2")
+        choice = choice.masked_fill(~keep, float("-inf"))
+    indices = choice.topk(top_k, dim=-1).indices                         # (N, k)
+    # V3 eq. (14): g'_{i,t} = s_{i,t} for the chosen experts (not s + b)
+    weights = scores.gather(1, indices)
+    # V3 eq. (13): g_{i,t} = g'_{i,t} / sum_j g'_{j,t}  (the 1e-20 only guards an all-zero row)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    # the released V2/V3 configs multiply the gates by a constant (2.5 in V3) to keep the routed output's scale
+    weights = weights * routed_scaling_factor
+    return weights, indices, scores
+
+
+# ----------------------------------------------------------------------------------------------
+# Load-balance measures and losses
+# ----------------------------------------------------------------------------------------------
+
+def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """How many token slots each expert received: (E,) float counts."""
+    return torch.bincount(indices.reshape(-1), minlength=n_experts).float()
+
+
+def max_violation(load: torch.Tensor) -> float:
+    """MaxVio = max_i load_i / mean_i load_i - 1  (Wang et al. 2024, arXiv 2408.15664, the
+    aux-loss-free balancing paper that DeepSeek-V3 §2.1.2 builds on).
+
+    0 means perfectly balanced; 1 means the busiest expert has twice the average load.
+    """
+    load = torch.as_tensor(load, dtype=torch.float64)
+    return float(load.max() / load.mean() - 1.0)
+
+
+def _balance_terms(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int):
+    """f_i and P_i over one set of T tokens. scores (T, E), indices (T, k)."""
+    n_tok = scores.shape[0]
+    # f_i = N_r / (K_r T) * sum_t 1(token t selects expert i)
+    f = expert_load(indices, n_experts).to(scores.dtype) * n_experts / (top_k * n_tok)
+    # s'_{i,t} = s_{i,t} / sum_j s_{j,t} (V3 eq. 19; a no-op for softmax affinities);  P_i = 1/T sum_t s'_{i,t}
+    p = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=0)
+    return f, p
+
+
+def expert_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
+    """Expert-level balance loss over a batch of tokens (DeepSeekMoE §3.3, DeepSeek-V2 §2.2.3).
+
+    L_ExpBal = sum_i f_i * P_i, with f_i = N_r/(K_r T) sum_t 1(t selects i), P_i = 1/T sum_t s_{i,t}.
+    Multiply by alpha yourself. Equals 1 when routing is perfectly uniform. f carries no gradient;
+    the gradient reaches the router through P.
+    """
+    f, p = _balance_terms(scores, indices, n_experts, top_k)
+    return (f * p).sum()
+
+
+def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int,
+                          seq_len: int) -> torch.Tensor:
+    """DeepSeek-V3 complementary sequence-wise balance loss, eqs. (17)-(20), averaged over sequences.
+
+    Same f_i * P_i form as the expert-level loss but computed inside each sequence of ``seq_len`` tokens
+    (T in the paper is the sequence length), with P built from normalised affinities s'.
+    """
+    n_tok, _ = scores.shape
+    if n_tok % seq_len:
+        raise ValueError(f"seq_len={seq_len} must divide the number of tokens ({n_tok})")
+    losses = [expert_balance_loss(s, i, n_experts, top_k)
+              for s, i in zip(scores.split(seq_len), indices.split(seq_len))]
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.Tensor:
+    """DeepSeek-V3 §2.1.2 aux-loss-free rule: b_i <- b_i + gamma * sign(mean load - load_i).
+
+    An overloaded expert's bias drops by gamma, an underloaded one's rises by gamma (exactly average: no change).
+    Returns a new tensor; no gradient flows through it.
+    """
+    load = load.to(bias.dtype)
+    return bias + gamma * torch.sign(load.mean() - load)
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------
+
+class MoE(nn.Module):
+    """DeepSeekMoE layer (DeepSeekMoE §3; DeepSeek-V2 §2.2; DeepSeek-V3 §2.1.2).
+
+    V3 eq. (12):  h'_t = u_t + sum_{i<=N_s} FFN^(s)_i(u_t) + sum_{i<=N_r} g_{i,t} FFN^(r)_i(u_t)
+    This module returns the two sums; the residual u_t is added by the transformer block.
+
+    Arguments (names as in transformers' DeepseekV3Config where one exists):
+      n_routed_experts N_r, n_shared_experts N_s, num_experts_per_tok K_r, moe_intermediate_size (each
+      expert's hidden width; default d_model // 2), scoring_func "sigmoid" (V3) | "softmax" (V2),
+      n_group / topk_group (group-limited routing), norm_topk_prob, routed_scaling_factor;
+      ours: bias_update_speed gamma (aux-loss-free; 0 = off), aux_loss_alpha (expert-level loss weight),
+      seq_aux_loss_alpha (V3 sequence-wise loss weight), dispatch "sparse" | "loop".
+
+    After each forward: ``aux_loss`` (scalar; alpha-weighted sum of the configured balance losses, zero
+    if none), ``last_topk_idx`` (B*T, K_r), ``last_load`` (E,) token counts of that forward.
+    In training mode with gamma > 0 the counts also accumulate until ``update_bias()`` is called
+    (once per optimiser step; see ``update_biases(model)``).
+    """
+
+    def __init__(self, d_model: int, n_routed_experts: int = 16, n_shared_experts: int = 1,
+                 num_experts_per_tok: int = 2, moe_intermediate_size: int | None = None,
+                 scoring_func: str = "sigmoid", n_group: int = 1, topk_group: int = 1,
+                 norm_topk_prob: bool = True, routed_scaling_factor: float = 1.0,
+                 bias_update_speed: float = 0.0, aux_loss_alpha: float = 0.0, seq_aux_loss_alpha: float = 0.0,
+                 dispatch: str = "sparse"):
+        super().__init__()
+        hidden = d_model // 2 if moe_intermediate_size is None else moe_intermediate_size
+        _check_config(d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, hidden, scoring_func,
+                      n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha, dispatch)
+        self.d_model = d_model
+        self.n_routed_experts = n_routed_experts
+        self.n_shared_experts = n_shared_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.moe_intermediate_size = hidden
+        self.scoring_func = scoring_func
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.norm_topk_prob = norm_topk_prob
+        self.routed_scaling_factor = routed_scaling_factor
+        self.bias_update_speed = bias_update_speed
+        self.aux_loss_alpha = aux_loss_alpha
+        self.seq_aux_loss_alpha = seq_aux_loss_alpha
+        self.dispatch = dispatch
+
+        # router: one centroid e_i per routed expert; logits = u_t^T e_i
+        self.gate = nn.Linear(d_model, n_routed_experts, bias=False)
+        # b_i of V3 eq. (16): a buffer, not a parameter -- it is set by bias_update, never by gradients
+        self.register_buffer("e_score_correction_bias", torch.zeros(n_routed_experts))
+        self.experts = nn.ModuleList(SwiGLU(d_model, hidden) for _ in range(n_routed_experts))
+        # N_s shared experts of width h summed = one SwiGLU of width N_s * h (same as transformers)
+        self.shared_experts = SwiGLU(d_model, hidden * n_shared_experts) if n_shared_experts else None
+
+        self.register_buffer("load_since_update", torch.zeros(n_routed_experts), persistent=False)
+        self.aux_loss = torch.zeros(())
+        self.last_topk_idx = None
+        self.last_load = None
+
+    # -- routing ------------------------------------------------------------------------------
+    def router(self, x: torch.Tensor):
+        """(N, d) -> (weights (N, k), indices (N, k), scores (N, E)).
+
+        The router always runs in float32 (V3 §3.3.1 keeps the gating module in higher precision than the
+        FP8 matmuls; transformers does the same), and the gate values come back in x's dtype.
+        """
+        logits = F.linear(x.float(), self.gate.weight.float())
+        # a zero bias changes nothing (s + 0 == s exactly), so the bias is always applied
+        bias = self.e_score_correction_bias.float()
+        weights, indices, scores = route(logits, self.num_experts_per_tok, self.scoring_func, bias,
+                                         self.n_group, self.topk_group, self.norm_topk_prob,
+                                         self.routed_scaling_factor)
+        return weights.to(x.dtype), indices, scores
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def experts_sparse(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Sum_k w_{t,k} FFN_{i_{t,k}}(x_t), each expert computed only on the tokens routed to it.
+
+        Sort the N*k (token, expert) pairs by expert, so each expert's tokens form one contiguous
+        slice; run each expert once on its slice; scale by the gates; add back with index_add_.
+        """
+        n_tok, k = indices.shape
+        flat = indices.reshape(-1)                                       # (N*k,) expert of each slot
+        order = flat.argsort(stable=True)                                # slots grouped by expert
+        token_of_slot = order // k                                       # which token each sorted slot is
+        counts = torch.bincount(flat, minlength=self.n_routed_experts).tolist()
+        x_sorted = x[token_of_slot]                                      # (N*k, d)
+        outs = [self.experts[e](chunk) for e, chunk in enumerate(x_sorted.split(counts)) if counts[e]]
+        y_sorted = torch.cat(outs) * weights.reshape(-1)[order].unsqueeze(-1)
+        return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted)
+
+    def experts_loop(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The same sum written the obvious way: token by token, expert by expert (slow; for teaching)."""
+        rows = []
+        for t in range(x.shape[0]):
+            y_t = torch.zeros_like(x[t])
+            for w, e in zip(weights[t], indices[t].tolist()):
+                y_t = y_t + w * self.experts[e](x[t])
+            rows.append(y_t)
+        return torch.stack(rows)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must have shape (B, T, {self.d_model}), got {tuple(x.shape)}")
+        bsz, seq_len, d = x.shape
+        flat = x.reshape(-1, d)
+        weights, indices, scores = self.router(flat)
+
+        if self.dispatch == "loop":
+            y = self.experts_loop(flat, weights, indices)
+        else:
+            y = self.experts_sparse(flat, weights, indices)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+
+        # bookkeeping for balance: counts per expert (outside autograd)
+        with torch.no_grad():
+            load = expert_load(indices, self.n_routed_experts)
+            self.last_load = load
+            self.last_topk_idx = indices
+            if self.training and self.bias_update_speed > 0:
+                self.load_since_update += load.to(self.load_since_update.device)
+        self.aux_loss = self.balance_loss(scores, indices, seq_len)
+        return y.reshape(bsz, seq_len, d)
+
+    def balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """alpha * L_ExpBal + alpha_seq * L_SeqBal (each term only when its alpha > 0)."""
+        loss = scores.new_zeros(())
+        if self.aux_loss_alpha > 0:
+            loss = loss + self.aux_loss_alpha * expert_balance_loss(
+                scores, indices, self.n_routed_experts, self.num_experts_per_tok)
+        if self.seq_aux_loss_alpha > 0:
+            loss = loss + self.seq_aux_loss_alpha * sequence_balance_loss(
+                scores, indices, self.n_routed_experts, self.num_experts_per_tok, seq_len)
+        return loss
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """Apply V3's bias rule with the load counted since the last call, then reset the counter.
+
+        Call once per training step, after ``optimizer.step()``. Does nothing when gamma = 0 or no
+        tokens were counted.
+        """
+        if self.bias_update_speed <= 0 or self.load_since_update.sum() == 0:
+            return
+        self.e_score_correction_bias.copy_(
+            bias_update(self.e_score_correction_bias, self.load_since_update, self.bias_update_speed))
+        self.load_since_update.zero_()
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, routed={self.n_routed_experts}, shared={self.n_shared_experts}, "
+                f"top_k={self.num_experts_per_tok}, hidden={self.moe_intermediate_size}, "
+                f"scoring={self.scoring_func}, groups={self.n_group}/{self.topk_group}, dispatch={self.dispatch}")
+
+
+def moe_layers(model: nn.Module) -> list[MoE]:
+    """All MoE layers inside a model, in order."""
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+def update_biases(model: nn.Module) -> None:
+    """Call ``update_bias()`` on every MoE layer of ``model`` (once per optimiser step)."""
+    for layer in moe_layers(model):
+        layer.update_bias()
+
+
+def _check_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n_group, topk_group,
+                  gamma, alpha, seq_alpha, dispatch) -> None:
+    """Bad settings fail early with a one-line message naming the parameter."""
+    if d_model < 1:
+        raise ValueError(f"d_model must be >= 1, got {d_model}")
+    if n_routed < 1:
+        raise ValueError(f"n_routed_experts must be >= 1, got {n_routed}")
+    if n_shared < 0:
+        raise ValueError(f"n_shared_experts must be >= 0, got {n_shared}")
+    if hidden < 1:
+        raise ValueError(f"moe_intermediate_size must be >= 1, got {hidden}")
+    if not 1 <= top_k <= n_routed:
+        raise ValueError(f"num_experts_per_tok must be in 1..n_routed_experts={n_routed}, got {top_k}")
+    if scoring_func not in SCORING_FUNCS:
+        raise ValueError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
+    if n_group < 1 or n_routed % n_group:
+        raise ValueError(f"n_group must be >= 1 and divide n_routed_experts={n_routed}, got {n_group}")
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group must be in 1..n_group={n_group}, got {topk_group}")
+    if topk_group * (n_routed // n_group) < top_k:
+        raise ValueError(f"topk_group={topk_group} groups of {n_routed // n_group} experts hold fewer than "
+                         f"num_experts_per_tok={top_k} experts")
+    for name, value in (("bias_update_speed", gamma), ("aux_loss_alpha", alpha), ("seq_aux_loss_alpha", seq_alpha)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")

@@ -1,0 +1,218 @@
+"""Unit tests for course_lib.moe: routing, balance losses, bias rule, dispatch, validation."""
+import math
+
+import pytest
+import torch
+
+from course_lib.moe import (MoE, bias_update, expert_balance_loss, group_limited_mask, max_violation, route,
+                            sequence_balance_loss, update_biases)
+
+
+def logit(p):
+    """Inverse sigmoid, so tests can write affinities directly."""
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return torch.log(p / (1 - p))
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+def test_sigmoid_topk_normalised_by_hand():
+    # affinities 0.9, 0.2, 0.6, 0.3 -> top-2 = experts 0 and 2; gates 0.9/1.5, 0.6/1.5, times scale 2
+    w, idx, s = route(logit([[0.9, 0.2, 0.6, 0.3]]), top_k=2, routed_scaling_factor=2.0)
+    assert idx.tolist() == [[0, 2]]
+    torch.testing.assert_close(w, torch.tensor([[1.2, 0.8]], dtype=torch.float64))
+    torch.testing.assert_close(s, torch.tensor([[0.9, 0.2, 0.6, 0.3]], dtype=torch.float64))
+
+
+def test_softmax_without_normalisation_keeps_raw_probabilities():
+    logits = torch.tensor([[1.0, 3.0, 2.0]], dtype=torch.float64)
+    w, idx, _ = route(logits, top_k=2, scoring_func="softmax", norm_topk_prob=False)
+    p = torch.softmax(logits, -1)[0]
+    assert idx.tolist() == [[1, 2]]
+    torch.testing.assert_close(w[0], p[[1, 2]])
+
+
+def test_bias_changes_selection_not_gate_values():
+    logits = logit([[0.9, 0.2, 0.6, 0.3]])
+    bias = torch.tensor([0.0, 0.5, 0.0, 0.0], dtype=torch.float64)   # 0.2 + 0.5 = 0.7 beats 0.6
+    w, idx, _ = route(logits, top_k=2, bias=bias)
+    assert sorted(idx[0].tolist()) == [0, 1]
+    # gates come from the unbiased affinities 0.9 and 0.2
+    got = dict(zip(idx[0].tolist(), w[0].tolist()))
+    assert got[0] == pytest.approx(0.9 / 1.1) and got[1] == pytest.approx(0.2 / 1.1)
+
+
+def test_group_limited_routing_by_hand():
+    # 3 groups of 2 experts. Group scores (top-2 sum): g0 = 0.95+0.05 = 1.0, g1 = 0.6+0.6 = 1.2, g2 = 0.5+0.1 = 0.6
+    s = torch.tensor([[0.95, 0.05, 0.6, 0.6, 0.5, 0.1]], dtype=torch.float64)
+    mask = group_limited_mask(s, n_group=3, topk_group=1, group_score="top2")
+    assert mask.tolist() == [[False, False, True, True, False, False]]
+    # ranking groups by their best expert (V2 style) keeps group 0 instead
+    mask = group_limited_mask(s, n_group=3, topk_group=1, group_score="max")
+    assert mask.tolist() == [[True, True, False, False, False, False]]
+    # full route with one kept group: the best single expert (0.95) is NOT chosen
+    w, idx, _ = route(logit(s), top_k=2, n_group=3, topk_group=1)
+    assert sorted(idx[0].tolist()) == [2, 3]
+    w, idx, _ = route(logit(s), top_k=2, n_group=3, topk_group=2)
+    assert sorted(idx[0].tolist()) == [0, 2] or sorted(idx[0].tolist()) == [0, 3]
+
+
+# -- balance --------------------------------------------------------------------------------------
+
+def test_bias_update_rule_by_hand():
+    bias = torch.tensor([0.0, 0.1, -0.2, 0.0])
+    load = torch.tensor([10.0, 2.0, 4.0, 4.0])                      # mean 5: over, under, under, under
+    new = bias_update(bias, load, gamma=0.01)
+    torch.testing.assert_close(new, torch.tensor([-0.01, 0.11, -0.19, 0.01]))
+    # exactly average load -> no change
+    torch.testing.assert_close(bias_update(bias, torch.tensor([5.0, 5.0, 5.0, 5.0]), 0.01), bias)
+
+
+def test_expert_balance_loss_by_hand():
+    # T=2 tokens, E=4, k=1. Token 0 -> expert 0, token 1 -> expert 0.
+    scores = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.7, 0.1, 0.1, 0.1]])
+    idx = torch.tensor([[0], [0]])
+    # f = 4/(1*2) * [2,0,0,0] = [4,0,0,0];  P_0 = (0.4+0.7)/2 = 0.55  -> loss 2.2
+    assert expert_balance_loss(scores, idx, 4, 1).item() == pytest.approx(2.2)
+    # perfectly uniform routing gives exactly 1
+    uniform = torch.full((4, 4), 0.25)
+    assert expert_balance_loss(uniform, torch.arange(4).unsqueeze(1), 4, 1).item() == pytest.approx(1.0)
+
+
+def test_expert_balance_loss_normalises_sigmoid_scores():
+    # sigmoid affinities need not sum to 1; P uses s' = s / sum_j s_j
+    scores = torch.tensor([[0.8, 0.4], [0.8, 0.4]])
+    idx = torch.tensor([[0], [0]])
+    # f = 2/(1*2)*[2,0] = [2,0]; P_0 = 0.8/1.2 = 2/3 -> 4/3
+    assert expert_balance_loss(scores, idx, 2, 1).item() == pytest.approx(4 / 3)
+
+
+def test_sequence_balance_loss_is_per_sequence():
+    # two sequences of 2 tokens; each sequence alone is balanced but the batch is not split the same way
+    scores = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])
+    idx = torch.tensor([[0], [1], [0], [0]])
+    seq0 = 2 / 2 * (1 * 0.5 + 1 * 0.5)            # f = [1,1], P = [0.5,0.5] -> 1.0
+    seq1 = 2 / 2 * (2 * 0.9 + 0 * 0.1)            # f = [2,0], P = [0.9,0.1] -> 1.8
+    assert sequence_balance_loss(scores, idx, 2, 1, seq_len=2).item() == pytest.approx((seq0 + seq1) / 2)
+    with pytest.raises(ValueError, match="seq_len"):
+        sequence_balance_loss(scores, idx, 2, 1, seq_len=3)
+
+
+def test_max_violation():
+    assert max_violation(torch.tensor([2.0, 2.0, 2.0])) == pytest.approx(0.0)
+    assert max_violation(torch.tensor([6.0, 1.0, 1.0, 0.0])) == pytest.approx(6 / 2 - 1)
+
+
+# -- the layer ------------------------------------------------------------------------------------
+
+def small_moe(**kw):
+    torch.manual_seed(0)
+    cfg = dict(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+               moe_intermediate_size=8, n_group=4, topk_group=2)
+    cfg.update(kw)
+    return MoE(**cfg).double()
+
+
+def test_sparse_and_loop_dispatch_equal_with_gradients():
+    moe = small_moe()
+    x = torch.randn(3, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out_sparse = moe(x)
+    g_sparse = torch.autograd.grad(out_sparse.pow(2).sum(), [x] + list(moe.parameters()))
+    moe.dispatch = "loop"
+    out_loop = moe(x)
+    g_loop = torch.autograd.grad(out_loop.pow(2).sum(), [x] + list(moe.parameters()))
+    torch.testing.assert_close(out_sparse, out_loop, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_sparse, g_loop):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_dispatch_matches_dense_reference():
+    """Independent check: run every expert on every token, then keep only the chosen ones."""
+    moe = small_moe(n_shared_experts=0)
+    x = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    flat = x.reshape(-1, 16)
+    w, idx, _ = moe.router(flat)
+    all_out = torch.stack([e(flat) for e in moe.experts], dim=1)          # (N, E, d)
+    dense_gates = torch.zeros(flat.shape[0], 8, dtype=torch.float64).scatter(1, idx, w)
+    expected = (dense_gates.unsqueeze(-1) * all_out).sum(1)
+    torch.testing.assert_close(moe(x).reshape(-1, 16), expected)
+
+
+def test_plugin_interface_attributes():
+    moe = small_moe(aux_loss_alpha=0.01, seq_aux_loss_alpha=0.001)
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    out = moe(x)
+    assert out.shape == x.shape
+    assert moe.last_topk_idx.shape == (12, 2)
+    assert moe.aux_loss.dim() == 0 and moe.aux_loss.item() > 0 and moe.aux_loss.requires_grad
+    # the aux loss trains the router
+    moe.aux_loss.backward()
+    assert moe.gate.weight.grad.abs().sum() > 0
+    # without alphas the aux loss is exactly zero
+    plain = small_moe()
+    plain(x)
+    assert plain.aux_loss.item() == 0.0
+
+
+def test_update_bias_in_training_only_and_balances():
+    moe = small_moe(bias_update_speed=0.01)
+    x = torch.randn(4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    moe.eval()
+    moe(x)
+    update_biases(moe)
+    assert moe.e_score_correction_bias.abs().sum() == 0                 # eval forwards are not counted
+    moe.train()
+    moe(x)
+    load = moe.last_load.clone()
+    update_biases(moe)
+    expected = bias_update(torch.zeros(8, dtype=torch.float64), load, 0.01)
+    torch.testing.assert_close(moe.e_score_correction_bias, expected)
+    assert not moe.e_score_correction_bias.requires_grad
+    # repeated updates on a fixed input shrink the imbalance
+    start = max_violation(load)
+    for _ in range(60):
+        moe(x)
+        moe.update_bias()
+    assert max_violation(moe.last_load) < start
+
+
+def test_no_bias_update_when_gamma_zero():
+    moe = small_moe()
+    moe.train()
+    moe(torch.randn(1, 4, 16, dtype=torch.float64))
+    moe.update_bias()
+    assert moe.e_score_correction_bias.abs().sum() == 0
+
+
+def test_deterministic():
+    x = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(small_moe()(x), small_moe()(x))
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(num_experts_per_tok=9), "num_experts_per_tok"),
+    (dict(n_group=3), "n_group"),
+    (dict(topk_group=5), "topk_group"),
+    (dict(n_group=4, topk_group=1, num_experts_per_tok=3), "topk_group"),
+    (dict(scoring_func="relu"), "scoring_func"),
+    (dict(dispatch="dense"), "dispatch"),
+    (dict(bias_update_speed=-1.0), "bias_update_speed"),
+    (dict(aux_loss_alpha=-0.1), "aux_loss_alpha"),
+    (dict(n_routed_experts=0, n_group=1, topk_group=1), "n_routed_experts"),
+    (dict(moe_intermediate_size=0), "moe_intermediate_size"),
+])
+def test_bad_config_raises_valueerror_naming_parameter(kw, name):
+    with pytest.raises(ValueError, match=name):
+        small_moe(**kw)
+
+
+def test_bad_input_shape():
+    with pytest.raises(ValueError, match="x must have shape"):
+        small_moe()(torch.randn(4, 16, dtype=torch.float64))
+
+
+def test_parameter_count_matches_formula():
+    moe = MoE(d_model=16, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=4)
+    per_expert = 3 * 16 * 4
+    assert sum(p.numel() for p in moe.parameters()) == 8 * 16 + 8 * per_expert + 2 * per_expert
+    assert math.isclose(moe.routed_scaling_factor, 1.0)
