@@ -1,0 +1,151 @@
+"""The auto-checked exercise framework.
+
+An exercise is a reference solution plus hidden cases. `checks.<name>(answer)` runs the learner's function (or compares
+the learner's value) on every case against the reference and prints a friendly verdict: the first failing case with
+input, expected, got and a hint. A wrong answer never raises; the learner's own exception is reported in one line.
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REGISTRY: dict[str, "Exercise"] = {}
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:  # the notebook prints the message itself; keep the repr short
+        return f"CheckResult({self.name!r}, passed={self.passed})"
+
+
+def _short(x: Any, limit: int = 300) -> str:
+    if isinstance(x, torch.Tensor):
+        text = f"tensor{tuple(x.shape)} {x.dtype}: " + np.array2string(
+            x.detach().cpu().double().numpy(), precision=4, threshold=20, edgeitems=3)
+    elif isinstance(x, np.ndarray):
+        text = f"array{x.shape}: " + np.array2string(x, precision=4, threshold=20, edgeitems=3)
+    elif isinstance(x, float):
+        text = f"{x:.6g}"
+    else:
+        text = repr(x)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def close(expected: Any, got: Any, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    """Default comparison: numbers and tensors with a tolerance, containers element-wise, everything else with ==."""
+    if isinstance(expected, torch.Tensor) or isinstance(expected, np.ndarray):
+        try:
+            got_t = torch.as_tensor(got).detach().cpu().double()
+        except Exception:
+            return False
+        exp_t = torch.as_tensor(expected).detach().cpu().double()
+        return got_t.shape == exp_t.shape and bool(torch.allclose(got_t, exp_t, rtol=rtol, atol=atol, equal_nan=True))
+    if isinstance(expected, bool):
+        return isinstance(got, (bool, np.bool_)) and bool(got) == expected
+    if expected is None or isinstance(expected, str):
+        return got == expected
+    if isinstance(expected, (int, float)):
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, np.generic):
+            got = got.item()
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            return False
+        return math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol)
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple, torch.Tensor, np.ndarray)) or len(got) != len(expected):
+            return False
+        return all(close(e, g, rtol, atol) for e, g in zip(expected, got))
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and got.keys() == expected.keys() and all(
+            close(expected[k], got[k], rtol, atol) for k in expected)
+    return got == expected
+
+
+def _clone(args):
+    """Fresh copies of the case inputs, so a learner's in-place edit cannot change the reference's inputs."""
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@dataclass
+class Exercise:
+    name: str
+    reference: Callable
+    kind: str = "function"                      # "function": the learner passes a function; "value": a value
+    cases: list = field(default_factory=list)   # argument tuples (function exercises)
+    hint: str = ""
+    wrong: list = field(default_factory=list)   # plausible wrong answers; a test proves each one fails
+    compare: Callable = close
+
+    def check(self, answer: Any, quiet: bool = False) -> CheckResult:
+        result = self._run(answer)
+        if not quiet:
+            print(result.message)
+        return result
+
+    __call__ = check
+
+    def _fail(self, text: str) -> CheckResult:
+        hint = f"\n   Hint: {self.hint}" if self.hint else ""
+        return CheckResult(self.name, False, f"❌ {self.name}: {text}{hint}")
+
+    def _run(self, answer: Any) -> CheckResult:
+        if answer is None or answer is Ellipsis:
+            return self._fail("no answer yet — replace the ... / None with your answer and run the cell again.")
+        if self.kind == "value":
+            expected = self.reference()
+            if callable(answer) and not callable(expected):
+                return self._fail("expected a value, got a function — call it and pass the result.")
+            if not self.compare(expected, answer):
+                return self._fail(f"got {_short(answer)}, which is not right.")
+            return CheckResult(self.name, True, f"✅ {self.name}: correct!")
+        if not callable(answer):
+            return self._fail(f"expected a function, got {type(answer).__name__} ({_short(answer, 80)}).")
+        for i, args in enumerate(self.cases, 1):
+            args = args if isinstance(args, tuple) else (args,)
+            expected = self.reference(*_clone(args))
+            try:
+                got = answer(*_clone(args))
+            except Exception as exc:  # the learner's bug: one line, pointing at their code
+                frame = traceback.extract_tb(exc.__traceback__)[-1]
+                where = f" (line {frame.lineno} of {frame.name})" if frame else ""
+                return self._fail(f"case {i} of {len(self.cases)} raised {type(exc).__name__}: {exc}{where}\n"
+                                  f"   input:    {_short(args)}")
+            if got is None and expected is not None:
+                return self._fail(f"your function returned None on case {i} — not written yet, or a missing `return`?")
+            if not self.compare(expected, got):
+                return self._fail(f"case {i} of {len(self.cases)} differs.\n   input:    {_short(args)}\n"
+                                  f"   expected: {_short(expected)}\n   got:      {_short(got)}")
+        return CheckResult(self.name, True, f"✅ {self.name}: all {len(self.cases)} cases pass!")
+
+
+def register(kind: str = "function", cases=None, hint: str = "", wrong=None, compare: Callable | None = None,
+             name: str | None = None):
+    """Decorator: the decorated function is the reference solution of a new exercise named after it."""
+    if kind not in ("function", "value"):
+        raise ValueError(f"kind must be 'function' or 'value', got {kind!r}")
+
+    def deco(reference: Callable) -> Exercise:
+        ex_name = name or reference.__name__
+        if ex_name in REGISTRY:
+            raise ValueError(f"exercise {ex_name!r} is registered twice")
+        if kind == "function" and not cases:
+            raise ValueError(f"exercise {ex_name!r}: a function exercise needs cases")
+        ex = Exercise(ex_name, reference, kind, list(cases or []), hint, list(wrong or []), compare or close)
+        REGISTRY[ex_name] = ex
+        return ex
+
+    return deco
