@@ -1,0 +1,345 @@
+"""Attention with a KV cache: MHA, GQA and MQA baselines, and Multi-head Latent Attention (MLA).
+
+Notebook 03 builds these step by step. Notation follows DeepSeek-V2 (arXiv 2405.04434) §2.1: h_t is the input of
+token t, n_h heads of size d_h, d_c the KV compression dimension, d'_c the query compression dimension and d^R_h the
+per-head size of the decoupled RoPE part. DeepSeek-V3 (arXiv 2412.19437) §2.1.1 uses the same MLA (its Eq. 1-11).
+
+Every module here has the interface course_lib.model expects:
+    forward(x: (B, T, d_model), start_pos=0, cache=None) -> (B, T, d_model)
+`cache` is a per-layer dict the module reads and appends to; `start_pos` is the absolute position of x[:, 0]
+(it must equal the number of tokens already in the cache).
+
+What each one caches per token and layer (V2 Table 1):
+    MHA 2 n_h d_h | GQA 2 n_g d_h | MQA 2 d_h | MLA d_c + d^R_h
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rope import apply_rope, rope_cos_sin
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_input(x: torch.Tensor, d_model: int, start_pos) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (batch, time, {d_model}), got {shape}")
+    if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
+        raise ValueError(f"start_pos must be a non-negative int, got {start_pos!r}")
+
+
+def _check_cache(cache, expected: dict, start_pos: int) -> int:
+    """Validate a per-layer cache dict; return the number of cached tokens S (0 when empty).
+
+    `expected` maps each key to its shape with None where the cached-token axis S goes.
+    """
+    if not isinstance(cache, dict):
+        raise ValueError(f"cache must be a dict (one per layer) or None, got {type(cache).__name__}")
+    if not cache:
+        if start_pos != 0:
+            raise ValueError(f"start_pos={start_pos} but the cache is empty; they must agree (use 0)")
+        return 0
+    if sorted(cache) != sorted(expected):
+        raise ValueError(f"cache must hold exactly {sorted(expected)}, got {sorted(cache)}")
+    lengths = set()
+    for key, shape in expected.items():
+        t, axis = cache[key], shape.index(None)
+        if not isinstance(t, torch.Tensor) or t.dim() != len(shape) or any(
+                want is not None and got != want for got, want in zip(t.shape, shape)):
+            want_txt = tuple("S" if s is None else s for s in shape)
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"cache[{key!r}] must have shape {want_txt} (S = cached tokens), got {got}")
+        lengths.add(t.shape[axis])
+    if len(lengths) != 1:
+        raise ValueError(f"cache entries disagree on the number of cached tokens: {sorted(lengths)}")
+    cached = lengths.pop()
+    if cached != start_pos:
+        raise ValueError(f"start_pos={start_pos} but the cache holds {cached} tokens; they must be equal")
+    return cached
+
+
+def causal_mask(T: int, S: int, device=None) -> torch.Tensor | None:
+    """Boolean (T, S) mask for T new queries over S keys whose last T are the new tokens; None when T == 1.
+
+    Query i sits at absolute position S - T + i and may see keys 0 .. S - T + i.
+    """
+    if T == 1:
+        return None          # a single new token may look at everything before it
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None):
+    """softmax(q k^T * scale + mask) v over the last two dims (written out, so float64 stays float64)."""
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _rope_tables(start_pos: int, T: int, dim: int, base: float, x: torch.Tensor):
+    """cos/sin (T, dim) for positions start_pos .. start_pos + T - 1, in float64 for float64 inputs."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + T), dim, base, dtype=dtype)
+    return cos.to(x.device), sin.to(x.device)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm(x) = x / sqrt(mean(x^2) + eps) * weight, computed in float32 at least (as transformers does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(dtype)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------- MHA / GQA / MQA
+class GQA(nn.Module):
+    """Grouped-query attention (Ainslie et al. 2023, arXiv 2305.13245) with RoPE and a KV cache.
+
+    n_heads query heads share n_kv_heads key/value heads (n_kv_heads == n_heads: MHA; n_kv_heads == 1: MQA).
+    V2 Eq. 1-8 give MHA:  q_t = W^Q h_t, k_t = W^K h_t, v_t = W^V h_t,
+        o_{t,i} = sum_j softmax_j(q_{t,i}^T k_{j,i} / sqrt(d_h)) v_{j,i},   u_t = W^O [o_{t,1}; ...; o_{t,n_h}]
+    GQA only changes which k/v head a query head reads: head i uses group i // (n_heads / n_kv_heads).
+    Cache: {"k": (B, n_kv_heads, S, d_h) rotated keys, "v": (B, n_kv_heads, S, d_h)}.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int | None = None,
+                 rope_base: float = 10000.0, max_seq_len: int | None = None):
+        super().__init__()
+        _positive_int("d_model", d_model)
+        _positive_int("n_heads", n_heads)
+        _positive_int("n_kv_heads", n_kv_heads)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} (or pass head_dim)")
+            head_dim = d_model // n_heads
+        _positive_int("head_dim", head_dim)
+        if head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.rope_base = float(rope_base)
+        self.max_seq_len = max_seq_len
+        # One fused projection [W^Q; W^K; W^V] (same layout as course_lib.model's attention when n_kv_heads == n_heads).
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=False)
+        self.out = nn.Linear(n_heads * head_dim, d_model, bias=False)
+
+    def cache_elements_per_token(self) -> int:
+        """2 n_g d_h: one key and one value vector per kv head (V2 Table 1)."""
+        return 2 * self.n_kv_heads * self.head_dim
+
+    def forward(self, x, start_pos: int = 0, cache: dict | None = None):
+        _check_input(x, self.d_model, start_pos)
+        B, T, _ = x.shape
+        if self.max_seq_len is not None and start_pos + T > self.max_seq_len:
+            raise ValueError(f"start_pos + T = {start_pos + T} exceeds max_seq_len={self.max_seq_len}")
+        H, G, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        if cache is not None:
+            _check_cache(cache, {"k": (B, G, None, hd), "v": (B, G, None, hd)}, start_pos)
+        q, k, v = self.qkv(x).split([H * hd, G * hd, G * hd], dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)                                  # (B, H, T, hd)
+        k = k.view(B, T, G, hd).transpose(1, 2)                                  # (B, G, T, hd)
+        v = v.view(B, T, G, hd).transpose(1, 2)
+        cos, sin = _rope_tables(start_pos, T, hd, self.rope_base, x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            # Cache the rotated keys and the values: later tokens only add their own row.
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        S = k.shape[2]
+        # Group the query heads as (B, G, H/G, T, hd) so each group broadcasts over its one kv head: no copies of K, V.
+        qg = q.view(B, G, H // G, T, hd)
+        y = attend(qg, k[:, :, None], v[:, :, None], 1.0 / math.sqrt(hd), causal_mask(T, S, x.device))
+        return self.out(y.reshape(B, H, T, hd).transpose(1, 2).reshape(B, T, H * hd))
+
+
+class MHA(GQA):
+    """Multi-head attention (Vaswani et al. 2017; V2 Eq. 1-8): every query head has its own key/value head.
+
+    Arguments in the same order as course_lib.model's attention, so it can stand in for it.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int | None = None, rope_base: float = 10000.0,
+                 head_dim: int | None = None):
+        super().__init__(d_model, n_heads, n_heads, head_dim=head_dim, rope_base=rope_base, max_seq_len=max_seq_len)
+
+
+class MQA(GQA):
+    """Multi-query attention (Shazeer 2019, arXiv 1911.02150): all query heads share ONE key/value head."""
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, rope_base: float = 10000.0,
+                 max_seq_len: int | None = None):
+        super().__init__(d_model, n_heads, 1, head_dim=head_dim, rope_base=rope_base, max_seq_len=max_seq_len)
+
+
+# --------------------------------------------------------------------------------------------- MLA
+class MLA(nn.Module):
+    """Multi-head Latent Attention, DeepSeek-V2 §2.1.2-2.1.3 (Eq. 9-19; full form in Appendix C, Eq. 37-47).
+
+    Arguments (defaults follow V2's ratios d_c = 4 d_h and d^R_h = d_h / 2, V2 Table 1 caption):
+      d_model, n_heads
+      kv_lora_rank      d_c, size of the cached latent c^KV                       (default 4 * d_model // n_heads)
+      q_lora_rank       d'_c, query compression; None = no compression, like V2-Lite (default None)
+      qk_nope_head_dim  d_h, per-head size of the content (no-RoPE) query/key     (default d_model // n_heads)
+      qk_rope_head_dim  d^R_h, per-head size of the decoupled RoPE query and shared key (default d_h // 2; even)
+      v_head_dim        per-head value size                                        (default d_h)
+      path              "naive": decompress the cache to full K and V; "absorbed": attend in the latent space
+      rope_base, rope_interleaved  RoPE frequencies base and pair layout (DeepSeek's weights use interleaved)
+      softmax_scale     default 1 / sqrt(d_h + d^R_h) (Eq. 18); YaRN-extended checkpoints multiply it by mscale^2
+      norm_eps          eps of the RMSNorms after the compressed latents (V2 §3.1.2 "additional RMS Norm layers")
+
+    Parameters (names follow the paper; fused where the paper's matrices act on the same input):
+      q_down   W^DQ           (d'_c, d)           q_norm   RMSNorm(d'_c)       [only when q_lora_rank is set]
+      q_up     [W^UQ; W^QR]   (n_h (d_h + d^R_h), d'_c or d), per head laid out as [q^C_i ; q^R_i]
+      kv_down  [W^DKV; W^KR]  (d_c + d^R_h, d)    kv_norm  RMSNorm(d_c)
+      kv_up    [W^UK; W^UV]   (n_h (d_h + d_v), d_c), per head laid out as [k^C_i ; v^C_i]
+      out      W^O            (d, n_h d_v)
+    Cache: {"c_kv": (B, S, d_c) normalised latents, "k_rope": (B, S, d^R_h) rotated shared keys}; both paths use
+    the same cache, so (d_c + d^R_h) elements per token per layer (V2 §2.1.3).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
+                 qk_nope_head_dim: int | None = None, qk_rope_head_dim: int | None = None,
+                 v_head_dim: int | None = None, path: str = "absorbed", rope_base: float = 10000.0,
+                 rope_interleaved: bool = False, softmax_scale: float | None = None, norm_eps: float = 1e-6):
+        super().__init__()
+        _positive_int("d_model", d_model)
+        _positive_int("n_heads", n_heads)
+        if None in (kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim) and d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} to derive the default head sizes")
+        d_h = d_model // n_heads
+        self.d_model, self.n_heads = d_model, n_heads
+        self.qk_nope_head_dim = _positive_int("qk_nope_head_dim", d_h if qk_nope_head_dim is None else qk_nope_head_dim)
+        self.qk_rope_head_dim = _positive_int("qk_rope_head_dim", d_h // 2 if qk_rope_head_dim is None
+                                              else qk_rope_head_dim)
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
+        self.v_head_dim = _positive_int("v_head_dim", d_h if v_head_dim is None else v_head_dim)
+        self.kv_lora_rank = _positive_int("kv_lora_rank", 4 * d_h if kv_lora_rank is None else kv_lora_rank)
+        self.q_lora_rank = None if q_lora_rank is None else _positive_int("q_lora_rank", q_lora_rank)
+        if path not in ("naive", "absorbed"):
+            raise ValueError(f"path must be 'naive' or 'absorbed', got {path!r}")
+        self.path = path
+        self.rope_base = float(rope_base)
+        self.rope_interleaved = bool(rope_interleaved)
+        self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        if softmax_scale is not None and not softmax_scale > 0:
+            raise ValueError(f"softmax_scale must be positive, got {softmax_scale!r}")
+        # Eq. 18: the scores are divided by sqrt(d_h + d^R_h), the full query/key size.
+        self.softmax_scale = softmax_scale if softmax_scale is not None else self.qk_head_dim ** -0.5
+
+        H, dn, dr, dv, dc = n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, self.kv_lora_rank
+        if self.q_lora_rank is None:
+            self.q_down, self.q_norm = None, None
+            self.q_up = nn.Linear(d_model, H * (dn + dr), bias=False)
+        else:
+            self.q_down = nn.Linear(d_model, self.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(self.q_lora_rank, norm_eps)
+            self.q_up = nn.Linear(self.q_lora_rank, H * (dn + dr), bias=False)
+        self.kv_down = nn.Linear(d_model, dc + dr, bias=False)
+        self.kv_norm = RMSNorm(dc, norm_eps)
+        self.kv_up = nn.Linear(dc, H * (dn + dv), bias=False)
+        self.out = nn.Linear(H * dv, d_model, bias=False)
+
+    # ---- small pieces the notebook also uses
+    def cache_elements_per_token(self) -> int:
+        """(d_c + d^R_h) per layer (V2 §2.1.3): the latent plus the one shared RoPE key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    def w_uk_uv(self):
+        """W^UK per head (n_h, d_h, d_c) and W^UV per head (n_h, d_v, d_c), views of kv_up's weight."""
+        w = self.kv_up.weight.view(self.n_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        return w[:, :self.qk_nope_head_dim], w[:, self.qk_nope_head_dim:]
+
+    def absorbed_weights(self):
+        """The merged matrices of V2 Appendix C ("absorb W^UK into W^UQ, and W^UV into W^O").
+
+        Returns (W_q_lat, W_o_lat):
+          W_q_lat[i] = W^UK_i^T W^UQ_i   (n_h, d_c, d'_c or d): content query of head i straight into latent space
+          W_o_lat[:, i] = W^O_i W^UV_i   (d, n_h, d_c): latent output of head i straight to the model dim
+        forward() applies the same products in two steps (cheaper; what DeepSeek's inference code does too).
+        """
+        H, dn, dr = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
+        w_uk, w_uv = self.w_uk_uv()
+        w_uq = self.q_up.weight.view(H, dn + dr, -1)[:, :dn]                         # (H, d_h, d'_c)
+        w_q_lat = w_uk.transpose(1, 2) @ w_uq                                        # (H, d_c, d'_c)
+        w_o = self.out.weight.view(self.d_model, H, self.v_head_dim)                 # (d, H, d_v)
+        w_o_lat = torch.einsum("dhv,hvc->dhc", w_o, w_uv)                            # (d, H, d_c)
+        return w_q_lat, w_o_lat
+
+    def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None):
+        _check_input(x, self.d_model, start_pos)
+        path = self.path if path is None else path
+        if path not in ("naive", "absorbed"):
+            raise ValueError(f"path must be 'naive' or 'absorbed', got {path!r}")
+        B, T, _ = x.shape
+        H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
+            self.kv_lora_rank
+        if cache is not None:
+            _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr)}, start_pos)
+        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
+
+        # Eq. 12: c^Q_t = W^DQ h_t (then RMSNorm, V2 §3.1.2); without query compression q_up reads h_t directly.
+        c_q = x if self.q_down is None else self.q_norm(self.q_down(x))
+        # Eq. 13-14: q^C_t = W^UQ c^Q_t and q^R_t = RoPE(W^QR c^Q_t), one [q^C_i; q^R_i] block per head.
+        q = self.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2)                   # (B, H, T, dn + dr)
+        q_nope, q_rope = q.split([dn, dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleaved)
+
+        # Eq. 9: c^KV_t = W^DKV h_t (then RMSNorm) and Eq. 15: k^R_t = RoPE(W^KR h_t), ONE rope key for all heads.
+        c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
+        c_kv = self.kv_norm(c_kv)                                                    # (B, T, dc)
+        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)     # (B, T, dr)
+        if cache is not None:
+            # Only these two small tensors are cached: (d_c + d^R_h) numbers per token.
+            if "c_kv" in cache:
+                c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
+                k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
+            cache["c_kv"], cache["k_rope"] = c_kv, k_rope
+        S = c_kv.shape[1]
+        mask = causal_mask(T, S, x.device)
+
+        if path == "naive":
+            # Eq. 10-11: k^C = W^UK c^KV, v^C = W^UV c^KV for EVERY cached token, recomputed at each step.
+            kv = self.kv_up(c_kv).view(B, S, H, dn + dv).transpose(1, 2)             # (B, H, S, dn + dv)
+            k_nope, v = kv.split([dn, dv], dim=-1)
+            # Eq. 16-17: q_{t,i} = [q^C_{t,i}; q^R_{t,i}], k_{j,i} = [k^C_{j,i}; k^R_j] (k^R shared by the heads).
+            q_full = torch.cat([q_nope, q_rope], dim=-1)
+            k_full = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)
+            # Eq. 18: o_{t,i} = sum_j softmax_j(q_{t,i}^T k_{j,i} / sqrt(d_h + d^R_h)) v^C_{j,i}
+            o = attend(q_full, k_full, v, self.softmax_scale, mask)                  # (B, H, T, dv)
+        else:
+            w_uk, w_uv = self.w_uk_uv()                                              # (H, dn, dc), (H, dv, dc)
+            # Absorb W^UK into the query (V2 §2.1.2): q^C_{t,i}^T (W^UK_i c_j) = (W^UK_i^T q^C_{t,i})^T c_j,
+            # so each head's content query becomes a d_c-vector compared with the cached latents directly.
+            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                     # (B, H, T, dc)
+            # Eq. 18 in latent space: scores = q_lat . c_kv + q^R . k^R; keys are the cache itself, shared by heads.
+            scores = (q_lat @ c_kv[:, None].transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1))
+            scores = scores * self.softmax_scale
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            # sum_j p_j W^UV_i c_j = W^UV_i (sum_j p_j c_j): average the latents first, decompress once per query.
+            o_lat = torch.softmax(scores, dim=-1) @ c_kv[:, None]                    # (B, H, T, dc)
+            # Absorb W^UV into the output side: W^UV_i is applied to one d_c vector per head, then W^O (Eq. 19).
+            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)                          # (B, H, T, dv)
+        # Eq. 19: u_t = W^O [o_{t,1}; ...; o_{t,n_h}]
+        return self.out(o.transpose(1, 2).reshape(B, T, H * dv))
