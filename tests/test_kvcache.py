@@ -1,0 +1,91 @@
+"""KV-cache calculator: formulas checked against the caches the course's attention modules actually fill."""
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from course_lib import kvcache  # noqa: E402
+from course_lib.attention import GQA, MHA, MLA, MQA  # noqa: E402
+from course_lib.kvcache import AttentionShape  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def cached_elements_per_token(module, B=2, T=5, d_model=64):
+    cache = {}
+    with torch.no_grad():
+        module(torch.randn(B, T, d_model, generator=torch.Generator().manual_seed(0)), cache=cache)
+    return sum(t.numel() for t in cache.values()) / (B * T)
+
+
+@pytest.mark.parametrize("module,shape", [
+    (MHA(64, 8), AttentionShape("m", "mha", 1, 8, 8)),
+    (GQA(64, 8, 2), AttentionShape("g", "gqa", 1, 8, 8, n_kv_heads=2)),
+    (MQA(64, 8), AttentionShape("q", "mqa", 1, 8, 8)),
+    (MLA(64, 8, kv_lora_rank=24, qk_rope_head_dim=6), AttentionShape("l", "mla", 1, 8, 8, kv_lora_rank=24, rope_dim=6)),
+])
+def test_formula_matches_what_the_modules_cache(module, shape):
+    assert kvcache.elements_per_token_per_layer(shape) == cached_elements_per_token(module)
+    assert kvcache.elements_per_token_per_layer(shape) == module.cache_elements_per_token()
+
+
+def test_v2_table1_mla_equals_gqa_with_2_25_groups():
+    # V2 §2.1.4: with d_c = 4 d_h and d^R_h = d_h / 2, MLA caches as much as GQA with 2.25 groups.
+    v2 = kvcache.PRESETS["DeepSeek-V2"]
+    assert kvcache.gqa_equivalent_groups(v2) == pytest.approx(2.25)
+    table = kvcache.v2_table1(n_heads=128, head_dim=128, n_layers=60, n_groups=8)
+    l, d_h = 60, 128
+    assert table["MHA"] == 2 * 128 * d_h * l and table["MQA"] == 2 * d_h * l
+    assert table["MLA"] == pytest.approx(4.5 * d_h * l)                       # "≈ 9/2 d_h l"
+
+
+def test_v2_kv_cache_reduction_against_67b():
+    # V2 abstract: KV cache reduced by 93.3% vs DeepSeek 67B (V2 cache at 6 bits on average, §3.2.3).
+    assert kvcache.v2_vs_67b_reduction() == pytest.approx(0.933, abs=0.001)
+    assert kvcache.v2_vs_67b_reduction(2.0, 2.0) < 0.9                        # elements alone do not give 93.3%
+
+
+def test_per_token_numbers_of_real_models():
+    v3 = kvcache.PRESETS["DeepSeek-V3"]
+    assert kvcache.elements_per_token(v3) == (512 + 64) * 61
+    llama = kvcache.PRESETS["Llama-3-8B"]
+    assert kvcache.bytes_per_token(llama, "bf16") == 2 * 8 * 128 * 32 * 2
+    rows = kvcache.per_token_table()
+    assert {r[0] for r in rows} == set(kvcache.PRESETS)
+
+
+def test_cache_gb_scales_linearly():
+    s = kvcache.PRESETS["DeepSeek-V2"]
+    one = kvcache.cache_gb(s, 1000, 1, "bf16")
+    assert kvcache.cache_gb(s, 4000, 3, "bf16") == pytest.approx(12 * one)
+    assert kvcache.cache_gb(s, 1000, 1, "fp8") == pytest.approx(one / 2)
+    assert one == pytest.approx(kvcache.elements_per_token(s) * 2 * 1000 / 1e9)
+
+
+def test_bad_inputs_raise():
+    s = kvcache.PRESETS["DeepSeek-V2"]
+    with pytest.raises(ValueError, match="dtype"):
+        kvcache.bytes_per_token(s, "int3")
+    with pytest.raises(ValueError, match="context"):
+        kvcache.cache_gb(s, 0)
+    with pytest.raises(ValueError, match="batch"):
+        kvcache.cache_gb(s, 10, batch=-1)
+    with pytest.raises(ValueError, match="kind"):
+        AttentionShape("x", "sparse", 1, 4, 8)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        AttentionShape("x", "gqa", 1, 8, 8, n_kv_heads=3)
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        AttentionShape("x", "mla", 1, 8, 8, rope_dim=4)
+    with pytest.raises(ValueError, match="preset"):
+        kvcache.plot_cache_sizes(preset="GPT-5")
+
+
+def test_plot_function_draws_one_bar_per_kind():
+    fig = kvcache.plot_cache_sizes(context=4096, batch=2, dtype="fp8", preset="Llama-3-8B")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 4
+    expected = [kvcache.cache_gb(s, 4096, 2, "fp8") for s in kvcache.variants(kvcache.PRESETS["Llama-3-8B"]).values()]
+    assert heights == pytest.approx(expected)
+    matplotlib.pyplot.close(fig)
