@@ -239,12 +239,12 @@ def plot_timeline(releases, family: str = "all", start_year: int = 2023, end_yea
     if not shown:
         raise ValueError(f"no releases for family={family!r} in {start_year}-{end_year}")
     lanes = [f for f in FAMILIES if any(r.family == f for r in shown)]
-    fig, ax = subplots(width=12.0, height=1.2 + 0.55 * len(lanes))
+    fig, ax = subplots(width=12.0, height=max(2.4, 1.2 + 0.55 * len(lanes)))
     for i, lane in enumerate(lanes):
         rows = [r for r in shown if r.family == lane]
         # Area ~ parameter count on a log scale so 1.3B and 1.6T are both visible; unknown size -> small hollow dot.
         sizes = [30 + 25 * math.log10(r.total_params_b + 1) ** 2 if r.total_params_b else 25 for r in rows]
-        colour = CYCLE[i % len(CYCLE)]
+        colour = CYCLE[FAMILIES.index(lane) % len(CYCLE)]  # same colour for a family in every view
         ax.scatter([r.date for r in rows], [i] * len(rows), s=sizes, alpha=0.75, zorder=3, linewidths=1,
                    edgecolors=[colour if r.total_params_b else "black" for r in rows],
                    facecolors=[colour if r.total_params_b else "white" for r in rows])
