@@ -253,7 +253,14 @@ class MoE(nn.Module):
         token_of_slot = order // k                                       # which token each sorted slot is
         counts = torch.bincount(flat, minlength=self.n_routed_experts).tolist()
         x_sorted = x[token_of_slot]                                      # (N*k, d)
-        outs = [self.experts[e](chunk) for e, chunk in enumerate(x_sorted.split(counts)) if counts[e]]
+        outs = []
+        for e, chunk in enumerate(x_sorted.split(counts)):
+            if counts[e] == 0:
+                continue
+            # = self.experts[e](chunk); using the weights directly skips three nn.Module calls per expert
+            expert = self.experts[e]
+            gate, up = F.linear(chunk, expert.gate_up.weight).chunk(2, dim=-1)
+            outs.append(F.linear(F.silu(gate) * up, expert.down.weight))
         y_sorted = torch.cat(outs) * weights.reshape(-1)[order].unsqueeze(-1)
         return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted)
 
