@@ -89,3 +89,13 @@ def test_plot_function_draws_one_bar_per_kind():
     expected = [kvcache.cache_gb(s, 4096, 2, "fp8") for s in kvcache.variants(kvcache.PRESETS["Llama-3-8B"]).values()]
     assert heights == pytest.approx(expected)
     matplotlib.pyplot.close(fig)
+
+
+def test_benchmark_cache_bytes_are_exactly_latent_plus_rope_key():
+    """Smoke-run the benchmark at a tiny context: MLA caches exactly (d_c + d^R_h) float32 numbers per token."""
+    from course_lib.bench import mla as bench
+    rows = bench.run(contexts=(8,), d_model=64, n_heads=2, repeat=1, device=torch.device("cpu"))
+    dims = bench.V3_HEAD_DIMS
+    assert rows[0]["cache_bytes_per_token"]["MLA absorbed"] == (dims["kv_lora_rank"] + dims["qk_rope_head_dim"]) * 4
+    assert rows[0]["cache_bytes_per_token"]["MHA"] == 2 * 2 * dims["v_head_dim"] * 4
+    assert set(rows[0]["seconds"]) == {"MHA", "MLA naive", "MLA absorbed"}
