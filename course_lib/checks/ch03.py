@@ -1,0 +1,57 @@
+"""Exercises of 03_mla: KV-cache arithmetic and the shapes of MLA's absorbed matrices (DeepSeek-V2 §2.1)."""
+import torch
+
+from .core import close, register
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@register(cases=[(60, 512, 64, 2), (61, 512, 64, 1), (2, 16, 8, 4), (27, 512, 64, 0.75)],
+          hint="MLA caches the latent c^KV (d_c numbers) and ONE shared RoPE key (d^R_h numbers) per token and layer "
+               "(V2 §2.1.3): (d_c + d^R_h) * layers * bytes.",
+          wrong=[lambda l, dc, dr, b: dc * l * b,                       # forgot the decoupled rope key
+                 lambda l, dc, dr, b: 2 * (dc + dr) * l * b,             # a 'key and a value' copy: MLA has one latent
+                 lambda l, dc, dr, b: (dc + dr) * b])                    # forgot the layers
+def mla_cache_bytes_per_token(n_layers, kv_lora_rank, rope_dim, bytes_per_element):
+    # V2 §2.1.3: (d_c + d^R_h) l elements per token.
+    return (kv_lora_rank + rope_dim) * n_layers * bytes_per_element
+
+
+@register(cases=[(32, 8, 128, 2), (80, 8, 128, 2), (30, 32, 128, 2), (4, 1, 16, 4)],
+          hint="GQA caches one key AND one value vector per KV group (V2 Table 1: 2 n_g d_h l elements).",
+          wrong=[lambda l, g, d, b: g * d * l * b,                      # forgot the values
+                 lambda l, g, d, b: 2 * g * d * b])                     # forgot the layers
+def gqa_cache_bytes_per_token(n_layers, n_kv_heads, head_dim, bytes_per_element):
+    # V2 Table 1: 2 n_g d_h l elements per token.
+    return 2 * n_kv_heads * head_dim * n_layers * bytes_per_element
+
+
+@register(cases=[(torch.randn(2, 3, 4, generator=_g(0)), torch.randn(2, 4, 6, generator=_g(1))),
+                 (torch.randn(4, 5, 8, generator=_g(2)), torch.randn(4, 8, 16, generator=_g(3)))],
+          hint="Per head i: q_lat = q^C_i W^UK_i, i.e. (W^UK_i)^T q^C_i written for a row of queries. "
+               "torch.einsum('htd,hdc->htc', ...) or a batched matmul.",
+          wrong=[lambda q, w: q @ w.sum(0, keepdim=True),              # mixed all heads' W^UK together
+                 lambda q, w: q @ w[:1]])                              # used head 0's matrix for every head
+def absorb_query(q_nope, w_uk):
+    # q_nope (n_h, T, d_h), w_uk (n_h, d_h, d_c): q^C_{t,i}^T (W^UK_i c_j) = (W^UK_i^T q^C_{t,i})^T c_j (V2 §2.1.2).
+    return q_nope @ w_uk
+
+
+@register(kind="value",
+          hint="Absorbing W^UK into W^UQ gives, per head, W^UK_i^T W^UQ_i: (d_c x d_h) @ (d_h x d'_c). "
+               "Answer as a tuple (n_h, rows, cols) with V3's numbers.",
+          wrong=[(128, 1536, 512), (128, 128, 512), (128, 512, 128), (512, 1536)])
+def v3_absorbed_query_shape():
+    # V3: n_h = 128, d_c = 512, d'_c = 1536 (V3 §4.2).
+    return (128, 512, 1536)
+
+
+@register(kind="value",
+          hint="Elements per token = (512 + 64) * 61 layers; bf16 = 2 bytes; 128K = 131072 tokens; GB = 1e9 bytes.",
+          wrong=[0.0755, 2 * 128 * 128 * 61 * 2 * 131072 / 1e9, 512 * 61 * 2 * 131072 / 1e9, 18.42],
+          compare=lambda expected, got: close(expected, got, rtol=5e-3))     # 9.21 or 9.2107 both count
+def v3_cache_gb_one_128k_sequence():
+    # One sequence of 131072 tokens, DeepSeek-V3 (61 layers, d_c = 512, d^R_h = 64), bf16.
+    return (512 + 64) * 61 * 2 * 131072 / 1e9
