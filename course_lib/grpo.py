@@ -177,3 +177,182 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + eps_high) & (adv > 0))
     clip_frac = (clipped.to(mask_f.dtype) * mask_f).sum() / n_tok
     return loss, {"kl": float(kl_mean), "clip_frac": float(clip_frac)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollouts and the training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """1.0 for each completion token up to and including the first eos_id, 0.0 after it (generate pads with eos)."""
+    if eos_id is None:
+        return torch.ones_like(completion_ids, dtype=torch.float32)
+    is_eos = (completion_ids == eos_id).int()
+    # tokens strictly after the first eos have cumsum(is_eos) - is_eos >= 1
+    return ((is_eos.cumsum(-1) - is_eos) == 0).float()
+
+
+@torch.no_grad()
+def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int, temperature: float = 1.0,
+            eos_id: int | None = None, generator: torch.Generator | None = None) -> dict:
+    """Sample G completions per prompt (each group's samples consecutive, as group_advantages expects).
+
+    Returns {"ids": (B, Tp + L) prompt+completion ids, "n_prompt": Tp, "mask": (B, L), "texts": B completion strings
+    (up to and including eos)}. Prompts must all have the same number of tokens (the model has no padding mask).
+    """
+    from .model import generate
+
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    enc = [tokenizer.encode(p) for p in prompts]
+    if len({len(e) for e in enc}) != 1:
+        raise ValueError("prompts must all encode to the same number of tokens")
+    device = next(model.parameters()).device
+    idx = torch.tensor(enc, dtype=torch.long, device=device).repeat_interleave(group_size, dim=0)
+    ids = generate(model, idx, max_new_tokens, temperature=temperature, eos_id=eos_id, generator=generator)
+    n_prompt = idx.shape[1]
+    comp = ids[:, n_prompt:]
+    mask = completion_mask(comp, eos_id)
+    texts = [tokenizer.decode(row[:int(m.sum())].tolist()) for row, m in zip(comp.cpu(), mask.cpu())]
+    return {"ids": ids, "n_prompt": n_prompt, "mask": mask, "texts": texts}
+
+
+def completion_logprobs(model, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) for every completion position: (B, L). Differentiable."""
+    from .model import token_logprobs
+
+    return token_logprobs(model, ids)[:, n_prompt - 1:]
+
+
+@dataclass
+class GRPOConfig:
+    """Knobs of `grpo_train`. Defaults are the toy's (notebook 05), not DeepSeek's -- see the notebook for theirs."""
+    steps: int = 200
+    prompts_per_step: int = 8         # distinct questions per step
+    group_size: int = 8               # G: samples per question
+    max_new_tokens: int = 40          # also the constant L of dr_grpo
+    temperature: float = 1.0          # rollout sampling temperature (R1-Zero: 1.0)
+    lr: float = 1e-3
+    beta: float = 0.0                 # KL coefficient (DeepSeekMath 0.04, R1 0.001, DAPO/Dr. GRPO 0)
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # DAPO clip-higher, e.g. 0.28
+    loss_type: str = "grpo"
+    scale_rewards: str = "group"
+    num_iterations: int = 1           # mu: policy updates per rollout (DeepSeekMath §4.1, Algorithm 1)
+    grad_clip: float | None = 1.0
+    eval_every: int = 10
+    time_budget_s: float | None = None  # stop once this much training time (evaluation excluded) has passed
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (a group of one has no baseline), got {self.group_size}")
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "num_iterations", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if self.lr <= 0 or self.beta < 0 or self.temperature <= 0:
+            raise ValueError(f"lr and temperature must be > 0 and beta >= 0, got {self.lr}, {self.temperature}, {self.beta}")
+
+
+def grpo_train(model, tokenizer, sample_prompts: Callable, reward_fns: dict, cfg: GRPOConfig | None = None,
+               eos_id: int | None = None, evaluate: Callable | None = None, ref_model=None,
+               progress: bool = True) -> dict:
+    """Train `model` in place with GRPO; returns a history dict of lists.
+
+    sample_prompts(n, rng) -> (prompts, answers): n prompt strings (same token length) and whatever the rewards need.
+    reward_fns: {name: fn(completions, answers) -> list[float]}; the reward of a completion is their sum (R1-Zero:
+        accuracy + format). A reward named "accuracy" is also logged as the training accuracy.
+    evaluate(model) -> dict of floats, run before training, every cfg.eval_every steps and at the end (held-out
+        accuracy etc.); its keys are logged with an "eval_" prefix next to "eval_step".
+    ref_model: the frozen reference for the KL term; default a copy of the model as it is when training starts.
+        Its k3 KL is always measured and logged (as in the notebook's plots), and only enters the loss if beta > 0.
+
+    One step (DeepSeekMath Algorithm 1, with mu = cfg.num_iterations):
+      1. sample prompts_per_step questions, G completions each, from the current policy (= pi_old)
+      2. score them with the rule-based rewards, turn rewards into group-relative advantages
+      3. take mu gradient steps on the clipped GRPO loss over this batch
+    Logged per step: reward (and each reward fn), accuracy, length (completion tokens), kl, clip_frac, loss, time_s.
+    """
+    import random
+
+    from tqdm.auto import tqdm
+
+    cfg = cfg or GRPOConfig()
+    if not reward_fns:
+        raise ValueError("reward_fns must name at least one reward function")
+    if ref_model is None:
+        ref_model = copy.deepcopy(model)
+    ref_model.eval()
+    for p in ref_model.parameters():
+        p.requires_grad_(False)
+    device = next(model.parameters()).device
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    hist: dict[str, list] = {k: [] for k in ("step", "reward", "accuracy", "length", "kl", "clip_frac", "loss",
+                                             "time_s", "eval_step")}
+    for name in reward_fns:
+        hist[f"reward_{name}"] = []
+
+    def run_eval(step):
+        if evaluate is None:
+            return
+        hist["eval_step"].append(step)
+        for k, v in evaluate(model).items():
+            hist.setdefault(f"eval_{k}", []).append(float(v))
+
+    run_eval(0)
+    train_time = 0.0
+    bar = tqdm(range(cfg.steps), desc="GRPO", disable=not progress, leave=False)
+    for step in bar:
+        t0 = time.perf_counter()
+        prompts, answers = sample_prompts(cfg.prompts_per_step, rng)
+        answers_g = [a for a in answers for _ in range(cfg.group_size)]
+        model.eval()
+        roll = rollout(model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, eos_id, gen)
+        per_fn = {name: torch.tensor(fn(roll["texts"], answers_g), dtype=torch.float32, device=device)
+                  for name, fn in reward_fns.items()}
+        rewards = torch.stack(list(per_fn.values())).sum(0)
+        adv = group_advantages(rewards, cfg.group_size, cfg.scale_rewards)
+        ids, n_prompt, mask = roll["ids"], roll["n_prompt"], roll["mask"]
+        with torch.no_grad():
+            ref_logp = completion_logprobs(ref_model, ids, n_prompt)
+            old_logp = completion_logprobs(model, ids, n_prompt) if cfg.num_iterations > 1 else None
+        model.train()
+        for _ in range(cfg.num_iterations):
+            logp = completion_logprobs(model, ids, n_prompt)
+            loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, adv, mask,
+                                    ref_logp=ref_logp, beta=cfg.beta, epsilon=cfg.epsilon,
+                                    epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type,
+                                    max_completion_length=cfg.max_new_tokens)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+        model.eval()
+        with torch.no_grad():   # KL of the rollout tokens before this update, measured whether or not beta > 0
+            kl = (kl_k3(logp.detach(), ref_logp) * mask).sum() / mask.sum().clamp(min=1.0)
+        train_time += time.perf_counter() - t0
+        hist["step"].append(step + 1)
+        hist["reward"].append(rewards.mean().item())
+        for name, r in per_fn.items():
+            hist[f"reward_{name}"].append(r.mean().item())
+        hist["accuracy"].append(per_fn["accuracy"].mean().item() if "accuracy" in per_fn else math.nan)
+        hist["length"].append(mask.sum(1).mean().item())
+        hist["kl"].append(kl.item())
+        hist["clip_frac"].append(stats["clip_frac"])
+        hist["loss"].append(loss.item())
+        hist["time_s"].append(train_time)
+        last = step + 1 == cfg.steps or (cfg.time_budget_s is not None and train_time >= cfg.time_budget_s)
+        if (step + 1) % cfg.eval_every == 0 or last:
+            run_eval(step + 1)
+        if step % 5 == 0:
+            bar.set_postfix(reward=f"{hist['reward'][-1]:.2f}", len=f"{hist['length'][-1]:.1f}")
+        if last:
+            break
+    return hist
