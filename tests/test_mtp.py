@@ -1,0 +1,219 @@
+"""Tests for course_lib.mtp: V3 §2.2 MTP modules and loss, and greedy self-speculative decoding."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib.model import ModelConfig, TinyLM, generate
+from course_lib.mtp import (MTPModel, lambda_schedule, mtp_targets, speculative_generate, train_mtp,
+                            truncate_cache)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+V = 12
+
+
+def tiny(depth=1, seed=0, n_layers=2, max_seq_len=96, dtype=torch.float32):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=n_layers, n_heads=2, max_seq_len=max_seq_len)
+    return MTPModel(TinyLM(cfg), depth=depth).to(dtype)
+
+
+def counting_batch(step, B=8, T=24):
+    """t_{i+1} = t_i + 1 (mod V) from a random start: the token k+1 steps ahead is start + i + k + 1."""
+    g = torch.Generator().manual_seed(step)
+    start = torch.randint(0, V, (B, 1), generator=g)
+    seq = (start + torch.arange(T + 1)) % V
+    return seq[:, :-1], seq[:, 1:]
+
+
+@pytest.fixture(scope="module")
+def counter():
+    """A depth-2 model trained on counting sequences, where every depth's right answer is known."""
+    m = tiny(depth=2)
+    train_mtp(m, counting_batch, steps=80, lr=1e-2, progress=False)
+    return m.eval()
+
+
+# --------------------------------------------------------------------------------------------- targets and shapes
+def test_mtp_targets_hand_built():
+    t = torch.tensor([10, 11, 12, 13, 14])      # idx = 10..13, next tokens 11..14
+    emb, tgt = mtp_targets(t, 1)
+    assert emb.tolist() == [11, 12, 13] and tgt.tolist() == [12, 13, 14]
+    emb, tgt = mtp_targets(t, 2)
+    assert emb.tolist() == [12, 13] and tgt.tolist() == [13, 14]
+    emb, tgt = mtp_targets(t, 0)                # depth 0 is the main model's next-token task
+    assert emb.tolist() == [10, 11, 12, 13] and tgt.tolist() == [11, 12, 13, 14]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_shapes_per_depth(depth):
+    m = tiny(depth=depth)
+    idx = torch.randint(0, V, (3, 10))
+    out = m(idx, idx)
+    assert out.logits.shape == (3, 10, V)
+    assert len(out.mtp_logits) == depth and len(out.mtp_losses) == depth
+    for k, logits in enumerate(out.mtp_logits, start=1):
+        assert logits.shape == (3, 10 - k, V)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_causal_alignment_by_perturbation(depth):
+    """Depth k at position i sees t_0..t_{i+k}: changing t_j changes exactly the positions i >= j - k."""
+    m = tiny(depth=depth).eval()
+    idx = torch.randint(0, V, (1, 12))
+    base = m(idx).mtp_logits
+    for j in (3, 7, 11):
+        idx2 = idx.clone()
+        idx2[0, j] = (idx2[0, j] + 1) % V
+        new = m(idx2).mtp_logits
+        for k in range(1, depth + 1):
+            diff = (base[k - 1] - new[k - 1]).abs().amax(-1)[0]          # per position i
+            unaffected = diff[:max(0, j - k)]
+            assert torch.all(unaffected < 1e-6), (k, j)
+            assert diff[j - k] > 1e-4, (k, j)                             # position j-k embeds t_j itself
+
+
+def test_loss_matches_eq_24_25_written_out():
+    m = tiny(depth=2)
+    idx = torch.randint(0, V, (2, 9))
+    tgt = torch.randint(0, V, (2, 9))
+    tgt[0, 5] = -100
+    lam = 0.3
+    out = m(idx, tgt, lam=lam)
+    # eq. (24) by hand: mean over counted positions of -log P^k_i[target t_{i+k+1}] = -log P[tgt[i+k]]
+    losses = []
+    for k, logits in enumerate(out.mtp_logits, start=1):
+        terms = [-F.log_softmax(logits[b, i], -1)[tgt[b, i + k]]
+                 for b in range(2) for i in range(9 - k) if tgt[b, i + k] != -100]
+        losses.append(torch.stack(terms).mean())
+    main = torch.stack([-F.log_softmax(out.logits[b, i], -1)[tgt[b, i]]
+                        for b in range(2) for i in range(9) if tgt[b, i] != -100]).mean()
+    for got, want in zip(out.mtp_losses, losses):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(out.main_loss, main)
+    # eq. (25): L = L_main + lambda / D * sum_k L_k
+    torch.testing.assert_close(out.loss, main + lam / 2 * (losses[0] + losses[1]))
+
+
+def test_trained_depths_predict_the_right_future_token(counter):
+    """On counting data the right answer of depth k at position i is t_i + k + 1; off-by-one would score ~0."""
+    idx, _ = counting_batch(999, B=8, T=20)
+    out = counter(idx)
+    assert (out.logits.argmax(-1) == (idx + 1) % V).float().mean() > 0.95
+    for k, logits in enumerate(out.mtp_logits, start=1):
+        want = (idx[:, :20 - k] + k + 1) % V
+        assert (logits.argmax(-1) == want).float().mean() > 0.9, k
+
+
+# --------------------------------------------------------------------------------------------- sharing
+def test_embedding_and_head_are_shared_tensors():
+    m = tiny(depth=2)
+    for module in m.mtp:
+        assert module.embed.weight is m.model.embed.weight
+        assert module.head.weight is m.model.head.weight
+    unique = sum(p.numel() for n, p in m.mtp.named_parameters() if not n.split(".")[1] in ("embed", "head"))
+    assert sum(p.numel() for p in m.parameters()) == m.model.num_params() + unique
+    # The MTP loss alone sends gradient into the shared tensors ...
+    idx = torch.randint(0, V, (2, 8))
+    out = m(idx, idx)
+    sum(out.mtp_losses).backward()
+    assert m.model.embed.weight.grad.abs().sum() > 0 and m.model.head.weight.grad.abs().sum() > 0
+    # ... and editing the main head changes the MTP logits (one tensor, not a copy).
+    before = m(idx).mtp_logits[0].detach().clone()
+    with torch.no_grad():
+        m.model.head.weight.mul_(2.0)
+    assert not torch.allclose(m(idx).mtp_logits[0], before)
+
+
+# --------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("depth", [0, -1, 1.5, True, "1"])
+def test_bad_depth(depth):
+    with pytest.raises(ValueError, match="depth"):
+        MTPModel(TinyLM(ModelConfig(vocab_size=V, d_model=32, n_heads=2)), depth=depth)
+
+
+@pytest.mark.parametrize("lam", [-0.1, "0.3", None, 11.0])
+def test_bad_lambda(lam):
+    with pytest.raises(ValueError, match="lam"):
+        MTPModel(TinyLM(ModelConfig(vocab_size=V, d_model=32, n_heads=2)), lam=lam)
+
+
+def test_bad_shapes_and_lengths():
+    m = tiny(depth=2)
+    with pytest.raises(ValueError, match="depth"):
+        m(torch.zeros(1, 2, dtype=torch.long))                      # T must exceed depth
+    with pytest.raises(ValueError, match="targets"):
+        m(torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="model"):
+        MTPModel(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        speculative_generate(m, torch.zeros(1, 3, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        speculative_generate(m, torch.zeros(1, 90, dtype=torch.long), 10)
+    with pytest.raises(ValueError, match="k"):
+        mtp_targets(torch.arange(3), 2)
+
+
+def test_lambda_schedule_follows_v3():
+    steps = 1000
+    lams = [lambda_schedule(s, steps) for s in range(steps)]
+    assert lams[0] == 0.3 and lams[-1] == 0.1
+    first_low = lams.index(0.1)
+    assert abs(first_low / steps - 10 / 14.8) < 2 / steps        # V3 §4.2: 10T of 14.8T tokens at 0.3
+    with pytest.raises(ValueError, match="switch"):
+        lambda_schedule(0, 10, switch=1.5)
+
+
+def test_truncate_cache():
+    cache = [{"k": torch.zeros(1, 2, 7, 4), "v": torch.ones(1, 2, 7, 4)}]
+    truncate_cache(cache, 5)
+    assert cache[0]["k"].shape == (1, 2, 5, 4) and cache[0]["v"].shape == (1, 2, 5, 4)
+    with pytest.raises(ValueError, match="truncate"):
+        truncate_cache(cache, 6)
+
+
+# --------------------------------------------------------------------------------------------- speculative decoding
+def _check_exact(m, n_trials, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    accepted = rejected = 0
+    for _ in range(n_trials):
+        P = int(torch.randint(1, 12, (), generator=g))
+        N = int(torch.randint(1, 50, (), generator=g))
+        idx = torch.randint(0, V, (batch, P), generator=g)
+        plain = generate(m.model, idx, N, temperature=0)
+        spec, stats = speculative_generate(m, idx, N)
+        assert torch.equal(spec, plain), (P, N)
+        assert stats.forwards == 1 + stats.drafted and stats.new_tokens == N
+        accepted += stats.accepted
+        rejected += stats.drafted - stats.accepted
+    return accepted, rejected
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_speculative_equals_greedy_float64(counter, batch):
+    """Token-for-token equality with plain greedy decoding, in float64 so that a 1-token and a 2-token forward pass
+    cannot round a near-tie differently. Three models give both branches: random (drafts mostly rejected),
+    half-trained and trained on counting (drafts mostly accepted)."""
+    half = tiny(depth=1, seed=1)
+    train_mtp(half, counting_batch, steps=25, lr=1e-2, progress=False)
+    totals = [0, 0]
+    for i, m in enumerate([tiny(depth=1, seed=2), half, counter]):
+        m64 = m.double()
+        a, r = _check_exact(m64, n_trials=10 if batch == 1 else 5, batch=batch, seed=10 * i + batch)
+        totals[0] += a
+        totals[1] += r
+        m.float()
+    assert totals[0] > 10 and totals[1] > 10, totals         # both the accept and the reject path ran
+
+
+def test_speculative_equals_greedy_float32_trained(counter):
+    """In float32 the trained model's logits have clear winners, so the same holds without float64."""
+    _check_exact(counter, n_trials=10, batch=1, seed=5)
+
+
+def test_mtp_cache_and_recompute_agree(counter):
+    idx = torch.tensor([[3, 4, 5]])
+    a, sa = speculative_generate(counter, idx, 30)
+    b, sb = speculative_generate(counter, idx, 30, use_mtp_cache=False)
+    assert torch.equal(a, b) and sa.accepted == sb.accepted and sa.drafted == sb.drafted
+    assert sa.acceptance_rate > 0.9 and sa.tokens_per_forward > 1.5   # counting is easy to draft
