@@ -1,0 +1,190 @@
+"""Distillation at toy scale: rejection sampling, sequence-level distillation data, token-level logit distillation.
+
+Papers:
+  * DeepSeek-R1 (arXiv 2501.12948) §2.3.3: rejection sampling -- sample several responses per prompt from the RL
+    checkpoint, keep only the correct (and readable) ones, mix them with non-reasoning data and fine-tune on the mix.
+  * DeepSeek-R1 §2.4 and §4.1: the R1-Distill models are small open models fine-tuned (SFT only, no RL) on the same
+    ~800k samples -- "sequence-level" distillation: the student imitates the teacher's sampled text.
+  * Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (arXiv 1503.02531) §2: "token-level" logit
+    distillation -- the student matches the teacher's whole next-token distribution, softened by a temperature T,
+    with the loss multiplied by T^2.
+
+Data convention (the same as `arith.pretrain_batch` and `train.train_lm`): a sample is a (prompt, completion) pair of
+strings; a batch is (x, y) next-token pairs where y is -100 on prompt tokens and padding, so only the completion is
+learned.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rejection sampling (R1 §2.3.3)
+# ----------------------------------------------------------------------------------------------------------------
+
+def rejection_filter(completions: Sequence[str], answers: Sequence, reward_fns: dict,
+                     thresholds: dict | None = None) -> list[bool]:
+    """Which completions to keep: those whose every reward reaches its threshold (default 1.0 = full marks).
+
+    reward_fns: {name: fn(completions, answers) -> list[float]}, the same convention as `grpo.grpo_train`, so the
+    rewards that trained the policy also decide what it is allowed to teach. R1 §2.3.3 keeps "only the correct
+    responses" and drops chain-of-thought with mixed languages: accuracy and language consistency, both at 1.0.
+    """
+    if isinstance(completions, str):
+        raise ValueError("completions must be a list of strings, not a single string")
+    completions, answers = list(completions), list(answers)
+    if len(answers) != len(completions):
+        raise ValueError(f"answers has {len(answers)} entries for {len(completions)} completions")
+    if not reward_fns:
+        raise ValueError("reward_fns must name at least one reward function")
+    thresholds = dict(thresholds or {})
+    unknown = set(thresholds) - set(reward_fns)
+    if unknown:
+        raise ValueError(f"thresholds names rewards that reward_fns lacks: {sorted(unknown)}")
+    keep = [True] * len(completions)
+    for name, fn in reward_fns.items():
+        scores = list(fn(completions, answers))
+        if len(scores) != len(completions):
+            raise ValueError(f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions")
+        bar = thresholds.get(name, 1.0)
+        keep = [k and s >= bar for k, s in zip(keep, scores)]
+    return keep
+
+
+@torch.no_grad()
+def rejection_sample(model, tokenizer, prompts: Sequence[str], answers: Sequence, k: int, reward_fns: dict,
+                     max_new_tokens: int, thresholds: dict | None = None, temperature: float = 1.0,
+                     eos_id: int | None = None, generator: torch.Generator | None = None) -> dict:
+    """Sample k completions per prompt from `model` and keep those that pass `rejection_filter`.
+
+    Returns {"samples": kept (prompt, completion) pairs, "accept_rate": kept / sampled,
+             "solved": share of prompts with at least one kept completion, "n_sampled": len(prompts) * k}.
+    Prompts must encode to the same number of tokens (`grpo.rollout` batches them without padding).
+    """
+    from .grpo import rollout
+
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if len(prompts) != len(answers):
+        raise ValueError(f"answers has {len(answers)} entries for {len(prompts)} prompts")
+    roll = rollout(model, tokenizer, list(prompts), k, max_new_tokens, temperature, eos_id, generator)
+    prompts_k = [p for p in prompts for _ in range(k)]       # rollout keeps each prompt's k samples together
+    answers_k = [a for a in answers for _ in range(k)]
+    keep = rejection_filter(roll["texts"], answers_k, reward_fns, thresholds)
+    samples = [(p, c) for p, c, ok in zip(prompts_k, roll["texts"], keep) if ok]
+    solved = [any(keep[i * k:(i + 1) * k]) for i in range(len(prompts))]
+    return {"samples": samples, "accept_rate": sum(keep) / len(keep), "solved": sum(solved) / len(solved),
+            "n_sampled": len(keep)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sequence-level distillation data (R1 §2.4: plain SFT on the teacher's samples)
+# ----------------------------------------------------------------------------------------------------------------
+
+def sequence_batch(tokenizer, samples: Sequence[tuple[str, str]], pad_id: int,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (prompt, completion) samples as one padded next-token batch (x, y), prompt and padding masked with -100.
+
+    For a sequence s = prompt + completion, x = s[:-1] and y = s[1:], and y is kept only where it is a completion
+    token: SFT maximises log p(completion | prompt) and never learns to write prompts.
+    """
+    if len(samples) == 0:
+        raise ValueError("samples must hold at least one (prompt, completion) pair")
+    rows, starts = [], []
+    for item in samples:
+        if len(item) != 2 or not all(isinstance(s, str) for s in item):
+            raise ValueError(f"each sample must be a (prompt, completion) pair of strings, got {item!r}")
+        prompt_ids, comp_ids = tokenizer.encode(item[0]), tokenizer.encode(item[1])
+        if not prompt_ids or not comp_ids:
+            raise ValueError(f"prompt and completion must both be non-empty, got {item!r}")
+        rows.append(prompt_ids + comp_ids)
+        starts.append(len(prompt_ids))
+    T = max(len(r) for r in rows) - 1
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (r, n_prompt) in enumerate(zip(rows, starts)):
+        r = torch.tensor(r)
+        x[i, :len(r) - 1] = r[:-1]
+        # position t predicts token t+1; the first completion token is predicted at position n_prompt - 1
+        y[i, n_prompt - 1:len(r) - 1] = r[n_prompt:]
+    return x.to(device), y.to(device)
+
+
+def batch_sampler(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0) -> Callable:
+    """get_batch(step) -> (x, y) for `train.train_lm`: seeded random rows, a fresh permutation every epoch."""
+    if x.shape != y.shape:
+        raise ValueError(f"x shape {tuple(x.shape)} and y shape {tuple(y.shape)} differ")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    n = x.shape[0]
+    per_epoch = max(1, n // batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    perms: dict[int, torch.Tensor] = {}
+
+    def get_batch(step: int):
+        epoch, i = divmod(step, per_epoch)
+        while epoch not in perms:                  # draw permutations in order, so step k always gets the same rows
+            perms[len(perms)] = torch.randperm(n, generator=gen)
+        rows = perms[epoch][i * batch_size:(i + 1) * batch_size] if n >= batch_size else perms[epoch]
+        rows = rows.to(x.device)
+        return x[rows], y[rows]
+
+    return get_batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token-level logit distillation (Hinton et al. 2015, §2)
+# ----------------------------------------------------------------------------------------------------------------
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(p_teacher^T || p_student^T), averaged over the positions where mask is true.
+
+    Hinton et al. §2: soft targets p_i = exp(z_i / T) / sum_j exp(z_j / T). Per position
+        KL(p || q) = sum_i p_i (log p_i - log q_i)            (forward KL: the teacher's distribution first)
+    and the soft-target gradients scale as 1/T^2, so the loss is multiplied by T^2 to keep its size comparable
+    across temperatures (and with a hard-label cross-entropy it may be mixed with).
+    Logits: (..., V); mask: (...) bool or 0/1, default all positions.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} does not match student_logits "
+                         f"shape {tuple(student_logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    # sum_i p_i (log p_i - log q_i), one value per position
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    if mask is None:
+        mask = torch.ones_like(kl)
+    if mask.shape != kl.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the positions {tuple(kl.shape)}")
+    mask = mask.to(kl.dtype)
+    return temperature ** 2 * (kl * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def kd_loss_fn(teacher, temperature: float = 2.0, alpha: float = 1.0) -> Callable:
+    """A `train.train_lm` loss_fn: alpha * kd_loss + (1 - alpha) * cross-entropy on the hard labels.
+
+    Hinton §2 mixes both objectives ("a weighted average of two different objective functions"); alpha = 1 is pure
+    logit distillation. The teacher is frozen and scores the same (x, y) the student sees: only positions with a
+    label (y != -100, the completion) count.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    teacher.eval()
+
+    def loss_fn(model, x, y):
+        with torch.no_grad():
+            t_logits = teacher(x).logits
+        out = model(x, y)
+        kd = kd_loss(out.logits, t_logits, temperature, mask=y != -100)
+        loss = alpha * kd + (1.0 - alpha) * out.loss
+        return loss, {"kd": kd.item(), "ce": out.loss.item()}
+
+    return loss_fn
