@@ -125,7 +125,7 @@ def sync_notebook(nb: dict, path: Path) -> None:
     if code:
         code[0]["source"] = setup_cell_source().splitlines(keepends=True)
     title = nb["cells"][0]
-    if title["cell_type"] == "markdown":
+    if title["cell_type"] == "markdown" and path.resolve().is_relative_to(ROOT):
         text = "".join(title["source"])
         badge = colab_badge(path)
         text = BADGE_RE.sub(badge, text) if BADGE_RE.search(text) else text

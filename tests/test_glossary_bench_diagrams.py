@@ -1,0 +1,53 @@
+import subprocess
+import sys
+
+import pytest
+
+from course_lib import glossary
+from course_lib.bench import core as bench_core
+from course_lib.diagrams import PIPELINE_NODES, r1_pipeline_figure
+
+
+def test_glossary_has_about_thirty_terms_with_chinese():
+    rows = glossary.load()
+    assert len(rows) >= 30
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in r["term_zh"]) for r in rows)
+    assert {r["term_en"] for r in rows} >= {"mixture of experts (MoE)", "distillation", "multi-token prediction (MTP)"}
+
+
+def test_glossary_lookup_by_term_and_notebook():
+    assert glossary.lookup("distill")[0]["term_zh"] == "蒸馏"
+    assert all(r["notebook"] == "03" for r in glossary.lookup(notebook=3))
+    with pytest.raises(ValueError, match="'banana'"):
+        glossary.lookup("banana")
+
+
+def test_glossary_show_without_ipython_display_prints(capsys):
+    rows = glossary.show(["reward"])
+    assert rows and rows[0]["term_zh"] == "奖励"
+
+
+def test_bench_cli_lists_and_rejects():
+    out = subprocess.run([sys.executable, "-m", "course_lib.bench"], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "course_lib.bench", "no_such_bench"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown benchmark" in bad.stderr
+
+
+def test_bench_timing_helpers(capsys):
+    assert bench_core.time_fn(lambda: sum(range(100)), repeat=3, warmup=1) >= 0
+    times = bench_core.compare({"a": lambda: None, "b": lambda: sum(range(1000))}, repeat=3)
+    assert set(times) == {"a", "b"}
+    with pytest.raises(ValueError, match="baseline"):
+        bench_core.compare({"a": lambda: None}, baseline="z")
+    text = bench_core.print_table([["x", 1.23456]], ["name", "value"])
+    assert "1.235" in text
+
+
+def test_pipeline_figure_and_notes():
+    fig = r1_pipeline_figure({"r1zero": "toy acc 0.9"})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("toy acc 0.9" in t for t in texts)
+    assert len([t for t in texts if t.startswith("nb ")]) == len(PIPELINE_NODES)
+    with pytest.raises(ValueError, match="unknown stages"):
+        r1_pipeline_figure({"v4": "x"})
