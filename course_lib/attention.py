@@ -192,6 +192,9 @@ class MQA(GQA):
 
 
 # --------------------------------------------------------------------------------------------- MLA
+PATHS = ("auto", "naive", "absorbed")
+
+
 class MLA(nn.Module):
     """Multi-head Latent Attention, DeepSeek-V2 §2.1.2-2.1.3 (Eq. 9-19; full form in Appendix C, Eq. 37-47).
 
@@ -202,7 +205,8 @@ class MLA(nn.Module):
       qk_nope_head_dim  d_h, per-head size of the content (no-RoPE) query/key     (default d_model // n_heads)
       qk_rope_head_dim  d^R_h, per-head size of the decoupled RoPE query and shared key (default d_h // 2; even)
       v_head_dim        per-head value size                                        (default d_h)
-      path              "naive": decompress the cache to full K and V; "absorbed": attend in the latent space
+      path              "naive": decompress the cache to full K and V; "absorbed": attend in the latent space;
+                        "auto" (default): naive for a prompt (T > 1), absorbed for one-token decode steps
       rope_base, rope_interleaved  RoPE frequencies base and pair layout (DeepSeek's weights use interleaved)
       softmax_scale     default 1 / sqrt(d_h + d^R_h) (Eq. 18); YaRN-extended checkpoints multiply it by mscale^2
       norm_eps          eps of the RMSNorms after the compressed latents (V2 §3.1.2 "additional RMS Norm layers")
@@ -219,7 +223,7 @@ class MLA(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
                  qk_nope_head_dim: int | None = None, qk_rope_head_dim: int | None = None,
-                 v_head_dim: int | None = None, path: str = "absorbed", rope_base: float = 10000.0,
+                 v_head_dim: int | None = None, path: str = "auto", rope_base: float = 10000.0,
                  rope_interleaved: bool = False, softmax_scale: float | None = None, norm_eps: float = 1e-6):
         super().__init__()
         _positive_int("d_model", d_model)
@@ -236,8 +240,8 @@ class MLA(nn.Module):
         self.v_head_dim = _positive_int("v_head_dim", d_h if v_head_dim is None else v_head_dim)
         self.kv_lora_rank = _positive_int("kv_lora_rank", 4 * d_h if kv_lora_rank is None else kv_lora_rank)
         self.q_lora_rank = None if q_lora_rank is None else _positive_int("q_lora_rank", q_lora_rank)
-        if path not in ("naive", "absorbed"):
-            raise ValueError(f"path must be 'naive' or 'absorbed', got {path!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.path = path
         self.rope_base = float(rope_base)
         self.rope_interleaved = bool(rope_interleaved)
@@ -289,9 +293,14 @@ class MLA(nn.Module):
     def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None):
         _check_input(x, self.d_model, start_pos)
         path = self.path if path is None else path
-        if path not in ("naive", "absorbed"):
-            raise ValueError(f"path must be 'naive' or 'absorbed', got {path!r}")
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         B, T, _ = x.shape
+        if path == "auto":
+            # A prompt is compute-bound: decompressing each token once is cheaper than scoring T x T pairs in the
+            # 3x wider latent space (d_c + d^R_h = 576 vs d_h + d^R_h = 192 at V3). A decode step reads the whole
+            # cache for one query: there, touching only the latents is what makes MLA fast.
+            path = "naive" if T > 1 else "absorbed"
         H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
             self.kv_lora_rank
         if cache is not None:

@@ -70,7 +70,8 @@ DEEPSEEK_V2_LITE = DeepSeekConfig(
     num_hidden_layers=27, first_k_dense_replace=1, num_attention_heads=16, q_lora_rank=None, kv_lora_rank=512,
     qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
     num_experts_per_tok=6, mscale_all_dim=0.707, published_total=15.7, published_activated=2.4,
-    source="huggingface.co/deepseek-ai/DeepSeek-V2-Lite config.json; DeepSeek-V3 repo inference/configs/config_16B.json")
+    source="huggingface.co/deepseek-ai/DeepSeek-V2-Lite config.json; "
+           "DeepSeek-V3 repo inference/configs/config_16B.json")
 
 CONFIGS = {c.name: c for c in (DEEPSEEK_V2_LITE, DEEPSEEK_V2, DEEPSEEK_V3)}
 

@@ -41,7 +41,8 @@ class AttentionShape:
                 raise ValueError(f"{field} must be a positive int, got {value!r}")
         if self.kind == "gqa" and not (isinstance(self.n_kv_heads, int) and 0 < self.n_kv_heads
                                        and self.n_heads % self.n_kv_heads == 0):
-            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={self.n_heads}, got {self.n_kv_heads!r}")
+            raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={self.n_heads}, "
+                             f"got {self.n_kv_heads!r}")
         if self.kind == "mla":
             for field in ("kv_lora_rank", "rope_dim"):
                 value = getattr(self, field)

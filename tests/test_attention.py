@@ -58,6 +58,16 @@ def test_decode_with_cache_equals_prefill_float64(path):
     assert cache["c_kv"].shape == (2, 12, 24) and cache["k_rope"].shape == (2, 12, 8)
 
 
+def test_auto_path_agrees_with_both_paths():
+    """path="auto" (the default) picks naive for prompts and absorbed for single-token steps: same numbers."""
+    m = make_mla(seed=14)
+    assert m.path == "auto"
+    x = rand(2, 9, 48, seed=15)
+    with torch.no_grad():
+        stepped, _ = decode_stepwise(m, x, 4)
+        assert (stepped - m(x, path="absorbed")).abs().max() < 1e-10
+
+
 def test_naive_and_absorbed_agree_in_float32():
     """Float32: the two paths sum in different orders; agreement to 1e-5 (outputs are O(1))."""
     m = make_mla(seed=4, dtype=torch.float32)
