@@ -99,3 +99,13 @@ def test_benchmark_cache_bytes_are_exactly_latent_plus_rope_key():
     assert rows[0]["cache_bytes_per_token"]["MLA absorbed"] == (dims["kv_lora_rank"] + dims["qk_rope_head_dim"]) * 4
     assert rows[0]["cache_bytes_per_token"]["MHA"] == 2 * 2 * dims["v_head_dim"] * 4
     assert set(rows[0]["seconds"]) == {"MHA", "MLA naive", "MLA absorbed"}
+
+
+def test_matches_v2_table9_cache_sizes():
+    """V2 Appendix D.2, Table 9 reports KV cache per token (elements): small MoE w/ MLA 15.6K and its MHA twin 110.6K
+    (V2-Lite's shape: 27 layers, 16 heads of 128), large MoE w/ MLA 34.6K (V2's shape)."""
+    lite, v2 = kvcache.PRESETS["DeepSeek-V2-Lite"], kvcache.PRESETS["DeepSeek-V2"]
+    assert round(kvcache.elements_per_token(lite) / 1e3, 1) == 15.6
+    assert round(kvcache.elements_per_token(v2) / 1e3, 1) == 34.6
+    mha_twin = kvcache.variants(lite)["MHA"]
+    assert round(kvcache.elements_per_token(mha_twin) / 1e3, 1) == 110.6
