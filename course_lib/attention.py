@@ -38,7 +38,7 @@ def _check_input(x: torch.Tensor, d_model: int, start_pos) -> None:
         raise ValueError(f"start_pos must be a non-negative int, got {start_pos!r}")
 
 
-def _check_cache(cache, expected: dict, start_pos: int) -> int:
+def _check_cache(cache, expected: dict, start_pos: int, x: torch.Tensor) -> int:
     """Validate a per-layer cache dict; return the number of cached tokens S (0 when empty).
 
     `expected` maps each key to its shape with None where the cached-token axis S goes.
@@ -59,6 +59,8 @@ def _check_cache(cache, expected: dict, start_pos: int) -> int:
             want_txt = tuple("S" if s is None else s for s in shape)
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"cache[{key!r}] must have shape {want_txt} (S = cached tokens), got {got}")
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"cache[{key!r}] is {t.dtype} on {t.device} but x is {x.dtype} on {x.device}")
         lengths.add(t.shape[axis])
     if len(lengths) != 1:
         raise ValueError(f"cache entries disagree on the number of cached tokens: {sorted(lengths)}")
@@ -152,7 +154,7 @@ class GQA(nn.Module):
             raise ValueError(f"start_pos + T = {start_pos + T} exceeds max_seq_len={self.max_seq_len}")
         H, G, hd = self.n_heads, self.n_kv_heads, self.head_dim
         if cache is not None:
-            _check_cache(cache, {"k": (B, G, None, hd), "v": (B, G, None, hd)}, start_pos)
+            _check_cache(cache, {"k": (B, G, None, hd), "v": (B, G, None, hd)}, start_pos, x)
         q, k, v = self.qkv(x).split([H * hd, G * hd, G * hd], dim=-1)
         q = q.view(B, T, H, hd).transpose(1, 2)                                  # (B, H, T, hd)
         k = k.view(B, T, G, hd).transpose(1, 2)                                  # (B, G, T, hd)
@@ -304,7 +306,7 @@ class MLA(nn.Module):
         H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
             self.kv_lora_rank
         if cache is not None:
-            _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr)}, start_pos)
+            _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr)}, start_pos, x)
         cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
 
         # Eq. 12: c^Q_t = W^DQ h_t (then RMSNorm, V2 §3.1.2); without query compression q_up reads h_t directly.

@@ -219,14 +219,17 @@ def test_bad_cache_and_inputs_raise():
     x = rand(2, 3, 48)
     with pytest.raises(ValueError, match="cache"):
         m(x, cache=[])
-    with pytest.raises(ValueError, match="cache"):
-        m(x, start_pos=2, cache={"c_kv": torch.zeros(2, 2, 99), "k_rope": torch.zeros(2, 2, 8)})
-    with pytest.raises(ValueError, match="cache"):
-        m(x, start_pos=2, cache={"c_kv": torch.zeros(3, 2, 24), "k_rope": torch.zeros(3, 2, 8)})
+    f64 = dict(dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"cache\['c_kv'\] must have shape"):      # wrong latent size
+        m(x, start_pos=2, cache={"c_kv": torch.zeros(2, 2, 99, **f64), "k_rope": torch.zeros(2, 2, 8, **f64)})
+    with pytest.raises(ValueError, match=r"cache\['c_kv'\] must have shape"):      # wrong batch
+        m(x, start_pos=2, cache={"c_kv": torch.zeros(3, 2, 24, **f64), "k_rope": torch.zeros(3, 2, 8, **f64)})
     with pytest.raises(ValueError, match="cache"):
         m(x, start_pos=2, cache={"k": torch.zeros(2, 4, 2, 8), "v": torch.zeros(2, 4, 2, 8)})
+    with pytest.raises(ValueError, match="cache"):                             # float32 cache, float64 input
+        m(x, start_pos=2, cache={"c_kv": torch.zeros(2, 2, 24), "k_rope": torch.zeros(2, 2, 8)})
     with pytest.raises(ValueError, match="start_pos"):
-        m(x, start_pos=5, cache={"c_kv": torch.zeros(2, 2, 24), "k_rope": torch.zeros(2, 2, 8)})
+        m(x, start_pos=5, cache={"c_kv": torch.zeros(2, 2, 24, **f64), "k_rope": torch.zeros(2, 2, 8, **f64)})
     with pytest.raises(ValueError, match="x"):
         m(rand(2, 3, 40))
     g = GQA(32, 4, 2)
