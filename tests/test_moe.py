@@ -216,3 +216,19 @@ def test_parameter_count_matches_formula():
     per_expert = 3 * 16 * 4
     assert sum(p.numel() for p in moe.parameters()) == 8 * 16 + 8 * per_expert + 2 * per_expert
     assert math.isclose(moe.routed_scaling_factor, 1.0)
+
+
+def test_ch02_exercise_answers_agree_with_course_lib():
+    """The exercises' hand-worked answers, recomputed with course_lib.moe."""
+    from course_lib.checks import ch02
+    s = torch.tensor([[0.9, 0.05, 0.5, 0.5, 0.7, 0.6, 0.2, 0.3]], dtype=torch.float64)
+    _, idx, _ = route(logit(s), top_k=2, n_group=4, topk_group=2)
+    assert sorted(idx[0].tolist()) == ch02.group_limited_experts.reference()
+    new = bias_update(torch.tensor([0.0, 0.02, -0.01, 0.0]), torch.tensor([3.0, 9.0, 2.0, 6.0]), 0.01)
+    torch.testing.assert_close(new, torch.tensor(ch02.bias_after_one_update.reference()))
+    logits = torch.randn(6, 8, generator=torch.Generator().manual_seed(7))
+    w, idx, _ = route(logits, top_k=3)
+    dense = torch.zeros_like(logits).scatter(1, idx, w)
+    torch.testing.assert_close(ch02.sigmoid_gating.reference(logits, 3), dense)
+    load = torch.tensor([10.0, 2.0, 4.0, 0.0])
+    assert ch02.maxvio.reference(load) == pytest.approx(max_violation(load))
