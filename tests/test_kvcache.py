@@ -109,3 +109,16 @@ def test_matches_v2_table9_cache_sizes():
     assert round(kvcache.elements_per_token(v2) / 1e3, 1) == 34.6
     mha_twin = kvcache.variants(lite)["MHA"]
     assert round(kvcache.elements_per_token(mha_twin) / 1e3, 1) == 110.6
+
+
+def test_benchmark_command_line_prints_and_records(tmp_path, capsys):
+    import json
+
+    from course_lib.bench import mla as bench
+    out = tmp_path / "run.json"
+    assert bench.main(["--contexts", "4,8", "--d-model", "64", "--heads", "2", "--repeat", "1",
+                       "--record", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "naive/absorbed" in printed and "(512 + 64) * 4 = 2304 bytes" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["context"] for r in rows] == [4, 8]
