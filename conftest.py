@@ -2,7 +2,13 @@
 
 Also records, for every notebook nbval executes, its wall time (kernel start + all cells) and the kernel's peak
 memory (VmHWM), and writes them to the JSON file named by COURSE_NB_REPORT (.ci/run prints them as a table).
+
+When nbval runs notebooks, their kernels run OFFLINE: tools/e2e/netblock/sitecustomize.py is put on the kernels'
+PYTHONPATH and blocks every non-local connection (COURSE_NETBLOCK=0 turns this off). The text outputs of every
+executed cell are written to artifacts/nbval_outputs/ (COURSE_NB_OUTPUTS names another folder), where the browser
+test (tests/e2e) compares them with a second execution of the same notebook: the determinism check.
 """
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +21,17 @@ os.environ.setdefault("COURSE_WIDGETS", "static")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 _NOTEBOOKS: dict[str, dict] = {}
+_OUTPUTS: dict[str, dict[int, dict]] = {}     # notebook -> code-cell number -> {"source", "outputs"}
+_ROOT = Path(__file__).resolve().parent
+NETBLOCK_DIR = _ROOT / "tools" / "e2e" / "netblock"
+
+
+def pytest_configure(config):
+    nbval_on = getattr(config.option, "nbval_lax", False) or getattr(config.option, "nbval", False)
+    if nbval_on and os.environ.setdefault("COURSE_NETBLOCK", "1") == "1":
+        # Only kernels started from now on see this (they inherit os.environ); this pytest process stays as it is.
+        paths = [str(NETBLOCK_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
 def _notebook_of(nodeid: str) -> str | None:
@@ -52,10 +69,36 @@ def pytest_runtest_teardown(item, nextitem):
         rec = _NOTEBOOKS.setdefault(nb, {"seconds": 0.0, "peak_mb": None, "cells": 0, "failed": False})
         if peak is not None:
             rec["peak_mb"] = max(rec["peak_mb"] or 0.0, peak)
+        outs = getattr(item, "test_outputs", None)
+        if outs is not None and hasattr(item, "cell_num"):
+            _OUTPUTS.setdefault(nb, {})[item.cell_num] = {"source": item.cell.source,
+                                                           "outputs": [_text_only(o) for o in outs]}
     yield
 
 
+def _text_only(output) -> dict:
+    """An output without metadata, with images replaced by a short marker (the records hold text, not pictures)."""
+    out = {k: v for k, v in output.items() if k != "metadata"}
+    if "data" in out:
+        out["data"] = {m: (f"<{m}>" if m.startswith("image/") else v) for m, v in out["data"].items()}
+    return out
+
+
+def _write_outputs() -> None:
+    folder = Path(os.environ.get("COURSE_NB_OUTPUTS", _ROOT / "artifacts" / "nbval_outputs"))
+    for nb, cells in _OUTPUTS.items():
+        path = _ROOT / nb
+        source = path.read_bytes() if path.exists() else b""
+        record = {"notebook": nb, "notebook_sha256": hashlib.sha256(source).hexdigest(),
+                  "failed": _NOTEBOOKS.get(nb, {}).get("failed", False),
+                  "cells": [cells[i] for i in sorted(cells)]}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / (nb.replace("/", "__") + ".json")).write_text(json.dumps(record, indent=1, ensure_ascii=False))
+
+
 def pytest_sessionfinish(session, exitstatus):
+    if _OUTPUTS:
+        _write_outputs()
     target = os.environ.get("COURSE_NB_REPORT")
     if target and _NOTEBOOKS:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
