@@ -185,7 +185,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model)
         if cfg.attention == "mla":
             from .attention import MLA  # imported here so the dense model needs nothing from notebook 03
-            self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **(cfg.mla or {}))
+            self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **{"rope_base": cfg.rope_base, **(cfg.mla or {})})
         else:
             self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_base)
         if cfg.ffn == "moe" and layer >= cfg.n_dense_layers:

@@ -87,18 +87,21 @@ def test_no_hard_coded_cuda(path):
 
 
 def test_no_machine_paths_in_tracked_files():
+    """No file names this machine's folders (the clone's parent, the temp folder, the home folder)."""
+    import tempfile
+
+    machine = {str(ROOT.parent) + "/", tempfile.gettempdir() + "/", str(Path.home()) + "/"}
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    pattern = re.compile(r"(/work/|/root/|/home/[a-z]|/tmp/[A-Za-z0-9_.-]+/)")
     offenders = []
     for name in files:
         p = ROOT / name
-        if p.suffix in (".pt", ".png", ".pdf", ".bin", ".safetensors", ".gz") or not p.is_file():
+        if not p.is_file():
             continue
         try:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             continue
-        offenders += [f"{name}: {m.group(0)}" for m in pattern.finditer(text)]
+        offenders += [f"{name}: {m}" for m in machine if m != "//" and m in text]
     assert not offenders, offenders[:5]
 
 
