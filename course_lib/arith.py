@@ -157,3 +157,62 @@ def evaluate(model, tok: CharTokenizer, problems: list[tuple[int, int]] | None =
     return {"accuracy": sum(acc) / len(acc),
             "think_share": sum(map(is_thinking, roll["texts"])) / len(acc),
             "length": roll["mask"].sum(1).mean().item()}
+
+
+@torch.no_grad()
+def evaluate_forced(model, tok: CharTokenizer, think: bool, problems: list[tuple[int, int]] | None = None,
+                    temperature: float = 1.0, seed: int = 0, n_digits: int = N_DIGITS) -> float:
+    """Held-out accuracy when the completion is forced to start the direct way ('<think></think>') or the scratchpad
+    way ('<think>' + the first scratchpad digit): how good each style is, separately from how often it is chosen."""
+    from .grpo import rollout
+    from .rewards import accuracy_reward
+
+    problems = held_out_problems(n_digits=n_digits) if problems is None else problems
+    prefixes = [THINK_OPEN + (str(a)[-1] if think else THINK_CLOSE) for a, _ in problems]
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    roll = rollout(model, tok, [prompt(a, b, n_digits) + pre for (a, b), pre in zip(problems, prefixes)], 1,
+                   max_completion_tokens(n_digits) + 4, temperature, eos_id(tok), gen)
+    texts = [pre + t for pre, t in zip(prefixes, roll["texts"])]
+    acc = accuracy_reward(texts, [a + b for a, b in problems])
+    return sum(acc) / len(acc)
+
+
+BASE_MODEL = dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=64)
+
+
+def load_base(device=None):
+    """The shipped base policy (assets/grpo/base.pt, made by assets/grpo/make_base.py) and its tokenizer."""
+    from . import asset_path
+    from .model import ModelConfig, TinyLM
+
+    tok = make_tokenizer()
+    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, **BASE_MODEL))
+    state = torch.load(asset_path("grpo", "base.pt"), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device or "cpu").eval(), tok
+
+
+def reward_fns() -> dict:
+    """R1-Zero's two rule-based rewards (R1 §2.2.2): accuracy + format, summed by `grpo.grpo_train`."""
+    from .rewards import accuracy_reward, format_reward
+
+    return {"accuracy": accuracy_reward, "format": format_reward}
+
+
+def grpo_config(**overrides):
+    """The notebook's default GRPO settings for this task; keyword arguments override single fields."""
+    from .grpo import GRPOConfig
+
+    defaults = dict(steps=120, prompts_per_step=8, group_size=8, max_new_tokens=max_completion_tokens() + 2,
+                    temperature=1.0, lr=2e-3, beta=0.001, epsilon=0.2, loss_type="grpo", eval_every=10, seed=0)
+    return GRPOConfig(**{**defaults, **overrides})
+
+
+def r1_zero(model, tok: CharTokenizer, cfg=None, eval_problems: list[tuple[int, int]] | None = None,
+            progress: bool = True) -> dict:
+    """GRPO on the addition task with accuracy + format rewards only, evaluated on the held-out problems."""
+    from .grpo import grpo_train
+
+    return grpo_train(model, tok, sample_prompts, reward_fns(), cfg or grpo_config(), eos_id=eos_id(tok),
+                      evaluate=lambda m: evaluate(m, tok, eval_problems), progress=progress)
