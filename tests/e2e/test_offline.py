@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ARTIFACTS, ROOT
+from e2ecommon import ARTIFACTS, ROOT
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("nbval") is None, reason="needs nbval (the test extra)")
 

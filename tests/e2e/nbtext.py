@@ -1,0 +1,80 @@
+"""Reduce a cell's outputs to the text a learner reads, so two executions of a notebook can be compared.
+
+Used by the determinism check: nbval's run (recorded by the root conftest.py into artifacts/nbval_outputs/) and the
+browser's run (tests/e2e/test_browser.py) must print the same numbers. Things that legitimately differ between two
+runs are masked, and nothing else:
+- wall-clock times: on a line that states a duration (`12.3 ms`, `4 s`, `00:03`, `it/s`), every number is masked,
+  because the speed ratios printed next to timings vary too;
+- the widget library's version in the environment report (the browser run uses the Colab-like ipywidgets 7);
+- memory addresses (`0x7f...`).
+Cells that draw a widget are compared only for errors: nbval draws their static previews, the browser the live
+controls. The result of a cell whose last line ends with `;` is dropped: JupyterLab hides it as IPython promises,
+but nbval's kernels still send it.
+"""
+from __future__ import annotations
+
+import re
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+_DURATION = re.compile(r"\d\s*(ms|s|sec|secs|seconds?|min|minutes?|µs|us|ns|h)\b|\d+:\d\d\b|\bit/s\b|s/it\b",
+                       re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?", re.IGNORECASE)
+_ADDRESS = re.compile(r"0x[0-9a-f]{6,}", re.IGNORECASE)
+
+
+def _after_carriage_returns(text: str) -> str:
+    """What a terminal shows: on each line only the text after the last carriage return (progress bars)."""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n"))
+
+
+def mask(text: str) -> str:
+    lines = []
+    for line in _after_carriage_returns(text).split("\n"):
+        line = _ADDRESS.sub("0x…", line)
+        if "ipywidgets" in line:
+            line = "<widget library version masked>"
+        elif _DURATION.search(line):
+            line = _NUMBER.sub("#", line)
+        lines.append(line.rstrip())
+    return "\n".join(lines).strip("\n")
+
+
+def _text(value) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def draws_widget(cell_source: str, outputs: list[dict]) -> bool:
+    return "interactive(" in cell_source or any(WIDGET_MIME in o.get("data", {}) for o in outputs)
+
+
+def shown(source: str, outputs: list[dict]) -> list[dict]:
+    """The outputs a learner sees: without the execute_result of a cell whose last line ends with ';'."""
+    lines = [l for l in source.rstrip().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    quiet = bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
+    return [o for o in outputs if not (quiet and o.get("output_type") == "execute_result")]
+
+
+def cell_text(source: str, outputs: list[dict]) -> str:
+    """stdout, results and errors of one cell, masked; stderr (warnings, progress bars) and pictures left out."""
+    parts = []
+    for o in shown(source, outputs):
+        kind = o.get("output_type")
+        if kind == "stream" and o.get("name") == "stdout":
+            parts.append(_text(o.get("text", "")))
+        elif kind == "error":
+            parts.append(f"ERROR {o.get('ename')}: {o.get('evalue')}")
+        elif kind in ("execute_result", "display_data"):
+            data = o.get("data", {})
+            if WIDGET_MIME in data or any(m.startswith("image/") for m in data):
+                continue              # a picture (counted separately) or a widget; its text/plain is only a repr
+            if "text/plain" in data:
+                parts.append(_text(data["text/plain"]) + "\n")
+    return mask("".join(parts))
+
+
+def image_count(source: str, outputs: list[dict]) -> int:
+    return sum(any(m.startswith("image/") for m in o.get("data", {})) for o in shown(source, outputs))
+
+
+def errors(outputs: list[dict]) -> list[str]:
+    return [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.get("output_type") == "error"]

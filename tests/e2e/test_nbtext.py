@@ -1,0 +1,35 @@
+"""The determinism check's comparison (nbtext.py) masks times and nothing else: hand-made outputs."""
+import nbtext
+
+
+def stdout(text):
+    return {"output_type": "stream", "name": "stdout", "text": text}
+
+
+def test_times_are_masked_but_other_numbers_are_not():
+    a = [stdout("context 256: MHA 6.1 ms -> 1.3x\nloss 2.3412\n")]
+    b = [stdout("context 256: MHA 9.8 ms -> 1.1x\nloss 2.3412\n")]
+    assert nbtext.cell_text("x", a) == nbtext.cell_text("x", b)
+    c = [stdout("context 256: MHA 9.8 ms -> 1.1x\nloss 2.3413\n")]
+    assert nbtext.cell_text("x", a) != nbtext.cell_text("x", c)
+
+
+def test_progress_bar_redraws_keep_the_last_state_only():
+    assert nbtext.mask("step 1/3\rstep 2/3\rdone 3/3\n") == "done 3/3"
+
+
+def test_semicolon_hides_the_cell_result_like_ipython():
+    result = {"output_type": "execute_result", "data": {"text/plain": "[<Figure>]", "image/png": "<image/png>"}}
+    assert nbtext.image_count("f();", [result]) == 0
+    assert nbtext.image_count("f()  # draw", [result]) == 1
+    assert nbtext.cell_text("f()", [result]) == ""        # a picture's text/plain is only a repr
+    assert "7" in nbtext.cell_text("3 + 4", [{"output_type": "execute_result", "data": {"text/plain": "7"}}])
+
+
+def test_errors_and_widgets_are_recognised():
+    err = {"output_type": "error", "ename": "ValueError", "evalue": "k must be positive", "traceback": []}
+    assert nbtext.errors([stdout("ok"), err]) == ["ValueError: k must be positive"]
+    assert nbtext.cell_text("f()", [err]) == "ERROR ValueError: k must be positive"
+    view = {"output_type": "display_data", "data": {nbtext.WIDGET_MIME: {"model_id": "1"}, "text/plain": "VBox()"}}
+    assert nbtext.draws_widget("box", [view]) and nbtext.draws_widget("interactive(f, {})", [])
+    assert not nbtext.draws_widget("print(1)", [stdout("1")])
