@@ -172,3 +172,64 @@ def test_k3_is_unbiased_for_kl():
         # ... while the reverse direction is a different number: the test knows which KL it checks
         rev = (ref * (ref.log() - pi.log())).sum().item()
         assert abs(rev - exact) > 4 * stderr
+
+
+# ---------------------------------------------------------------- rollout helpers and the training loop
+
+def test_completion_mask_stops_after_first_eos():
+    comp = torch.tensor([[5, 6, 9, 9, 9], [5, 5, 5, 5, 5], [9, 9, 9, 9, 9]])
+    want = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    torch.testing.assert_close(grpo.completion_mask(comp, eos_id=9), want)
+    assert grpo.completion_mask(comp, eos_id=None).sum().item() == 15
+
+
+def _toy_policy():
+    from course_lib.model import CharTokenizer, ModelConfig, TinyLM
+
+    tok = CharTokenizer("abxy.")
+    torch.manual_seed(0)
+    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16))
+    return model, tok
+
+
+def _x_reward(completions, answers):
+    # reward 1 when the completion starts with 'x': one decision for the policy to learn
+    return [1.0 if c.startswith("x") else 0.0 for c in completions]
+
+
+def _prompts(n, rng):
+    return [rng.choice(["ab", "ba"]) for _ in range(n)], [None] * n
+
+
+def test_grpo_train_raises_reward_and_is_deterministic():
+    cfg = grpo.GRPOConfig(steps=25, prompts_per_step=4, group_size=8, max_new_tokens=3, lr=3e-2, eval_every=25)
+    runs = []
+    for _ in range(2):
+        model, tok = _toy_policy()
+        x = tok.encode("x")[0]
+        probe = torch.tensor([tok.encode("ab")])
+        before = torch.softmax(model(probe).logits[0, -1], -1)[x].item()
+        hist = grpo.grpo_train(model, tok, _prompts, {"x": _x_reward}, cfg, eos_id=tok.encode(".")[0],
+                               evaluate=lambda m: {"p_x": torch.softmax(m(probe).logits[0, -1], -1)[x].item()},
+                               progress=False)
+        runs.append(hist)
+    assert before < 0.4 and hist["eval_p_x"][-1] > 0.9             # the rewarded first token took over
+    assert hist["eval_step"] == [0, 25] and len(hist["reward"]) == 25
+    assert sum(hist["reward"][-5:]) > sum(hist["reward"][:5])
+    assert hist["kl"][0] == 0.0 and hist["kl"][-1] > 0.0           # starts at the reference, then moves away
+    assert runs[0]["reward"] == runs[1]["reward"] and runs[0]["loss"] == runs[1]["loss"]  # same seed, same run
+
+
+@pytest.mark.parametrize("bad", [dict(group_size=1), dict(loss_type="ppo"), dict(scale_rewards="std"),
+                                 dict(steps=0), dict(lr=0.0)])
+def test_config_validation(bad):
+    with pytest.raises(ValueError):
+        grpo.GRPOConfig(**bad)
+
+
+def test_rollout_validation():
+    model, tok = _toy_policy()
+    with pytest.raises(ValueError, match="same number of tokens"):
+        grpo.rollout(model, tok, ["ab", "abx"], 2, 3)
+    with pytest.raises(ValueError, match="reward_fns"):
+        grpo.grpo_train(model, tok, _prompts, {}, grpo.GRPOConfig(steps=1), progress=False)
