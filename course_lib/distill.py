@@ -188,3 +188,37 @@ def kd_loss_fn(teacher, temperature: float = 2.0, alpha: float = 1.0) -> Callabl
         return loss, {"kd": kd.item(), "ce": out.loss.item()}
 
     return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A picture of the temperature (the notebook's widget calls this pure function)
+# ----------------------------------------------------------------------------------------------------------------
+
+def temperature_figure(logits, temperature: float = 2.0, labels: Sequence[str] | None = None):
+    """Bars of softmax(logits / T) next to softmax(logits): what the student is asked to match at temperature T.
+
+    Hinton §2: a higher T reveals the teacher's "dark knowledge" -- how much more likely one wrong token is than
+    another -- which the one-hot label and the T = 1 distribution hide.
+    """
+    from .style import COLORS, subplots
+
+    logits = torch.as_tensor(logits, dtype=torch.float32)
+    if logits.dim() != 1 or logits.numel() < 2:
+        raise ValueError(f"logits must be a 1-D tensor of at least 2 scores, got shape {tuple(logits.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    labels = [str(i) for i in range(logits.numel())] if labels is None else list(labels)
+    if len(labels) != logits.numel():
+        raise ValueError(f"labels has {len(labels)} entries for {logits.numel()} logits")
+    p1, pT = torch.softmax(logits, -1), torch.softmax(logits / temperature, -1)
+    fig, ax = subplots(width=7.5, height=3.0)
+    pos = torch.arange(logits.numel()).float()
+    ax.bar(pos - 0.2, p1, width=0.4, color=COLORS["grey"], label="T = 1")
+    ax.bar(pos + 0.2, pT, width=0.4, color=COLORS["orange"], label=f"T = {temperature:g}")
+    ax.set_xticks(pos.tolist(), labels)
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1)
+    entropy = -(pT * pT.clamp_min(1e-12).log()).sum().item()
+    ax.set_title(f"teacher's next-token distribution softened by T (entropy at T: {entropy:.2f} nats)")
+    ax.legend()
+    return fig
