@@ -367,3 +367,78 @@ def _check_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n_gr
             raise ValueError(f"{name} must be >= 0, got {value}")
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Analysis: who goes to which expert
+# ----------------------------------------------------------------------------------------------
+
+BYTE_CLASSES = ("letter", "digit", "space", "symbol", "utf8-lead", "utf8-cont")
+
+
+def byte_classes(ids: torch.Tensor) -> torch.Tensor:
+    """Token class of each byte id: index into BYTE_CLASSES.
+
+    ASCII letters, digits, whitespace, other ASCII symbols, then the two kinds of non-ASCII UTF-8 bytes:
+    lead bytes (0xC0-0xFF start a multi-byte character, e.g. a Chinese one) and continuation bytes (0x80-0xBF).
+    """
+    ids = torch.as_tensor(ids)
+    if ids.numel() and (ids.min() < 0 or ids.max() > 255):
+        raise ValueError("ids must be byte values in 0..255")
+    cls = torch.full_like(ids, 3)                                         # symbol unless found below
+    letter = ((ids >= 65) & (ids <= 90)) | ((ids >= 97) & (ids <= 122))
+    cls[letter] = 0
+    cls[(ids >= 48) & (ids <= 57)] = 1
+    cls[(ids == 32) | (ids == 9) | (ids == 10) | (ids == 13)] = 2
+    cls[(ids >= 0xC0)] = 4
+    cls[(ids >= 0x80) & (ids < 0xC0)] = 5
+    return cls
+
+
+def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
+    """I(A; B) in bits from paired samples of two discrete variables (non-negative integer labels).
+
+    I(A; B) = sum_{a,b} p(a,b) log2( p(a,b) / (p(a) p(b)) )
+    """
+    a, b = torch.as_tensor(a).reshape(-1).long(), torch.as_tensor(b).reshape(-1).long()
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must pair up: {a.numel()} vs {b.numel()} samples")
+    if a.numel() == 0:
+        raise ValueError("a and b must not be empty")
+    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
+    joint.index_put_((a, b), torch.ones(a.numel(), dtype=torch.float64), accumulate=True)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1, keepdim=True), p.sum(0, keepdim=True)
+    nz = p > 0
+    return float((p[nz] * torch.log2(p[nz] / (pa * pb)[nz])).sum())
+
+
+def conditional_mutual_information(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
+    """I(A; B | C) = sum_c p(c) I(A; B | C = c), in bits: what B tells about A once C is known."""
+    a, b, c = (torch.as_tensor(t).reshape(-1).long() for t in (a, b, c))
+    if not a.shape == b.shape == c.shape:
+        raise ValueError("a, b and c must have the same number of samples")
+    total = 0.0
+    for value in c.unique():
+        m = c == value
+        total += m.double().mean().item() * mutual_information(a[m], b[m])
+    return total
+
+
+def entropy(a: torch.Tensor) -> float:
+    """H(A) in bits = I(A; A)."""
+    return mutual_information(a, a)
+
+
+@torch.no_grad()
+def moe_inputs(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``model(idx)`` and return what each MoE layer received, flattened to (B*T, d), in layer order."""
+    layers, seen = moe_layers(model), {}
+    hooks = [layer.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].reshape(
+        -1, args[0].shape[-1]))) for i, layer in enumerate(layers)]
+    try:
+        model(idx)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [seen[i] for i in range(len(layers))]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from course_lib.moe import (MoE, bias_update, expert_balance_loss, group_limited_mask, max_violation, route,
+from course_lib.moe import (MoE, bias_update, expert_balance_loss, group_limited_mask, max_violation, moe_layers, route,
                             sequence_balance_loss, update_biases)
 
 
@@ -232,3 +232,49 @@ def test_ch02_exercise_answers_agree_with_course_lib():
     torch.testing.assert_close(ch02.sigmoid_gating.reference(logits, 3), dense)
     load = torch.tensor([10.0, 2.0, 4.0, 0.0])
     assert ch02.maxvio.reference(load) == pytest.approx(max_violation(load))
+
+
+# -- analysis helpers ---------------------------------------------------------------------------
+
+def test_byte_classes():
+    from course_lib.moe import BYTE_CLASSES, byte_classes
+    ids = torch.tensor(list("aZ9 ,\n".encode()) + list("中".encode()))
+    names = [BYTE_CLASSES[i] for i in byte_classes(ids).tolist()]
+    assert names == ["letter", "letter", "digit", "space", "symbol", "space", "utf8-lead", "utf8-cont", "utf8-cont"]
+    with pytest.raises(ValueError, match="ids"):
+        byte_classes(torch.tensor([256]))
+
+
+def test_mutual_information_by_hand():
+    from course_lib.moe import conditional_mutual_information, entropy, mutual_information
+    a = torch.tensor([0, 0, 1, 1])
+    assert mutual_information(a, a) == pytest.approx(1.0)                       # one fair bit
+    assert mutual_information(a, torch.tensor([0, 1, 0, 1])) == pytest.approx(0.0)
+    assert entropy(torch.tensor([0, 1, 2, 3])) == pytest.approx(2.0)
+    # p(a,b): (0,0)=1/2, (1,0)=1/4, (1,1)=1/4 -> I = H(B) - H(B|A) = h(1/4) - 1/2 * h(1/2)
+    h = lambda p: -p * math.log2(p) - (1 - p) * math.log2(1 - p)  # noqa: E731
+    assert mutual_information(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 1])) == pytest.approx(h(0.25) - 0.5)
+    # B copies A but C already equals A: nothing left for B to tell
+    assert conditional_mutual_information(a, a, a) == pytest.approx(0.0)
+    # A = B xor C: B alone says nothing, B given C says everything
+    b, c = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+    assert mutual_information(b ^ c, b) == pytest.approx(0.0)
+    assert conditional_mutual_information(b ^ c, b, c) == pytest.approx(1.0)
+
+
+def test_moe_inputs_capture_what_each_layer_sees():
+    from course_lib.model import ModelConfig, TinyLM
+    from course_lib.moe import moe_inputs
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, max_seq_len=8, ffn="moe",
+                      moe=dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=8))
+    model = TinyLM(cfg).eval()
+    idx = torch.randint(0, 32, (2, 8))
+    inputs = moe_inputs(model, idx)
+    assert [u.shape for u in inputs] == [(16, 16), (16, 16)]
+    layers = moe_layers(model)
+    # routing the captured input again reproduces the model's own choice
+    for u, layer in zip(inputs, layers):
+        _, chosen, _ = layer.router(u)
+        assert torch.equal(chosen, layer.last_topk_idx)
+    assert all(not layer._forward_pre_hooks for layer in layers)          # hooks removed
