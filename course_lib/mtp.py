@@ -179,7 +179,8 @@ def truncate_cache(cache: list[dict], length: int) -> None:
     """Forget every cached position >= length (in place), e.g. the keys/values of a rejected draft token.
 
     Assumes each cached tensor stores positions along dim -2, which holds for the course's attention caches
-    (MHA: keys/values (B, H, S, head_dim)); a tensor of another layout raises instead of being cut wrongly.
+    (MHA keys/values (B, H, S, head_dim); MLA latents c_kv (B, S, d_c) and k_rope (B, S, d_r)); a tensor that is
+    shorter than `length` raises instead of being cut wrongly.
     """
     for layer in cache:
         for key, value in layer.items():

@@ -7,8 +7,16 @@ from course_lib.model import ModelConfig, TinyLM, generate
 from course_lib.mtp import (MTPModel, lambda_schedule, mtp_targets, speculative_generate, train_mtp,
                             truncate_cache)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
 V = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (and suffers most on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny(depth=1, seed=0, n_layers=2, max_seq_len=96, dtype=torch.float32):
@@ -217,3 +225,37 @@ def test_mtp_cache_and_recompute_agree(counter):
     b, sb = speculative_generate(counter, idx, 30, use_mtp_cache=False)
     assert torch.equal(a, b) and sa.accepted == sb.accepted and sa.drafted == sb.drafted
     assert sa.acceptance_rate > 0.9 and sa.tokens_per_forward > 1.5   # counting is easy to draft
+
+
+def test_speculative_with_mla_attention_cache():
+    """truncate_cache also fits MLA's latent cache (c_kv, k_rope: (B, S, .)); MLA decodes 1 token on its absorbed
+    path and verifies 2 on its naive path, so compare in float64."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, max_seq_len=96, attention="mla", mla={})
+    m = MTPModel(TinyLM(cfg)).double()
+    _check_exact(m, n_trials=5, batch=1, seed=3)
+
+
+def test_shipped_checkpoint_loads_shares_and_decodes_exactly():
+    from course_lib.corpus import Corpus
+    from course_lib.mtp import load_checkpoint
+
+    m, meta = load_checkpoint()
+    assert m.mtp[0].embed.weight is m.model.embed.weight and m.mtp[0].head.weight is m.model.head.weight
+    assert m.model.cfg.n_layers == meta["config"]["n_layers"] and not m.training
+    corpus = Corpus()
+    g = torch.Generator().manual_seed(11)
+    accepted = 0
+    for domain in corpus.domains:                         # float32, the way the notebook and the benchmark run it
+        x, _ = corpus.get_batch("val", 1, 24, generator=g, domain=domain)
+        spec, stats = speculative_generate(m, x, 48)
+        assert torch.equal(spec, generate(m.model, x, 48, temperature=0)), domain
+        accepted += stats.accepted
+    assert accepted > 0                                    # the trained module drafts something useful
+
+
+def test_bench_runs_and_checks_equality(capsys):
+    from course_lib.bench.mtp import main
+
+    assert main(["--new-tokens", "8", "--prompts", "1", "--repeat", "1", "--threads", "1"]) == 0
+    assert "outputs identical" in capsys.readouterr().out
