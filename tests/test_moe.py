@@ -278,3 +278,13 @@ def test_moe_inputs_capture_what_each_layer_sees():
         _, chosen, _ = layer.router(u)
         assert torch.equal(chosen, layer.last_topk_idx)
     assert all(not layer._forward_pre_hooks for layer in layers)          # hooks removed
+
+
+def test_bench_runs_and_checks_equality(capsys):
+    """Smoke test of `python -m course_lib.bench moe` on a tiny input (no timing claims)."""
+    from course_lib.bench import moe as bench_moe
+    assert bench_moe.main(["--batch", "1", "--seq", "8", "--repeat", "1", "--no-loop", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "course_lib sparse" in out and "lower bound" in out
+    with pytest.raises(ValueError, match="--batch"):
+        bench_moe.main(["--batch", "0"])
