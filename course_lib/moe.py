@@ -57,6 +57,8 @@ def group_limited_mask(choice: torch.Tensor, n_group: int, topk_group: int, grou
     DeepSeek-V3 §2.1.2 (node-limited routing) ranks a group by the sum of its two best affinities
     ("top2"), which is what the released V3 code and transformers do.
     """
+    if group_score not in ("max", "top2"):
+        raise ValueError(f"group_score must be 'max' or 'top2', got {group_score!r}")
     n_tok, n_exp = choice.shape
     grouped = choice.view(n_tok, n_group, n_exp // n_group)
     if group_score == "max":
@@ -77,6 +79,13 @@ def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias:
     ``logits`` (N, E) are u_t^T e_i. Returns ``(weights (N, k), indices (N, k), scores (N, E))`` where
     ``scores`` are the unbiased affinities s_{i,t}.
     """
+    n_exp = logits.shape[-1]
+    if scoring_func not in SCORING_FUNCS:
+        raise ValueError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
+    if not 1 <= top_k <= n_exp:
+        raise ValueError(f"top_k must be in 1..{n_exp} (the number of experts), got {top_k}")
+    if n_group < 1 or n_exp % n_group or not 1 <= topk_group <= n_group:
+        raise ValueError(f"n_group={n_group} must divide {n_exp} experts and topk_group={topk_group} be in 1..n_group")
     # Affinities. DeepSeek-V2 §2.2.1: s_{i,t} = Softmax_i(u_t^T e_i);  DeepSeek-V3 eq. (15): Sigmoid(u_t^T e_i)
     if scoring_func == "softmax":
         scores = logits.softmax(dim=-1)

@@ -288,3 +288,12 @@ def test_bench_runs_and_checks_equality(capsys):
     assert "course_lib sparse" in out and "lower bound" in out
     with pytest.raises(ValueError, match="--batch"):
         bench_moe.main(["--batch", "0"])
+
+
+@pytest.mark.parametrize("kw, name", [(dict(top_k=5), "top_k"), (dict(scoring_func="tanh"), "scoring_func"),
+                                      (dict(n_group=3), "n_group"), (dict(n_group=2, topk_group=3), "topk_group")])
+def test_route_rejects_bad_arguments(kw, name):
+    args = dict(top_k=2)
+    args.update(kw)
+    with pytest.raises(ValueError, match=name):
+        route(torch.zeros(1, 4), **args)
