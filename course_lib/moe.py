@@ -451,3 +451,45 @@ def moe_inputs(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
         for h in hooks:
             h.remove()
     return [seen[i] for i in range(len(layers))]
+
+
+@torch.no_grad()
+def plot_routing(model: nn.Module, text: str, layer: int = 1, expert: int = 0, extra_bias: float = 0.0,
+                 max_len: int = 64):
+    """Routing playground figure: each byte's affinities s_{i,t} (colour) and its chosen experts (boxes).
+
+    ``extra_bias`` is added to ``expert``'s aux-loss-free bias for this picture only: the boxes (selection)
+    move, the colours (the affinities the gate values come from) do not. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import style
+
+    layers = moe_layers(model)
+    if not text:
+        raise ValueError("text must not be empty")
+    if not 1 <= layer <= len(layers):
+        raise ValueError(f"layer must be in 1..{len(layers)} (the model's MoE layers), got {layer}")
+    moe = layers[layer - 1]
+    if not 0 <= expert < moe.n_routed_experts:
+        raise ValueError(f"expert must be in 0..{moe.n_routed_experts - 1}, got {expert}")
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(text.encode("utf-8"))[:max_len]], device=device)
+    u = moe_inputs(model, ids)[layer - 1]
+    saved = moe.e_score_correction_bias.clone()
+    try:
+        moe.e_score_correction_bias[expert] += extra_bias
+        _, chosen, scores = moe.router(u)
+    finally:
+        moe.e_score_correction_bias.copy_(saved)
+    fig, ax = style.subplots(1, 1, width=9, height=0.9 + 0.18 * ids.shape[1])
+    ax.imshow(scores.cpu(), cmap="magma", aspect="auto", vmin=0, vmax=1)
+    for t, row in enumerate(chosen.cpu().tolist()):
+        for e in row:
+            ax.add_patch(plt.Rectangle((e - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5))
+    labels = [{32: "␣", 10: "↵"}.get(b, repr(bytes([b]))[2:-1]) for b in ids[0].tolist()]
+    ax.set(yticks=range(len(labels)), yticklabels=labels, xticks=range(moe.n_routed_experts),
+           xlabel="routed expert",
+           title=f"layer {layer}: affinities s (colour), chosen experts (boxes); bias +{extra_bias:g} on expert {expert}")
+    ax.grid(False)
+    return fig

@@ -297,3 +297,24 @@ def test_route_rejects_bad_arguments(kw, name):
     args.update(kw)
     with pytest.raises(ValueError, match=name):
         route(torch.zeros(1, 4), **args)
+
+
+def test_plot_routing_moves_selection_not_affinities():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib.model import ModelConfig, TinyLM
+    from course_lib.moe import plot_routing
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=16, ffn="moe",
+                      moe=dict(n_routed_experts=4, num_experts_per_tok=1, moe_intermediate_size=8))
+    model = TinyLM(cfg).eval()
+    before = [layer.e_score_correction_bias.clone() for layer in moe_layers(model)]
+    fig0 = plot_routing(model, "hello", layer=2, expert=3)
+    fig1 = plot_routing(model, "hello", layer=2, expert=3, extra_bias=5.0)
+    # same affinity image; with a huge bias every byte picks expert 3 (one box per row, all in column 3)
+    assert (fig0.axes[0].images[0].get_array() == fig1.axes[0].images[0].get_array()).all()
+    assert [p.get_x() + 0.5 for p in fig1.axes[0].patches] == [3.0] * 5
+    assert all(torch.equal(b, layer.e_score_correction_bias) for b, layer in zip(before, moe_layers(model)))
+    for kw, name in [(dict(layer=3), "layer"), (dict(expert=4), "expert"), (dict(text=""), "text")]:
+        with pytest.raises(ValueError, match=name):
+            plot_routing(model, **{"text": "hi", **kw})
