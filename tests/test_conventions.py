@@ -62,8 +62,9 @@ def test_skeleton(path):
         assert heading in title, f"title cell lacks {heading!r}"
     starts = [m.lstrip().splitlines()[0] if m.strip() else "" for m in md]
     text = "\n".join(md)
-    assert "## What DeepSeek actually did" in text
-    assert re.search(r"^## Exercises", text, re.M)
+    if path.parent.name != "solutions":   # a solutions notebook points back to its notebook for these
+        assert "## What DeepSeek actually did" in text
+        assert re.search(r"^## Exercises", text, re.M)
     last_h2 = re.findall(r"^## (.+)$", text, re.M)[-1]
     assert last_h2.startswith("References"), f"the last section must be References, found {last_h2!r}"
     assert starts  # at least one markdown cell besides the title
