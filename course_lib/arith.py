@@ -204,8 +204,8 @@ def grpo_config(**overrides):
     """The notebook's default GRPO settings for this task; keyword arguments override single fields."""
     from .grpo import GRPOConfig
 
-    defaults = dict(steps=120, prompts_per_step=8, group_size=8, max_new_tokens=max_completion_tokens() + 2,
-                    temperature=1.0, lr=2e-3, beta=0.001, epsilon=0.2, loss_type="grpo", eval_every=10, seed=0)
+    defaults = dict(steps=60, prompts_per_step=8, group_size=8, max_new_tokens=max_completion_tokens() + 2,
+                    temperature=1.0, lr=5e-4, beta=0.001, epsilon=0.2, loss_type="grpo", eval_every=10, seed=0)
     return GRPOConfig(**{**defaults, **overrides})
 
 
