@@ -304,8 +304,8 @@ def load_checkpoint(name: str = CHECKPOINT, device=None) -> tuple[MTPModel, dict
 
 # --------------------------------------------------------------------------------------------- figures
 def _show_byte(b: int) -> str:
-    ch = chr(b)
-    return ch if 32 <= b < 127 else {10: "⏎", 9: "⇥", 32: "·"}.get(b, f"\\x{b:02x}")
+    special = {10: "⏎", 9: "⇥", 32: "·"}
+    return special[b] if b in special else chr(b) if 32 < b < 127 else f"\\x{b:02x}"
 
 
 def plot_speculation(tokens, steps: list, step: int, prompt_len: int, window: int = 10):

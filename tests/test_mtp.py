@@ -259,3 +259,22 @@ def test_bench_runs_and_checks_equality(capsys):
 
     assert main(["--new-tokens", "8", "--prompts", "1", "--repeat", "1", "--threads", "1"]) == 0
     assert "outputs identical" in capsys.readouterr().out
+
+
+def test_figures_are_pure_functions_with_clear_errors():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib.mtp import plot_mtp_architectures, plot_speculation
+
+    m = tiny()
+    x = torch.tensor([[1, 2, 3]])
+    ids, stats = speculative_generate(m, x, 12)
+    fig = plot_speculation(ids, stats.steps, step=len(stats.steps), prompt_len=3)
+    assert f"{len(stats.steps)} of {len(stats.steps)}" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="step"):
+        plot_speculation(ids, stats.steps, step=0, prompt_len=3)
+    assert len(plot_mtp_architectures().axes) == 2
+    plt.close("all")

@@ -5,15 +5,37 @@
 Uses the trained toy from assets/mtp (assets/mtp/make_checkpoint.py). For prompts drawn from each domain of the
 course corpus's validation split it checks that both decoders return the same tokens, then reports the drafted
 token's acceptance rate, new tokens per main-model forward pass and wall-clock tokens/s (median of --repeat runs,
-interleaved so machine load hits both alike). V3 reports 85-90 % acceptance and about 1.8x tokens/s (§5.4.3).
+interleaved so machine load hits both alike; also as
+CPU time, which a busy shared machine distorts less). V3 reports 85-90 % acceptance and about 1.8x tokens/s (§5.4.3).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 
-from .core import compare, print_table
+from .core import print_table
+
+
+def _interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """Median wall time and median CPU time (this process) of each function, run round-robin after one warm-up.
+
+    CPU time is what the run would take on an idle machine with these threads; wall time is what you waited for."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for fn in fns.values():
+        fn()
+    wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            sync()
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.process_time() - c)
+    return {k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def main(argv=None) -> int:
@@ -58,19 +80,40 @@ def main(argv=None) -> int:
         for x in prompts:
             speculative_generate(model, x, args.new_tokens, use_mtp_cache=cache)
 
-    times = compare({"plain greedy": run_plain, "speculative (MTP cache)": run_spec,
-                     "speculative (MTP recomputed)": lambda: run_spec(False)}, repeat=args.repeat, warmup=1)
+    methods = {"plain greedy": run_plain, "speculative (MTP cache)": run_spec,
+               "speculative (MTP recomputed)": lambda: run_spec(False)}
+    wall, cpu = _interleaved(methods, args.repeat)
     acc = accepted / drafted
     rows = []
-    for name, sec in times.items():
+    for name in methods:
         spec = name != "plain greedy"
         rows.append([name, f"{acc:.1%}" if spec else "-", n_tokens / forwards if spec else 1.0,
-                     n_tokens / sec, times["plain greedy"] / sec])
+                     n_tokens / wall[name], wall["plain greedy"] / wall[name],
+                     n_tokens / cpu[name], cpu["plain greedy"] / cpu[name]])
     print(f"model: {meta['config']} + 1 MTP module, {meta['steps']} training steps; device {device}, "
           f"{args.threads} threads; {len(prompts)} prompts x {args.new_tokens} new tokens; outputs identical")
-    print_table(rows, ["decoder", "acceptance", "tokens/forward", "tokens/s", "speed-up"])
-    print(f"ideal speed-up if a draft were free: tokens/forward = {n_tokens / forwards:.2f}; the gap is the cost of "
-          "the MTP block and of verifying 2 positions per pass")
+    print_table(rows, ["decoder", "acceptance", "tokens/forward", "tokens/s", "speed-up",
+                       "tokens/CPU-s", "speed-up (CPU)"])
+
+    # The speed-up formula's three costs, one step each at the end of a prompt: (1 + a) * c_plain / (c_verify + c_draft)
+    x = prompts[0]
+    S = x.shape[1]
+    with torch.no_grad():
+        cache = model.model.new_cache()
+        h = model.model(x, cache=cache).hidden
+        mtp_cache = {}
+        model.mtp[0](h[:, :-1], x[:, 1:], cache=mtp_cache)
+        steps = {"plain": lambda: model.model(x[:, :1], cache=[dict(c) for c in cache], start_pos=S),
+                 "verify": lambda: model.model(x[:, :2], cache=[dict(c) for c in cache], start_pos=S),
+                 "draft": lambda: model.mtp[0](h[:, -1:], x[:, :1], start_pos=S - 1, cache=dict(mtp_cache))}
+        loops = {k: (lambda f=f: [f() for _ in range(20)]) for k, f in steps.items()}
+        c_wall, c_cpu = _interleaved(loops, args.repeat)
+    c = c_cpu if device.type == "cpu" else c_wall
+    c = {k: v / 20 for k, v in c.items()}
+    print(f"one step ({'CPU' if device.type == 'cpu' else 'wall'} time): plain {c['plain'] * 1e3:.2f} ms, "
+          f"verify 2 tokens {c['verify'] * 1e3:.2f} ms, MTP draft {c['draft'] * 1e3:.2f} ms -> predicted speed-up "
+          f"(1 + {acc:.2f}) * c_plain / (c_verify + c_draft) = {(1 + acc) * c['plain'] / (c['verify'] + c['draft']):.2f}x; "
+          f"ideal (free drafts) {n_tokens / forwards:.2f}x")
     return 0
 
 
