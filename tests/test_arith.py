@@ -95,3 +95,31 @@ def test_pretrain_batch_masks_the_prompt():
 def test_validation(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ---------------------------------------------------------------- the shipped base policy and the R1-Zero run
+
+def test_shipped_base_policy_is_the_promised_starting_point():
+    import json
+
+    from course_lib import asset_path
+
+    model, tok = arith.load_base()
+    stats = arith.evaluate(model, tok)
+    direct = arith.evaluate_forced(model, tok, think=False)
+    scratch = arith.evaluate_forced(model, tok, think=True)
+    assert stats["accuracy"] <= 0.5                           # the starting point
+    assert 0.05 < stats["think_share"] < 0.6                  # it sometimes thinks, mostly not
+    assert scratch > direct + 0.3                             # thinking pays: the signal RL can find
+    recorded = json.loads(asset_path("grpo", "base.json").read_text())
+    assert recorded["held_out"]["accuracy"] == pytest.approx(stats["accuracy"], abs=0.03)
+
+
+def test_r1_zero_reaches_090_quickly():
+    # the goal with the default settings: held-out accuracy from <= 0.5 to >= 0.9 (here within 30 steps)
+    model, tok = arith.load_base()
+    hist = arith.r1_zero(model, tok, arith.grpo_config(steps=30), progress=False)
+    acc = hist["eval_accuracy"]
+    assert acc[0] <= 0.5 and max(acc) >= 0.9
+    assert hist["eval_length"][-1] > hist["eval_length"][0] + 10    # responses got longer: they think now
+    assert hist["eval_think_share"][-1] > 0.9
