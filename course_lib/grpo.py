@@ -335,7 +335,7 @@ def grpo_train(model, tokenizer, sample_prompts: Callable, reward_fns: dict, cfg
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
         model.eval()
-        with torch.no_grad():   # KL of the rollout tokens before this update, measured whether or not beta > 0
+        with torch.no_grad():   # k3 KL on the rollout tokens (policy as in the last inner iteration), even if beta = 0
             kl = (kl_k3(logp.detach(), ref_logp) * mask).sum() / mask.sum().clamp(min=1.0)
         train_time += time.perf_counter() - t0
         hist["step"].append(step + 1)
