@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -65,11 +66,13 @@ def lab():
     workdir = Path(tempfile.mkdtemp(prefix="course-e2e-lab-"))
     server = LabServer(workdir)
     server.start()
-    yield server
-    server.stop()
-    log = ARTIFACTS / "jupyterlab.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(server.log_path.read_text(errors="replace"))
+    try:
+        yield server
+    finally:
+        server.stop()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.log_path, ARTIFACTS / "jupyterlab.log")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +81,15 @@ def browser_context(lab):
 
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `apt-get install chromium` (make check-e2e does it)"
     profile = tempfile.mkdtemp(prefix="course-e2e-chromium-")
-    with sync_playwright() as pw:
+    with sync_playwright() as pw:                       # leaving the block stops Chromium and Playwright's driver
         context = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
                                                         args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(60_000)
-        yield context
-        context.close()
+        try:
+            yield context
+        finally:
+            context.close()
+            shutil.rmtree(profile, ignore_errors=True)
 
 
 def run_all_cells(page, timeout: float) -> dict:
@@ -111,11 +117,11 @@ def record_outputs(notebook: str, model: dict) -> None:
               "outputs": c.get("outputs", [])} for c in model["cells"] if c["cell_type"] == "code"]
     BROWSER_OUTPUTS.mkdir(parents=True, exist_ok=True)
     data = {"notebook": notebook, "cells": [
-        {"source": c["source"], "outputs": [nbtext_strip_images(o) for o in c["outputs"]]} for c in cells]}
+        {"source": c["source"], "outputs": [_strip_images(o) for o in c["outputs"]]} for c in cells]}
     (BROWSER_OUTPUTS / record_name(notebook)).write_text(json.dumps(data, indent=1, ensure_ascii=False))
 
 
-def nbtext_strip_images(output: dict) -> dict:
+def _strip_images(output: dict) -> dict:
     out = {k: v for k, v in output.items() if k != "metadata"}
     if "data" in out:
         out["data"] = {m: (f"<{m}>" if m.startswith("image/") else v) for m, v in out["data"].items()}

@@ -3,8 +3,8 @@
 1. Debian's Chromium at /usr/bin/chromium (apt-get, as root; otherwise it says what to install). No browser is
    downloaded from anywhere else: Playwright drives this Chromium (`executable_path`), `playwright install` is never run.
 2. A second environment, E2E_VENV (default .venv/e2e), shaped like Google Colab: ipywidgets==7.7.1 (what Colab
-   ships), the course's runtime dependencies and its `ref` extra read from pyproject.toml, ipykernel, and the test
-   tools (pytest, nbclient, Playwright). The course itself is NOT installed there, as on Colab before the first cell.
+   ships), the course's runtime dependencies read from pyproject.toml (not the `ref` extra: notebooks must not need
+   it), ipykernel, and the test tools (pytest, nbclient, Playwright). The course itself is NOT installed there, as on Colab before the first cell.
    torch comes from tools/install_torch.py (the CPU build; a bare `pip install torch` would fetch CUDA).
 
     python tools/e2e/setup_env.py            # prints the environment's python path last
@@ -44,7 +44,7 @@ def ensure_chromium() -> None:
 
 
 def course_requirements() -> list[str]:
-    """[project] dependencies + the `ref` extra from pyproject.toml (the one place they are listed)."""
+    """[project] dependencies from pyproject.toml (the one place they are listed)."""
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
 
     def quoted_list(pattern: str) -> list[str]:
@@ -53,7 +53,7 @@ def course_requirements() -> list[str]:
             raise ValueError(f"pyproject.toml: no match for {pattern!r}")
         return re.findall(r'"([^"]+)"', m.group(1))
 
-    deps = quoted_list(r"^dependencies\s*=\s*\[(.*?)\]") + quoted_list(r"^ref\s*=\s*\[(.*?)\]")
+    deps = quoted_list(r"^dependencies\s*=\s*\[(.*?)\]")
     return [d for d in deps if not re.match(r"(torch|ipywidgets)\b", d)]   # torch: install_torch.py; ipywidgets: pinned
 
 
