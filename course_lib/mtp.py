@@ -277,6 +277,71 @@ def speculative_generate(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens:
     return tokens, stats
 
 
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Where to resample after a rejected draft (Leviathan et al. 2023, arXiv 2211.17192, §2.3):
+    p'(x) = max(0, p(x) - q(x)) / sum_x max(0, p(x) - q(x)).  When p == q nothing is ever rejected; return p."""
+    r = (p - q).clamp_min(0)
+    total = r.sum(-1, keepdim=True)
+    return torch.where(total > 0, r / total.clamp_min(1e-30), p)
+
+
+@torch.no_grad()
+def speculative_sample(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, SpecStats]:
+    """Sampling version of `speculative_generate` (batch of 1): the MTP module samples a draft from its q, the main
+    model's verify pass gives p, and the draft is kept with probability min(1, p(d) / q(d)); otherwise the token is
+    resampled from the residual distribution. Each token then follows the main model's p exactly in distribution
+    (Leviathan et al. 2023, Theorem 1; Chen et al. 2023, arXiv 2302.01318)."""
+    if idx.dim() != 2 or idx.shape[0] != 1:
+        raise ValueError(f"idx must be one prompt of shape (1, time), got {tuple(idx.shape)}")
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive number (use speculative_generate for greedy), got {temperature!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    model, drafter = mtp_model.model, mtp_model.mtp[0]
+    P = idx.shape[1]
+    if P + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds max_seq_len={model.cfg.max_seq_len}")
+    probs = lambda logits: torch.softmax(logits.float() / temperature, dim=-1)
+    draw = lambda dist: torch.multinomial(dist, 1, generator=generator)          # (1, 1)
+    was_training = mtp_model.training
+    mtp_model.eval()
+    stats = SpecStats()
+    cache, mtp_cache = model.new_cache(), {}
+    out = model(idx, cache=cache)
+    stats.forwards += 1
+    tokens = torch.cat([idx, draw(probs(out.logits[:, -1]))], dim=1)
+    _, mtp_logits = drafter(out.hidden, tokens[:, 1:], cache=mtp_cache)
+    while tokens.shape[1] - P < max_new_tokens:
+        n = tokens.shape[1]
+        q = probs(mtp_logits[:, -1])
+        draft = draw(q)                                                         # (1, 1)
+        verify = model(torch.cat([tokens[:, -1:], draft], dim=1), cache=cache, start_pos=n - 1)
+        stats.forwards += 1
+        p_now, p_next = probs(verify.logits[:, 0]), probs(verify.logits[:, 1])
+        d = int(draft)
+        # Accept the draft with probability min(1, p(d) / q(d)).
+        u = torch.rand(1, generator=generator, device=q.device)
+        accepted = bool(u * q[0, d] <= p_now[0, d])
+        stats.drafted += 1
+        stats.accepted += int(accepted)
+        stats.steps.append({"pos": n, "draft": [d], "verified": [[d]], "accepted": accepted})
+        if accepted:
+            new = torch.cat([draft, draw(p_next)], dim=1)                       # the draft, then a token from p
+        else:
+            truncate_cache(cache, n)
+            new = draw(residual_distribution(p_now, q))
+        stats.steps[-1]["verified"] = new.tolist()
+        keep = new.shape[1]
+        tokens = torch.cat([tokens, new], dim=1)
+        if tokens.shape[1] - P >= max_new_tokens:
+            break
+        _, mtp_logits = drafter(verify.hidden[:, :keep], new, start_pos=n - 1, cache=mtp_cache)
+    stats.new_tokens = max_new_tokens
+    mtp_model.train(was_training)
+    return tokens[:, :P + max_new_tokens], stats
+
+
 # --------------------------------------------------------------------------------------------- checkpoint
 CHECKPOINT = "mtp_tiny"
 

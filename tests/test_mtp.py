@@ -278,3 +278,46 @@ def test_figures_are_pure_functions_with_clear_errors():
         plot_speculation(ids, stats.steps, step=0, prompt_len=3)
     assert len(plot_mtp_architectures().axes) == 2
     plt.close("all")
+
+
+def test_residual_rule_reproduces_p_exactly():
+    """Leviathan et al. Theorem 1 written out: q(x) min(1, p/q) + P(reject) * residual(x) = p(x)."""
+    from course_lib.mtp import residual_distribution
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        p = torch.softmax(3 * torch.randn(1, 7, generator=g, dtype=torch.float64), -1)
+        q = torch.softmax(3 * torch.randn(1, 7, generator=g, dtype=torch.float64), -1)
+        keep = torch.minimum(torch.ones_like(p), p / q)
+        out = q * keep + (q * (1 - keep)).sum() * residual_distribution(p, q)
+        torch.testing.assert_close(out, p)
+    p = torch.tensor([[0.2, 0.8]])
+    torch.testing.assert_close(residual_distribution(p, p), p)        # nothing to resample: fall back to p
+
+
+def test_speculative_sampling_matches_the_main_model_distribution():
+    """Sample (t1, t2) many times; compare with the exact p(t1) p(t2 | t1) of the main model. At a low temperature the
+    random model's MTP q differs a lot from p, so a wrong acceptance rule would show."""
+    from course_lib.mtp import speculative_sample
+
+    torch.manual_seed(3)
+    m = MTPModel(TinyLM(ModelConfig(vocab_size=4, d_model=32, n_layers=2, n_heads=2, max_seq_len=16))).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(8.0)                                              # sharper, more different p and q
+    temp, x = 1.0, torch.tensor([[1, 2]])
+    with torch.no_grad():
+        out = m(x)
+        p1 = torch.softmax(out.logits[0, -1] / temp, -1)
+        exact = torch.stack([p1[a] * torch.softmax(m.model(torch.cat([x, torch.tensor([[a]])], 1)).logits[0, -1]
+                                                    / temp, -1) for a in range(4)])     # (t1, t2)
+        q2 = torch.stack([torch.softmax(m(torch.cat([x, torch.tensor([[a]])], 1)).mtp_logits[0][0, -1] / temp, -1)
+                          for a in range(4)])                                            # MTP draft q(t2 | t1)
+    assert 0.5 * (p1[:, None] * q2 - exact).abs().sum() > 0.15       # the draft alone would be clearly wrong
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4, 4)
+    n = 3000
+    for _ in range(n):
+        ids, _ = speculative_sample(m, x, 2, temperature=temp, generator=g)
+        counts[ids[0, 2], ids[0, 3]] += 1
+    assert 0.5 * (counts / n - exact).abs().sum() < 0.05
