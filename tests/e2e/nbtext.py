@@ -4,7 +4,7 @@ Used by the determinism check: nbval's run (recorded by the root conftest.py int
 browser's run (tests/e2e/test_browser.py) must print the same numbers. Things that legitimately differ between two
 runs are masked, and nothing else:
 - wall-clock times: on a line that states a duration (`12.3 ms`, `4 s`, `00:03`, `it/s`), every number is masked,
-  because the speed ratios printed next to timings vary too;
+  because the speed ratios printed next to timings vary too, and so is the padding between them;
 - the widget library's version in the environment report (the browser run uses the Colab-like ipywidgets 7);
 - memory addresses (`0x7f...`).
 Cells that draw a widget are compared only for errors: nbval draws their static previews, the browser the live
@@ -34,7 +34,7 @@ def mask(text: str) -> str:
         if "ipywidgets" in line:
             line = "<widget library version masked>"
         elif _DURATION.search(line):
-            line = _NUMBER.sub("#", line)
+            line = re.sub(r"\s+", " ", _NUMBER.sub("#", line))   # padding follows the numbers' widths
         lines.append(line.rstrip())
     return "\n".join(lines).strip("\n")
 

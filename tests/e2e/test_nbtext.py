@@ -10,6 +10,8 @@ def test_times_are_masked_but_other_numbers_are_not():
     a = [stdout("context 256: MHA 6.1 ms -> 1.3x\nloss 2.3412\n")]
     b = [stdout("context 256: MHA 9.8 ms -> 1.1x\nloss 2.3412\n")]
     assert nbtext.cell_text("x", a) == nbtext.cell_text("x", b)
+    wider = [stdout("context 256: MHA  10.2 ms -> 1.1x\nloss 2.3412\n")]      # "{:5.1f}" grew by a digit
+    assert nbtext.cell_text("x", a) == nbtext.cell_text("x", wider)
     c = [stdout("context 256: MHA 9.8 ms -> 1.1x\nloss 2.3413\n")]
     assert nbtext.cell_text("x", a) != nbtext.cell_text("x", c)
 
