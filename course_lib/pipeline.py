@@ -139,6 +139,15 @@ def reward_fns(*names: str) -> dict:
     return {n: REWARDS[n] for n in names}
 
 
+def token_label(token: str) -> str:
+    """A token as a plot label; the two Chinese words are romanised when matplotlib has no CJK font to draw them."""
+    from .style import has_cjk_font
+
+    if not has_cjk_font():
+        token = token.replace(ZH_PLUS, "jia").replace(ZH_IS, "de")
+    return repr(token)
+
+
 def mixes_languages(text: str) -> bool:
     """Does the reasoning contain both English and Chinese words?"""
     share = rewards.language_consistency(text, "en")
@@ -246,7 +255,7 @@ def stages_figure(results: dict, metrics=("accuracy", "think_share", "language")
                label=COLUMNS[m])
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylim(0, 1.05)
-    ax.legend(ncols=len(metrics), loc="upper left")
+    ax.legend(ncols=len(metrics), loc="lower center", bbox_to_anchor=(0.5, 1.0))
     return fig
 
 
@@ -261,7 +270,8 @@ def students_figure(results: dict, names):
     fig, (ax1, ax2) = subplots(1, 2, width=10, height=3.2)
     colours = [COLORS[c] for c in ("grey", "green", "teal", "orange", "red", "blue")]
     for ax, key, label in ((ax1, "accuracy", "held-out accuracy"), (ax2, "length", "response length (tokens)")):
-        ax.bar(range(len(names)), [results[n][key] for n in names], color=colours[:len(names)] * 2)
+        ax.bar(range(len(names)), [results[n][key] for n in names],
+               color=[colours[i % len(colours)] for i in range(len(names))])
         ax.set_xticks(range(len(names)), names, rotation=20)
         ax.set_title(label)
     ax1.set_ylim(0, 1.05)

@@ -260,6 +260,8 @@ def test_reporting_helpers():
     assert pipeline.stages_figure(res) is not None
     assert pipeline.students_figure(res, ["base", "student"]) is not None
     assert distill.temperature_figure(torch.tensor([2.0, 1.0, 0.0]), 2.0, ["a", "b", "c"]) is not None
+    assert pipeline.token_label(pipeline.EN_PLUS) == repr(" plus ")
+    assert pipeline.token_label(pipeline.ZH_IS) in (repr(pipeline.ZH_IS), repr("de"))
 
 
 def test_shipped_base_models_load_with_weights_only():
