@@ -4,6 +4,7 @@ Tests that need the prepared environment (Debian's Chromium, the Colab-like ipyw
 Playwright) are skipped unless COURSE_E2E=1, which `make check-e2e` sets. The offline proof, the comparison rules and
 the widget helpers need nothing extra and also run in `make test`. At the end each check's runtime is printed.
 """
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,3 +33,7 @@ def pytest_terminal_summary(terminalreporter):
     if ran:
         terminalreporter.write_line("end-to-end check runtimes (this run): " + ", ".join(
             f"{name.removeprefix('test_')} {s:.0f} s" for name, s in ran.items()))
+
+if os.environ.get("COURSE_E2E") != "1":
+    # In `make test` only the checks that need nothing extra are collected (offline proof, comparison rules, helpers).
+    collect_ignore = ["test_browser.py", "test_determinism.py", "test_ipywidgets7.py", "test_colab.py"]
