@@ -161,9 +161,11 @@ def _mean(xs) -> float:
 @torch.no_grad()
 def evaluate(model, tok: CharTokenizer, n: int = 128, seed: int = 0) -> dict:
     """Held-out metrics, one sample per problem at temperature 1 with a fixed seed (the same model gives the same
-    numbers): addition accuracy (overall, and with / without a scratchpad), think share, language consistency (English share of the reasoning, over the
-    completions that reason), mixed share (reasoning completions that mix both languages), length (tokens),
-    and accuracy on n general problems."""
+    numbers): addition accuracy (overall, and with / without a scratchpad), think share, language consistency (English
+    share of the reasoning, over the completions that reason), mixed share (reasoning completions that mix both
+    languages), length (tokens), and accuracy on the same n problems asked as general 'a?b=' questions."""
+    if not 1 <= n <= arith.HELD_OUT_SIZE:
+        raise ValueError(f"n must be between 1 and {arith.HELD_OUT_SIZE} (the held-out set), got {n}")
     problems = arith.held_out_problems()[:n]
     prompts = [arith.prompt(a, b) for a, b in problems] + [general_prompt(a, b) for a, b in problems]
     answers = [a + b for a, b in problems] + [max(a, b) for a, b in problems]

@@ -279,6 +279,7 @@ def test_shipped_base_models_load_with_weights_only():
     lambda: pipeline.sample_prompts(1.5),
     lambda: pipeline.reward_fns("accuracy", "speed"),
     lambda: pipeline.reward_fns(),
+    lambda: pipeline.evaluate(None, pipeline.make_tokenizer(), n=0),
     lambda: pipeline.results_table({"a": {}}, ["nope"]),
     lambda: pipeline.stages_figure({}),
     lambda: pipeline.students_figure({"a": {}}, ["b"]),
