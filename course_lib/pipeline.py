@@ -223,8 +223,11 @@ COLUMNS = {"accuracy": "acc", "think_share": "thinks", "acc_think": "acc|think",
 
 
 def results_table(results: dict, columns=None) -> str:
-    """A fixed-width text table: one row per stage (dict key), one column per metric (nan prints as '-')."""
-    columns = list(COLUMNS) if columns is None else list(columns)
+    """A fixed-width text table: one row per stage (dict key), one column per metric (nan prints as '-').
+
+    The default columns leave out 'seconds': wall-clock times differ between runs, the metrics must not.
+    """
+    columns = [c for c in COLUMNS if c != "seconds"] if columns is None else list(columns)
     unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"columns must be some of {list(COLUMNS)}, got {unknown}")
