@@ -34,6 +34,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--d-model", type=int, default=CONFIG["d_model"])
+    p.add_argument("--layers", type=int, default=CONFIG["n_layers"])
     p.add_argument("--out", default=str(HERE / "mtp_tiny"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -43,7 +45,8 @@ def main(argv=None):
     def get_batch(step):
         return corpus.get_batch("train", args.batch, args.seq_len, generator=torch.Generator().manual_seed(step))
 
-    model = MTPModel(TinyLM(ModelConfig(**CONFIG)), depth=1)
+    config = dict(CONFIG, d_model=args.d_model, n_layers=args.layers)
+    model = MTPModel(TinyLM(ModelConfig(**config)), depth=1)
     t0 = time.time()
     hist = train_mtp(model, get_batch, args.steps, lr=args.lr)
     seconds = time.time() - t0
@@ -53,7 +56,7 @@ def main(argv=None):
     with torch.no_grad():
         outs = [model(x, y) for x, y in val]
     meta = {
-        "config": CONFIG, "mtp_depth": 1, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
+        "config": config, "mtp_depth": 1, "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
         "lr": args.lr, "lambda": [0.3, 0.1], "threads": args.threads, "train_seconds": round(seconds, 1),
         "val_main_loss": round(sum(o.main_loss.item() for o in outs) / len(outs), 4),
         "val_mtp_loss": round(sum(o.mtp_losses[0].item() for o in outs) / len(outs), 4),
