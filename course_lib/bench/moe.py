@@ -1,6 +1,6 @@
 """Benchmark: course_lib's sparse MoE vs transformers' DeepseekV3MoE, the teaching loop, and a lower bound.
 
-    python -m course_lib.bench moe [--batch 4] [--seq 128] [--threads 2] [--repeat 7] [--no-loop]
+    python -m course_lib.bench moe [--batch 4] [--seq 128] [--threads 1] [--repeat 7] [--no-loop]
 
 All variants run on the same weights and the same input, interleaved round by round. Two references
 for "no MoE layer can do less": the *lower bound* runs the router matmul, the shared expert and each
@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m course_lib.bench moe", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (ignored on GPU)")
+    # one thread by default: these are many tiny ops, and on a busy CPU extra threads mostly wait for each other
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (ignored on GPU)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--no-loop", action="store_true", help="skip the slow token-by-token teaching loop")
     args = ap.parse_args(argv)
