@@ -307,7 +307,7 @@ def grpo_train(model, tokenizer, sample_prompts: Callable, reward_fns: dict, cfg
 
     run_eval(0)
     train_time = 0.0
-    bar = tqdm(range(cfg.steps), desc="GRPO", disable=not progress, leave=False)
+    bar = tqdm(range(cfg.steps), desc="GRPO", disable=not progress, leave=False, mininterval=1.0)
     for step in bar:
         t0 = time.perf_counter()
         prompts, answers = sample_prompts(cfg.prompts_per_step, rng)
@@ -352,7 +352,7 @@ def grpo_train(model, tokenizer, sample_prompts: Callable, reward_fns: dict, cfg
         if (step + 1) % cfg.eval_every == 0 or last:
             run_eval(step + 1)
         if step % 5 == 0:
-            bar.set_postfix(reward=f"{hist['reward'][-1]:.2f}", len=f"{hist['length'][-1]:.1f}")
+            bar.set_postfix(reward=f"{hist['reward'][-1]:.2f}", len=f"{hist['length'][-1]:.1f}", refresh=False)
         if last:
             break
     return hist

@@ -35,7 +35,9 @@ def train_lm(model: torch.nn.Module, get_batch: Callable[[int], tuple], steps: i
     opt = optimizer or torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
     history: dict[str, list] = {"loss": []}
     model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    # mininterval: redraw at most once a second; a bar redrawn every step floods a notebook kernel's message queue
+    # (seen as nbval's "timeout waiting for output" on long training cells).
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup, schedule)
@@ -57,6 +59,6 @@ def train_lm(model: torch.nn.Module, get_batch: Callable[[int], tuple], steps: i
             for key, value in (callback(step, model) or {}).items():
                 history.setdefault(key, []).append(value)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
     model.eval()
     return history
