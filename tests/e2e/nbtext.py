@@ -3,12 +3,13 @@
 Used by the determinism check: nbval's run (recorded by the root conftest.py into artifacts/nbval_outputs/) and the
 browser's run (tests/e2e/test_browser.py) must print the same numbers. Things that legitimately differ between two
 runs are masked, and nothing else:
-- wall-clock times: on a line that states a duration (`12.3 ms`, `4 s`, `00:03`, `it/s`), every number is masked,
-  because the speed ratios printed next to timings vary too, and so is the padding between them;
+- wall-clock times: on a line that states a duration (`12.3 ms`, `4 s`, `00:03`), a rate (`405 tokens/s`, `it/s`)
+  or a measured speed comparison (`speed-up`, `faster`, `slower`), every number is masked, and so is the padding
+  between them. So a notebook prints a measured time with its unit, or a measured ratio next to those words;
 - the widget library's version in the environment report (the browser run uses the Colab-like ipywidgets 7);
 - memory addresses (`0x7f...`).
-Cells that draw a widget are compared only for errors: nbval draws their static previews, the browser the live
-controls. The result of a cell whose last line ends with `;` is dropped: JupyterLab hides it as IPython promises,
+Cells that call course_lib.widgets.interactive are compared only for errors: nbval draws their static previews,
+the browser the live controls. Other widgets (tqdm's progress bars) are left out of the text, the cell's prints stay. The result of a cell whose last line ends with `;` is dropped: JupyterLab hides it as IPython promises,
 but nbval's kernels still send it.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import re
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-_DURATION = re.compile(r"\d\s*(ms|s|sec|secs|seconds?|min|minutes?|µs|us|ns|h)\b|\d+:\d\d\b|\bit/s\b|s/it\b",
-                       re.IGNORECASE)
+_DURATION = re.compile(r"\d\s*(ms|s|sec|secs|seconds?|min|minutes?|µs|us|ns|h)\b|\d+:\d\d\b|\w/s\b|s/it\b"
+                       r"|speed-?ups?\b|\bfaster\b|\bslower\b", re.IGNORECASE)
 _NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?", re.IGNORECASE)
 _ADDRESS = re.compile(r"0x[0-9a-f]{6,}", re.IGNORECASE)
 
@@ -43,8 +44,9 @@ def _text(value) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
-def draws_widget(cell_source: str, outputs: list[dict]) -> bool:
-    return "interactive(" in cell_source or any(WIDGET_MIME in o.get("data", {}) for o in outputs)
+def draws_widget(cell_source: str) -> bool:
+    """A cell that shows a course widget (static previews under nbval, live controls in the browser)."""
+    return "interactive(" in cell_source
 
 
 def shown(source: str, outputs: list[dict]) -> list[dict]:

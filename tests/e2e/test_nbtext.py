@@ -16,6 +16,12 @@ def test_times_are_masked_but_other_numbers_are_not():
     assert nbtext.cell_text("x", a) != nbtext.cell_text("x", c)
 
 
+def test_rates_and_measured_speed_ups_are_timings():
+    a = nbtext.mask("plain: 405 tokens/s\nmeasured speed-up 0.74x (ideal 1.34x)\naccepted 3 of 4 drafts")
+    b = nbtext.mask("plain: 486 tokens/s\nmeasured speed-up 0.81x (ideal 1.34x)\naccepted 3 of 4 drafts")
+    assert a == b and "accepted 3 of 4" in a
+
+
 def test_progress_bar_redraws_keep_the_last_state_only():
     assert nbtext.mask("step 1/3\rstep 2/3\rdone 3/3\n") == "done 3/3"
 
@@ -32,6 +38,6 @@ def test_errors_and_widgets_are_recognised():
     err = {"output_type": "error", "ename": "ValueError", "evalue": "k must be positive", "traceback": []}
     assert nbtext.errors([stdout("ok"), err]) == ["ValueError: k must be positive"]
     assert nbtext.cell_text("f()", [err]) == "ERROR ValueError: k must be positive"
-    view = {"output_type": "display_data", "data": {nbtext.WIDGET_MIME: {"model_id": "1"}, "text/plain": "VBox()"}}
-    assert nbtext.draws_widget("box", [view]) and nbtext.draws_widget("interactive(f, {})", [])
-    assert not nbtext.draws_widget("print(1)", [stdout("1")])
+    assert nbtext.draws_widget("interactive(f, {})") and not nbtext.draws_widget("print(1)")
+    bar = {"output_type": "display_data", "data": {nbtext.WIDGET_MIME: {"model_id": "1"}, "text/plain": "  0%|"}}
+    assert nbtext.cell_text("train()", [bar, stdout("loss 1.25\n")]) == "loss 1.25"   # a progress bar hides no prints
