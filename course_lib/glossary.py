@@ -16,6 +16,8 @@ def load() -> list[dict]:
             raise ValueError(f"glossary.csv columns must be {COLUMNS}, got {reader.fieldnames}")
         rows = list(reader)
     for i, row in enumerate(rows, start=2):
+        if None in row:   # DictReader puts surplus fields under None: an unquoted comma
+            raise ValueError(f"glossary.csv line {i}: more than {len(COLUMNS)} fields (quote a text that has a comma)")
         for col in COLUMNS:
             if not (row[col] or "").strip():
                 raise ValueError(f"glossary.csv line {i}: column {col!r} is empty")

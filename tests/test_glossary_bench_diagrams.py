@@ -15,6 +15,20 @@ def test_glossary_has_about_thirty_terms_with_chinese():
     assert {r["term_en"] for r in rows} >= {"mixture of experts (MoE)", "distillation", "multi-token prediction (MTP)"}
 
 
+def test_glossary_rows_have_exactly_four_fields_and_a_notebook_number():
+    for r in glossary.load():
+        assert None not in r and r["notebook"].isdigit() and len(r["notebook"]) == 2, r
+
+
+def test_glossary_rejects_an_unquoted_comma(tmp_path, monkeypatch):
+    bad = tmp_path / "glossary"
+    bad.mkdir()
+    (bad / "glossary.csv").write_text("term_en,term_zh,definition,notebook\nx,叉,one, two,00\n", encoding="utf-8")
+    monkeypatch.setattr(glossary, "asset_path", lambda *parts: tmp_path.joinpath(*parts))
+    with pytest.raises(ValueError, match="line 2: more than 4 fields"):
+        glossary.load()
+
+
 def test_glossary_lookup_by_term_and_notebook():
     assert glossary.lookup("distill")[0]["term_zh"] == "蒸馏"
     assert all(r["notebook"] == "03" for r in glossary.lookup(notebook=3))
