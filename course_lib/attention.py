@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .rope import apply_rope, rope_cos_sin
+from .model import RMSNorm  # the course's one RMSNorm (float32 at least, as transformers computes it)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -93,21 +94,6 @@ def _rope_tables(start_pos: int, T: int, dim: int, base: float, x: torch.Tensor)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     cos, sin = rope_cos_sin(torch.arange(start_pos, start_pos + T), dim, base, dtype=dtype)
     return cos.to(x.device), sin.to(x.device)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm(x) = x / sqrt(mean(x^2) + eps) * weight, computed in float32 at least (as transformers does)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(dtype)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- MHA / GQA / MQA
