@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .moe import RoutedExperts
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -223,6 +224,11 @@ class TinyLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, RoutedExperts):
+            # stacked expert matrices (notebook 02's MoE): the same init, expert by expert
+            for e in range(len(module)):
+                nn.init.normal_(module.gate_up[e], mean=0.0, std=0.02)
+                nn.init.normal_(module.down[e], mean=0.0, std=0.02)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -132,7 +132,7 @@ def test_sparse_dispatch_matches_dense_reference():
     x = torch.randn(2, 5, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     flat = x.reshape(-1, 16)
     w, idx, _ = moe.router(flat)
-    all_out = torch.stack([e(flat) for e in moe.experts], dim=1)          # (N, E, d)
+    all_out = torch.stack([moe.experts.expert(e, flat) for e in range(8)], dim=1)   # (N, E, d)
     dense_gates = torch.zeros(flat.shape[0], 8, dtype=torch.float64).scatter(1, idx, w)
     expected = (dense_gates.unsqueeze(-1) * all_out).sum(1)
     torch.testing.assert_close(moe(x).reshape(-1, 16), expected)
@@ -318,3 +318,53 @@ def test_plot_routing_moves_selection_not_affinities():
     for kw, name in [(dict(layer=3), "layer"), (dict(expert=4), "expert"), (dict(text=""), "text")]:
         with pytest.raises(ValueError, match=name):
             plot_routing(model, **{"text": "hi", **kw})
+
+
+# -- the two ways to run the routed experts ----------------------------------------------------------
+
+def _unused_expert_moe():
+    """float32 MoE whose expert 3 never wins (its bias is hugely negative), so one group is empty."""
+    torch.manual_seed(0)
+    moe = MoE(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=8)
+    with torch.no_grad():
+        moe.e_score_correction_bias[3] = -10.0
+    return moe
+
+
+@pytest.mark.skipif(not hasattr(torch.nn.functional, "grouped_mm"), reason="this PyTorch has no F.grouped_mm")
+def test_grouped_gemm_equals_per_expert_matmuls():
+    moe = _unused_expert_moe()
+    x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert moe.experts._grouped_mm_ok(x)                  # inference on CPU in float32: the grouped kernel
+        grouped = moe(x)
+        assert moe.last_load[3] == 0                          # an empty group is part of the test
+    x_grad = x.clone().requires_grad_(True)
+    assert not moe.experts._grouped_mm_ok(x_grad)             # with autograd: the per-expert loop
+    per_expert = moe(x_grad)
+    torch.testing.assert_close(grouped, per_expert.detach(), rtol=1e-6, atol=1e-6)
+    # and both equal the token-by-token teaching loop
+    moe.dispatch = "loop"
+    with torch.no_grad():
+        torch.testing.assert_close(grouped, moe(x), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_gemm_only_where_the_kernel_applies():
+    moe = _unused_expert_moe()
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert not moe.double().experts._grouped_mm_ok(x.double())          # no float64 kernel
+        odd = MoE(d_model=16, n_routed_experts=8, moe_intermediate_size=6)  # 6 floats = 24 bytes: not 16-aligned
+        assert not odd.experts._grouped_mm_ok(x)
+        torch.testing.assert_close(odd(x[None]), odd(x[None].requires_grad_(True)).detach())
+
+
+def test_stacked_expert_gradients():
+    """Gradients reach each expert's slice of the stacked weights; an expert with no tokens gets exactly zero."""
+    moe = _unused_expert_moe()
+    moe(torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(6))).pow(2).sum().backward()
+    grad = moe.experts.gate_up.grad
+    assert grad.shape == moe.experts.gate_up.shape
+    assert torch.all(grad[3] == 0) and torch.all(moe.experts.down.grad[3] == 0)
+    used = moe.last_load > 0
+    assert bool((grad[used].abs().flatten(1).sum(1) > 0).all())

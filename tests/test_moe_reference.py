@@ -4,8 +4,8 @@ transformers is a test-only dependency (the ``ref`` extra); without it these tes
 Weight mapping (transformers -> ours):
   gate.weight (E, d)                        -> gate.weight
   gate.e_score_correction_bias (E,)         -> e_score_correction_bias
-  experts.gate_up_proj[e] (2h, d)           -> experts[e].gate_up.weight   (gate rows first, then up)
-  experts.down_proj[e] (d, h)               -> experts[e].down.weight
+  experts.gate_up_proj (E, 2h, d)           -> experts.gate_up   (same layout: gate rows first, then up)
+  experts.down_proj (E, d, h)               -> experts.down
   shared_experts.{gate,up}_proj.weight      -> shared_experts.gate_up.weight (stacked: gate then up)
   shared_experts.down_proj.weight           -> shared_experts.down.weight
 """
@@ -44,9 +44,8 @@ def make_pair(dtype, seed=0):
     with torch.no_grad():
         ours.gate.weight.copy_(ref.gate.weight)
         ours.e_score_correction_bias.copy_(ref.gate.e_score_correction_bias)
-        for e in range(E):
-            ours.experts[e].gate_up.weight.copy_(ref.experts.gate_up_proj[e])
-            ours.experts[e].down.weight.copy_(ref.experts.down_proj[e])
+        ours.experts.gate_up.copy_(ref.experts.gate_up_proj)
+        ours.experts.down.copy_(ref.experts.down_proj)
         ours.shared_experts.gate_up.weight.copy_(
             torch.cat([ref.shared_experts.gate_proj.weight, ref.shared_experts.up_proj.weight]))
         ours.shared_experts.down.weight.copy_(ref.shared_experts.down_proj.weight)
