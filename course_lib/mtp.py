@@ -372,6 +372,78 @@ def load_checkpoint(name: str = CHECKPOINT, device=None) -> tuple[MTPModel, dict
     return model.to(device or "cpu").eval(), meta
 
 
+CONFIDENCE_EDGES = (0.0, 0.5, 0.7, 0.9, 0.97, 1.0)
+
+
+@dataclass
+class ConfidenceTable:
+    """Drafts and accepted drafts per bin of the main model's confidence (its top-1 probability) in the token drafted."""
+    edges: tuple
+    drafted: list
+    accepted: list
+
+    @property
+    def acceptance(self) -> list:
+        return [a / d if d else float("nan") for a, d in zip(self.accepted, self.drafted)]
+
+    @property
+    def share(self) -> list:
+        """Fraction of all drafts that fall in each bin."""
+        total = sum(self.drafted)
+        return [d / total if total else float("nan") for d in self.drafted]
+
+    @property
+    def labels(self) -> list:
+        return [f"{lo:.2f}-{hi:.2f}" for lo, hi in zip(self.edges[:-1], self.edges[1:])]
+
+
+@torch.no_grad()
+def acceptance_by_confidence(mtp_model: MTPModel, prompts, max_new_tokens: int,
+                             edges=CONFIDENCE_EDGES) -> ConfidenceTable:
+    """Run greedy speculative decoding on each prompt (a list of (1, P) tensors) and sort every draft by how sure
+    the main model was of the token it then chose: its top-1 probability p at that position.
+
+    A draft is accepted when the MTP module's argmax equals the main model's argmax, so where the main model is
+    confident (p near 1) the module usually agrees, and where p is low both are guessing among several
+    tokens. The mix of the two explains the overall rate: acceptance = sum over bins of share * acceptance.
+    """
+    edges = tuple(float(e) for e in edges)
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:])) or edges[0] > 0 or edges[-1] < 1:
+        raise ValueError(f"edges must increase strictly from <= 0 to >= 1, got {edges}")
+    drafted, accepted = [0] * (len(edges) - 1), [0] * (len(edges) - 1)
+    inner = torch.tensor(edges[1:-1])
+    for idx in prompts:
+        if idx.dim() != 2 or idx.shape[0] != 1:
+            raise ValueError(f"each prompt must have shape (1, P), got {tuple(idx.shape)}")
+        tokens, stats = speculative_generate(mtp_model, idx, max_new_tokens)
+        # p(t_n) for the token at n comes from the logits at n - 1, given the committed prefix t_0 .. t_{n-1}
+        top1 = mtp_model.model(tokens).logits[0].float().softmax(-1).amax(-1).cpu()
+        for step in stats.steps:
+            b = int(torch.bucketize(top1[step["pos"] - 1], inner, right=True))
+            drafted[b] += 1
+            accepted[b] += int(step["accepted"])
+    return ConfidenceTable(edges, drafted, accepted)
+
+
+def plot_acceptance_by_confidence(table: ConfidenceTable, title: str = ""):
+    """Bars: acceptance rate per confidence bin, each labelled with the share (and number) of drafts in that bin."""
+    import matplotlib.pyplot as plt
+
+    from .style import COLORS
+
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    x = range(len(table.drafted))
+    acc = [0.0 if a != a else a for a in table.acceptance]          # an empty bin draws as a zero-height bar
+    bars = ax.bar(x, acc, color=COLORS["green"], alpha=0.7)
+    for bar, share, n in zip(bars, table.share, table.drafted):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02, f"{share:.0%} of drafts\n(n={n})",
+                ha="center", fontsize=8, color=COLORS["grey"])
+    ax.set(xticks=list(x), xticklabels=table.labels, ylim=(0, 1.2), ylabel="draft acceptance",
+           xlabel="main model's top-1 probability for the token it chose",
+           title=title or "Drafts are accepted where the main model is sure")
+    return fig
+
+
 # --------------------------------------------------------------------------------------------- figures
 def _show_byte(b: int) -> str:
     special = {10: "⏎", 9: "⇥", 32: "·"}
