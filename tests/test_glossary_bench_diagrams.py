@@ -54,6 +54,12 @@ def test_bench_timing_helpers(capsys):
     assert set(times) == {"a", "b"}
     with pytest.raises(ValueError, match="baseline"):
         bench_core.compare({"a": lambda: None}, baseline="z")
+    # rewarm: each timed call is preceded by that many untimed ones
+    calls = []
+    bench_core.compare({"a": lambda: calls.append(1)}, repeat=4, warmup=1, rewarm=2)
+    assert len(calls) == 1 + 4 * (2 + 1)
+    with pytest.raises(ValueError, match="rewarm"):
+        bench_core.compare({"a": lambda: None}, rewarm=-1)
     text = bench_core.print_table([["x", 1.23456]], ["name", "value"])
     assert "1.235" in text
 

@@ -25,19 +25,26 @@ def time_fn(fn: Callable[[], object], repeat: int = 7, warmup: int = 2, min_time
     return statistics.median(times)
 
 
-def compare(fns: dict[str, Callable[[], object]], baseline: str | None = None, **timing) -> dict[str, float]:
-    """Time each function in turn, interleaved round by round so drifting machine load hits all of them alike."""
+def compare(fns: dict[str, Callable[[], object]], baseline: str | None = None, rewarm: int = 0,
+            **timing) -> dict[str, float]:
+    """Time each function in turn, interleaved round by round so drifting machine load hits all of them alike.
+
+    rewarm: untimed calls right before each timed one. For functions of a millisecond or less this matters:
+    without it each one starts with the caches the previous function left (other weights), so the order of the
+    functions changes the result."""
     names = list(fns)
     baseline = baseline or names[0]
     if baseline not in fns:
         raise ValueError(f"baseline {baseline!r} is not one of {names}")
+    if rewarm < 0:
+        raise ValueError(f"rewarm must be >= 0, got {rewarm}")
     repeat = timing.pop("repeat", 7)
     rounds = {n: [] for n in names}
     for name in names:
         time_fn(fns[name], repeat=1, warmup=timing.get("warmup", 2))
     for _ in range(repeat):
         for name in names:
-            rounds[name].append(time_fn(fns[name], repeat=1, warmup=0))
+            rounds[name].append(time_fn(fns[name], repeat=1, warmup=rewarm))
     return {name: statistics.median(ts) for name, ts in rounds.items()}
 
 

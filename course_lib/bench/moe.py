@@ -158,7 +158,7 @@ def main(argv=None) -> int:
             errs = [f"max |ours - transformers {impl}| = {(y - ref(x)).abs().max().item():.2e}"
                     for impl, ref in refs.items()]
             print(f"\n{title}: " + ("; ".join(errs) if errs else "transformers not installed, its rows are skipped"))
-            times = compare(fns, repeat=args.repeat, warmup=1)
+            times = compare(fns, repeat=args.repeat, warmup=1, rewarm=1)   # each timed call starts warm
         base = times["course_lib sparse"]
         rows = [(name, t * 1e3, t / base) for name, t in times.items()]
         print_table(rows, ["variant", "ms", "x course_lib"])
