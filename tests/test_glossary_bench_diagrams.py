@@ -57,7 +57,7 @@ def test_bench_timing_helpers(capsys):
     # rewarm: each timed call is preceded by that many untimed ones
     calls = []
     bench_core.compare({"a": lambda: calls.append(1)}, repeat=4, warmup=1, rewarm=2)
-    assert len(calls) == 1 + 4 * (2 + 1)
+    assert len(calls) == (1 + 1) + 4 * (2 + 1)          # warm-up pass (1 untimed + 1 timed), then 4 rounds
     with pytest.raises(ValueError, match="rewarm"):
         bench_core.compare({"a": lambda: None}, rewarm=-1)
     text = bench_core.print_table([["x", 1.23456]], ["name", "value"])
