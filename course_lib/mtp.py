@@ -439,6 +439,7 @@ def plot_acceptance_by_confidence(table: ConfidenceTable, title: str = ""):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02, f"{share:.0%} of drafts\n(n={n})",
                 ha="center", fontsize=8, color=COLORS["grey"])
     ax.set(xticks=list(x), xticklabels=table.labels, ylim=(0, 1.2), ylabel="draft acceptance",
+           yticks=[0, 0.25, 0.5, 0.75, 1], yticklabels=["0%", "25%", "50%", "75%", "100%"],
            xlabel="main model's top-1 probability for the token it chose",
            title=title or "Drafts are accepted where the main model is sure")
     return fig
