@@ -277,6 +277,9 @@ def test_figures_are_pure_functions_with_clear_errors():
     with pytest.raises(ValueError, match="step"):
         plot_speculation(ids, stats.steps, step=0, prompt_len=3)
     assert len(plot_mtp_architectures().axes) == 2
+    from course_lib.mtp import ConfidenceTable, plot_acceptance_by_confidence
+    fig = plot_acceptance_by_confidence(ConfidenceTable((0.0, 0.5, 1.0), [4, 0], [1, 0]))   # an empty bin draws as 0
+    assert [round(b.get_height(), 2) for b in fig.axes[0].patches] == [0.25, 0.0]
     plt.close("all")
 
 
