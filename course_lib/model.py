@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .moe import RoutedExperts
+from .moe import MoE, RoutedExperts
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -190,7 +190,6 @@ class Block(nn.Module):
         else:
             self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_base)
         if cfg.ffn == "moe" and layer >= cfg.n_dense_layers:
-            from .moe import MoE
             self.ffn = MoE(d_model=cfg.d_model, **(cfg.moe or {}))
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
