@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .moe import MoE, RoutedExperts
-from .rope import apply_rope, rope_cos_sin
+from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin  # noqa: F401  (RMSNorm, SwiGLU re-exported)
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -113,35 +113,6 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------------------------- layers
-class RMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * weight; no mean subtraction, no bias."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        # Normalise in float32 at least, as DeepSeek-V3's code does, so low-precision inputs stay stable.
-        dtype = x.dtype
-        x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
-
-
-class SwiGLU(nn.Module):
-    """FFN(x) = W2 (SiLU(W1 x) * W3 x) (Shazeer 2020); DeepSeek's dense layers and every expert use it."""
-
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.w1 = nn.Linear(d_model, hidden, bias=False)   # gate
-        self.w3 = nn.Linear(d_model, hidden, bias=False)   # up
-        self.w2 = nn.Linear(hidden, d_model, bias=False)   # down
-
-    def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class CausalSelfAttention(nn.Module):
     """Standard multi-head attention with RoPE and a KV cache (the baseline MLA is compared with in 03)."""
 
