@@ -158,7 +158,7 @@ class GQA(nn.Module):
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.rope_base = float(rope_base)
         self.max_seq_len = max_seq_len
-        # One fused projection [W^Q; W^K; W^V] (same layout as course_lib.model's attention when n_kv_heads == n_heads).
+        # One fused projection [W^Q; W^K; W^V] (rows: n_heads query heads, then n_kv_heads keys, then values).
         self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=False)
         self.out = nn.Linear(n_heads * head_dim, d_model, bias=False)
 
@@ -178,7 +178,7 @@ class GQA(nn.Module):
         q = q.view(B, T, H, hd).transpose(1, 2)                                  # (B, H, T, hd)
         k = k.view(B, T, G, hd).transpose(1, 2)                                  # (B, G, T, hd)
         v = v.view(B, T, G, hd).transpose(1, 2)
-        cos, sin = _rope_tables(start_pos, T, hd, self.rope_base, x)
+        cos, sin = self._rope(start_pos, T, x)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             # Cache the rotated keys and the values: later tokens only add their own row.
@@ -187,16 +187,34 @@ class GQA(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         S = k.shape[2]
-        # Group the query heads as (B, G, H/G, T, hd) so each group broadcasts over its one kv head: no copies of K, V.
-        qg = q.view(B, G, H // G, T, hd)
-        y = attend(qg, k[:, :, None], v[:, :, None], 1.0 / math.sqrt(hd), causal_mask(T, S, x.device))
-        return self.out(y.reshape(B, H, T, hd).transpose(1, 2).reshape(B, T, H * hd))
+        mask = causal_mask(T, S, x.device)
+        if x.dtype == torch.float64:
+            # The written-out softmax(q k^T / sqrt(d_h)) v, so float64 tests compare exactly. Query heads are grouped
+            # as (B, G, H/G, T, hd) so each group broadcasts over its one kv head: no copies of K, V.
+            qg = q.view(B, G, H // G, T, hd)
+            y = attend(qg, k[:, :, None], v[:, :, None], 1.0 / math.sqrt(hd), mask).reshape(B, H, T, hd)
+        else:
+            # The same formula through PyTorch's fused kernel (default scale 1/sqrt(d_h)): faster for float32/bf16
+            # training and decoding. tests/test_attention.py checks it against the written-out path.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=G != H)
+        return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
+
+    def _rope(self, start_pos: int, T: int, x: torch.Tensor):
+        """cos/sin rows start_pos .. start_pos + T - 1, sliced from a table kept between calls (decoding asks for
+        one row per token; recomputing the table each time would cost more than the attention itself)."""
+        end = start_pos + T
+        table = getattr(self, "_rope_table", None)
+        want = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if table is None or table[0].shape[0] < end or table[0].dtype != want or table[0].device != x.device:
+            table = _rope_tables(0, max(end, self.max_seq_len or 0), self.head_dim, self.rope_base, x)
+            self._rope_table = table
+        return table[0][start_pos:end], table[1][start_pos:end]
 
 
 class MHA(GQA):
     """Multi-head attention (Vaswani et al. 2017; V2 Eq. 1-8): every query head has its own key/value head.
 
-    Arguments in the same order as course_lib.model's attention, so it can stand in for it.
+    TinyLM's attention (course_lib.model) and notebook 03's MHA baseline.
     """
 
     def __init__(self, d_model: int, n_heads: int, max_seq_len: int | None = None, rope_base: float = 10000.0,

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .moe import MoE, RoutedExperts
-from .layers import RMSNorm, SwiGLU, apply_rope, rope_cos_sin  # noqa: F401  (RMSNorm, SwiGLU re-exported)
+from .layers import MHA, RMSNorm, SwiGLU  # noqa: F401  (RMSNorm, SwiGLU re-exported for the notebooks)
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -113,41 +113,6 @@ class ModelConfig:
 
 
 # --------------------------------------------------------------------------------------------- layers
-class CausalSelfAttention(nn.Module):
-    """Standard multi-head attention with RoPE and a KV cache (the baseline MLA is compared with in 03)."""
-
-    def __init__(self, d_model: int, n_heads: int, max_seq_len: int, rope_base: float = 10000.0):
-        super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-        cos, sin = rope_cos_sin(torch.arange(max_seq_len), self.head_dim, rope_base)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def forward(self, x, start_pos: int = 0, cache: dict | None = None):
-        B, T, _ = x.shape
-        if start_pos + T > self.cos.shape[0]:
-            raise ValueError(f"sequence of {start_pos + T} tokens is longer than max_seq_len={self.cos.shape[0]}")
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B,H,T,hd)
-        cos, sin = self.cos[start_pos:start_pos + T], self.sin[start_pos:start_pos + T]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # The cache holds the rotated keys and the values of all earlier positions: one (k, v) per token per layer.
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        S = k.shape[2]
-        if T == 1:
-            mask = None                                   # one new token may look at everything before it
-        else:
-            # query i (absolute position S-T+i) may see keys 0..S-T+i
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out(y.transpose(1, 2).reshape(B, T, -1))
-
-
 class Block(nn.Module):
     """Pre-norm residual block: h = x + Attn(RMSNorm(x)); out = h + FFN(RMSNorm(h))."""
 
@@ -159,7 +124,7 @@ class Block(nn.Module):
             from .attention import MLA  # imported here so the dense model needs nothing from notebook 03
             self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **{"rope_base": cfg.rope_base, **(cfg.mla or {})})
         else:
-            self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.rope_base)
+            self.attn = MHA(cfg.d_model, cfg.n_heads, max_seq_len=cfg.max_seq_len, rope_base=cfg.rope_base)
         if cfg.ffn == "moe" and layer >= cfg.n_dense_layers:
             self.ffn = MoE(d_model=cfg.d_model, **(cfg.moe or {}))
         else:

@@ -179,17 +179,31 @@ def test_baselines_match_reference_and_cache(cls, kw, groups):
     assert m.cache_elements_per_token() == 2 * groups * 8
 
 
-def test_mha_matches_course_model_attention():
-    """Same weights as course_lib.model's attention -> same output (so the model can switch to this MHA)."""
-    model_mod = pytest.importorskip("course_lib.model")
+@pytest.mark.parametrize("cls,kw", [(MHA, {}), (GQA, {"n_kv_heads": 2}), (MQA, {})])
+def test_fused_float32_path_matches_written_out_float64(cls, kw):
+    """float32 runs torch's fused SDPA, float64 the written-out softmax: same weights -> same outputs (to float32
+    rounding), for a full causal pass and for cached decoding."""
     torch.manual_seed(0)
-    theirs = model_mod.CausalSelfAttention(32, 4, 64).double()
-    ours = MHA(32, 4, 64).double()
-    ours.load_state_dict(theirs.state_dict())
-    x = rand(2, 7, 32, seed=13)
+    m64 = cls(32, 4, **kw).double()
+    m32 = cls(32, 4, **kw)
+    m32.load_state_dict(m64.state_dict())
+    x = rand(2, 9, 32, seed=14)
     with torch.no_grad():
-        # The model keeps float32 RoPE tables; ours are float64 for float64 inputs: ~1e-8 apart.
-        assert (ours(x) - theirs(x)).abs().max() < 1e-6
+        full64, full32 = m64(x), m32(x.float())
+        stepped32, _ = decode_stepwise(m32, x.float(), 4)
+    assert full64.abs().mean() > 1e-3
+    assert (full32.double() - full64).abs().max() < 1e-5
+    assert (stepped32.double() - full64).abs().max() < 1e-5
+
+
+def test_tiny_lm_uses_the_shared_mha():
+    """One MHA in the course: TinyLM's attention is course_lib.layers.MHA (no second copy in model.py)."""
+    from course_lib import layers
+    from course_lib.model import ModelConfig, TinyLM
+    m = TinyLM(ModelConfig(vocab_size=11, d_model=32, n_heads=4, n_layers=2, max_seq_len=16))
+    assert all(type(b.attn) is layers.MHA for b in m.blocks)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m(torch.zeros(1, 17, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------------------------- validation
