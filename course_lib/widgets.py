@@ -103,7 +103,7 @@ def render(plot_fn: Callable, params: dict) -> Any:
         fig = plot_fn(**params)
     except ValueError as exc:
         plt.close("all")
-        print(f"⚠ {exc}")
+        print(f"Not allowed: {exc}")
         return None
     if fig is None:
         fig = plt.gcf()

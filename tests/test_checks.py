@@ -87,3 +87,91 @@ def test_exercise_without_registry_side_effects():
     ex = Exercise("square", lambda x: x * x, cases=[(2,), (3,)])
     assert ex.check(lambda x: x ** 2, quiet=True)
     assert not ex.check(lambda x: 2 * x, quiet=True)  # 2*2 == 2**2 but 2*3 != 9: the second case catches it
+
+
+# ---- every printed character must exist in common fonts (an emoji shows as an empty box without an emoji font)
+import ast  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+from course_lib.checks.core import FAIL_MARK, FONT_SAFE, PASS_MARK, unsafe_chars  # noqa: E402
+
+COURSE_LIB = Path(checks.__file__).resolve().parents[1]
+
+
+def _dejavu_cmaps():
+    ttlib = pytest.importorskip("fontTools.ttLib")    # a matplotlib dependency
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    return {name: set(ttlib.TTFont(ttf / name).getBestCmap()) for name in ("DejaVuSans.ttf", "DejaVuSansMono.ttf")}
+
+
+def test_unsafe_chars_flags_emoji_and_passes_common_symbols():
+    assert unsafe_chars("\u2705 softmax_last_dim: correct!") == ["\u2705"]        # the old pass mark
+    assert unsafe_chars("\u274c x: not yet \u2713 \u26a0") == ["\u26a0", "\u2713", "\u274c"]
+    assert unsafe_chars("[correct] A = (r - mean) / std \u2014 1\u20262 \u2264 3 \u2192 \u03bb=0.3, \u00d7 2 \u52a0") == []
+    assert unsafe_chars(PASS_MARK + FAIL_MARK) == []
+
+
+def test_font_safe_set_is_drawn_by_dejavu_sans_and_sans_mono():
+    # the browser's sans-serif (markdown) and monospace (printed output) fonts on a plain Debian machine
+    for name, cmap in _dejavu_cmaps().items():
+        missing = sorted(ch for ch in FONT_SAFE if ord(ch) >= 0x20 and ord(ch) not in cmap and ord(ch) != 0xAD)
+        assert not missing, f"{name} lacks {missing}"
+
+
+def _all_messages(ex):
+    answers = [None, ..., 3, ex.reference() if ex.kind == "value" else ex.reference, *ex.wrong]
+    if ex.kind == "function":
+        answers += [lambda *a: 1 / 0, lambda *a: None]
+    return [ex.check(a, quiet=True).message for a in answers]
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_every_check_message_is_font_safe(name):
+    for message in _all_messages(EXERCISES[name]):
+        assert not unsafe_chars(message), f"{name} prints {unsafe_chars(message)} in: {message}"
+    assert _all_messages(EXERCISES[name])[0].startswith(FAIL_MARK)
+
+
+def _string_constants(node):
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+            yield sub
+
+
+def _printed_and_other_strings(tree):
+    """(strings that reach the notebook as text: print, exceptions, warnings, tqdm desc; all other literals)."""
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    printed = set()
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        f = call.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if name in ("print", "warn", "write") or name.endswith(("Error", "Exception", "Warning")):
+            printed |= {id(c) for c in _string_constants(call)}
+        printed |= {id(c) for kw in call.keywords if kw.arg in ("desc", "postfix") for c in _string_constants(kw)}
+    every = [c for c in _string_constants(tree) if id(c) not in docstrings]
+    return [c for c in every if id(c) in printed], [c for c in every if id(c) not in printed]
+
+
+def test_course_lib_strings_are_font_safe():
+    """Printed text must be in FONT_SAFE (the browser draws it); the other literals end up in matplotlib figures,
+    drawn with matplotlib's own DejaVu Sans, so they must at least be in that font."""
+    dejavu = _dejavu_cmaps()["DejaVuSans.ttf"]
+    bad = []
+    for path in sorted(COURSE_LIB.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        printed, other = _printed_and_other_strings(tree)
+        where = os.path.relpath(path, COURSE_LIB.parent)
+        bad += [f"{where}:{c.lineno} prints {unsafe_chars(c.value)}" for c in printed if unsafe_chars(c.value)]
+        bad += [f"{where}:{c.lineno} draws {[ch for ch in set(c.value) if ord(ch) not in dejavu]}" for c in other
+                if unsafe_chars(c.value) and any(ord(ch) not in dejavu for ch in unsafe_chars(c.value))]
+    assert not bad, "\n".join(bad)
+
+
+def test_course_lib_scan_would_catch_an_emoji():
+    printed, other = _printed_and_other_strings(ast.parse('def f():\n    "doc \u2705"\n    print(f"\u2705 {1}")\n'
+                                                          'x = "\u2705"\nraise ValueError("\u274c bad")\n'))
+    assert sorted(unsafe_chars(c.value)[0] for c in printed) == ["\u2705", "\u274c"]
+    assert [c.value for c in other] == ["\u2705"]

@@ -32,7 +32,7 @@ def test_invalid_combination_prints_one_line_not_a_traceback(monkeypatch, capsys
     figs = interactive(plot_power, CONTROLS, static=[{"k": 3, "scale": 2.0}])
     assert figs == [None]
     out = capsys.readouterr().out
-    assert "⚠ k=3 needs scale <= 1.5" in out and "Traceback" not in out
+    assert "Not allowed: k=3 needs scale <= 1.5" in out and "Traceback" not in out
 
 
 def test_static_setting_with_unknown_control_is_rejected(monkeypatch):

@@ -3,6 +3,11 @@
 An exercise is a reference solution plus hidden cases. `checks.<name>(answer)` runs the learner's function (or compares
 the learner's value) on every case against the reference and prints a friendly verdict: the first failing case with
 input, expected, got and a hint. A wrong answer never raises; the learner's own exception is reported in one line.
+
+The verdict starts with a plain-text mark, PASS_MARK or FAIL_MARK: emoji such as U+2705 show as empty boxes in a
+browser without an emoji font (Chromium on a plain Debian machine has only DejaVu / Liberation). `unsafe_chars`
+says which characters of a text fall outside FONT_SAFE, the set that common fonts (DejaVu Sans and Sans Mono,
+Liberation Sans / Arial, Noto Sans) all draw; tests/test_checks.py holds every printed message to it.
 """
 from __future__ import annotations
 
@@ -15,6 +20,26 @@ import numpy as np
 import torch
 
 REGISTRY: dict[str, "Exercise"] = {}
+
+PASS_MARK = "[correct]"
+FAIL_MARK = "[not yet]"
+
+# Characters every common font has: Latin-1, basic Greek and the punctuation, arrows and maths signs of the WGL4
+# set that Arial, Liberation Sans, DejaVu Sans and Noto Sans all cover. CJK ideographs and punctuation are allowed
+# too (the glossary and the language-consistency examples print Chinese; they need a CJK font in any case).
+FONT_SAFE = frozenset(
+    "\t\n" + "".join(map(chr, range(0x20, 0x7F))) + "".join(map(chr, range(0xA0, 0x100)))
+    + "".join(chr(c) for c in range(0x391, 0x3CA) if c != 0x3A2)
+    + "\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2020\u2021\u2022\u2026\u2030\u2032\u2033\u2039\u203a"
+    + "\u2190\u2191\u2192\u2193\u2194\u2195"
+    + "\u2202\u2206\u220f\u2211\u2212\u221a\u221e\u2229\u2248\u2260\u2261\u2264\u2265")
+_CJK_RANGES = ((0x3000, 0x303F), (0x4E00, 0x9FFF), (0xFF00, 0xFFEF))
+
+
+def unsafe_chars(text: str) -> list[str]:
+    """The characters of `text` that a browser with only common fonts may draw as an empty box (sorted, unique)."""
+    return sorted({ch for ch in text if ch not in FONT_SAFE
+                   and not any(lo <= ord(ch) <= hi for lo, hi in _CJK_RANGES)})
 
 
 @dataclass
@@ -100,7 +125,7 @@ class Exercise:
 
     def _fail(self, text: str) -> CheckResult:
         hint = f"\n   Hint: {self.hint}" if self.hint else ""
-        return CheckResult(self.name, False, f"❌ {self.name}: {text}{hint}")
+        return CheckResult(self.name, False, f"{FAIL_MARK} {self.name}: {text}{hint}")
 
     def _run(self, answer: Any) -> CheckResult:
         if answer is None or answer is Ellipsis:
@@ -111,7 +136,7 @@ class Exercise:
                 return self._fail("expected a value, got a function — call it and pass the result.")
             if not self.compare(expected, answer):
                 return self._fail(f"got {_short(answer)}, which is not right.")
-            return CheckResult(self.name, True, f"✅ {self.name}: correct!")
+            return CheckResult(self.name, True, f"{PASS_MARK} {self.name}: correct!")
         if not callable(answer):
             return self._fail(f"expected a function, got {type(answer).__name__} ({_short(answer, 80)}).")
         for i, args in enumerate(self.cases, 1):
@@ -129,7 +154,7 @@ class Exercise:
             if not self.compare(expected, got):
                 return self._fail(f"case {i} of {len(self.cases)} differs.\n   input:    {_short(args)}\n"
                                   f"   expected: {_short(expected)}\n   got:      {_short(got)}")
-        return CheckResult(self.name, True, f"✅ {self.name}: all {len(self.cases)} cases pass!")
+        return CheckResult(self.name, True, f"{PASS_MARK} {self.name}: all {len(self.cases)} cases pass!")
 
 
 def register(kind: str = "function", cases=None, hint: str = "", wrong=None, compare: Callable | None = None,

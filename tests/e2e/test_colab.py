@@ -21,6 +21,8 @@ import pytest
 import nbtext
 from e2ecommon import ROOT, needs_e2e
 
+from course_lib.checks.core import PASS_MARK
+
 pytestmark = needs_e2e
 WELCOME = ROOT / "notebooks" / "00_welcome.ipynb"
 WELCOME_SOLUTIONS = ROOT / "notebooks" / "solutions" / "00_welcome_solutions.ipynb"
@@ -88,7 +90,7 @@ def test_colab_first_cell_installs_the_course(tmp_path):
 
         sol = _execute(content / WELCOME_SOLUTIONS.name, env)       # the clone is reused, as after a restart
         calls = sum(len(re.findall(r"\bchecks\.\w+\(", "".join(c.source))) for c in sol.cells if c.cell_type == "code")
-        passed = _stdout(sol).count("✅")
+        passed = _stdout(sol).count(PASS_MARK)
         assert calls and passed == calls, f"{passed} of {calls} checks passed in the welcome solutions on Colab:\n" \
                                           f"{_stdout(sol)[-2000:]}"
     finally:
