@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .rope import apply_rope, rope_cos_sin, rotate_half  # noqa: F401  (re-exported: the one RoPE)
 
-__all__ = ["RMSNorm", "SwiGLU", "GQA", "MHA", "MQA", "attend", "causal_mask", "apply_rope", "rope_cos_sin"]
+__all__ = ["RMSNorm", "SwiGLU", "swiglu", "GQA", "MHA", "MQA", "attend", "causal_mask", "apply_rope", "rope_cos_sin"]
 
 
 # --------------------------------------------------------------------------------------------- norm and FFN
@@ -43,8 +43,21 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(dtype)
 
 
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The gated unit of SwiGLU (Shazeer 2020, arXiv 2002.05202, Eq. 6): SiLU(x W1) * (x W3), given both products.
+
+    ``SwiGLU`` below and the stacked routed experts (``course_lib.moe.RoutedExperts``) both call it, so every
+    feed-forward network of the course computes the same definition.
+    """
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
-    """FFN(x) = W2 (SiLU(W1 x) * W3 x) (Shazeer 2020); DeepSeek's dense layers and every expert use it."""
+    """FFN(x) = W2 (SiLU(W1 x) * W3 x) (Shazeer 2020); DeepSeek's dense layers and shared experts use it.
+
+    Names as in DeepSeek-V3's inference/model.py (w1 gate, w3 up, w2 down); transformers calls them
+    gate_proj, up_proj, down_proj.
+    """
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
@@ -53,8 +66,7 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, d_model, bias=False)   # down
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
+        return self.w2(swiglu(self.w1(x), self.w3(x)))
 
 
 # --------------------------------------------------------------------------------------------- helpers

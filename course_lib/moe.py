@@ -2,7 +2,7 @@
 
 What is here (papers cited next to each formula):
 
-* ``SwiGLU``: one expert, a small gated feed-forward network (the shared experts use it);
+* Experts are SwiGLUs (``course_lib.layers``): the shared experts are one ``layers.SwiGLU``;
   ``RoutedExperts``: the N_r routed experts with stacked weights, run by a grouped matrix multiply.
 * ``route``: the router. Affinities s (softmax as in DeepSeek-V2, or sigmoid as in DeepSeek-V3),
   optional group-limited routing, optional aux-loss-free bias used *only* for choosing experts,
@@ -24,34 +24,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import SwiGLU, swiglu  # noqa: F401  (SwiGLU: the shared experts; re-exported)
+
 SCORING_FUNCS = ("sigmoid", "softmax")
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DISPATCH_MODES = ("sparse", "loop")
 
 
-class SwiGLU(nn.Module):
-    """One expert: FFN(u) = W_down( SiLU(W_gate u) * (W_up u) ).
-
-    The gate and up projections are stored as one matrix (gate rows first, then up rows) so that
-    one matmul computes both; this is also the layout of transformers' ``gate_up_proj``.
-    """
-
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.hidden = hidden
-        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
 class RoutedExperts(nn.Module):
     """The N_r routed experts: N_r SwiGLUs whose weights are stacked into two 3-D tensors.
 
-    ``gate_up[e]`` (2h, d) and ``down[e]`` (d, h) are expert e's matrices, in the layout of ``SwiGLU`` above and
-    of transformers' ``DeepseekV3Experts``. Stacking costs nothing in readability (``expert(e, x)`` runs one
+    ``gate_up[e]`` (2h, d) = [W1; W3] of ``layers.SwiGLU`` stacked (gate rows first, then up) and ``down[e]``
+    (d, h) = its W2: the layout of transformers' ``DeepseekV3Experts``; both compute ``layers.swiglu``. Stacking costs nothing in readability (``expert(e, x)`` runs one
     expert) and lets one *grouped* matrix multiply run every expert on its own block of rows: the kernel
     DeepSeek's DeepGEMM provides on GPUs and ``torch.nn.functional.grouped_mm`` on recent PyTorch.
     """
@@ -71,9 +55,9 @@ class RoutedExperts(nn.Module):
         return self.n_experts
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """FFN_e(x) for one expert e: the same computation as SwiGLU.forward."""
+        """FFN_e(x) = W2_e swiglu(W1_e x, W3_e x) for one expert e: the same computation as layers.SwiGLU."""
         gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down[e])
+        return F.linear(swiglu(gate, up), self.down[e])
 
     def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Rows of ``x_sorted`` grouped by expert (``counts[e]`` rows for expert e, in order) -> FFN_e(row) each."""
@@ -81,7 +65,7 @@ class RoutedExperts(nn.Module):
             # one grouped GEMM per projection: group e = rows offs[e-1]:offs[e] times expert e's matrix
             offs = counts.cumsum(0).to(torch.int32)
             gate, up = F.grouped_mm(x_sorted, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
-            return F.grouped_mm(F.silu(gate) * up, self.down.transpose(1, 2), offs=offs)
+            return F.grouped_mm(swiglu(gate, up), self.down.transpose(1, 2), offs=offs)
         # portable path (any dtype, device and autograd): one matmul pair per expert that has tokens
         outs = []
         chunks = x_sorted.split(counts.tolist())
@@ -89,7 +73,7 @@ class RoutedExperts(nn.Module):
         for chunk, w_gate_up, w_down in zip(chunks, self.gate_up.unbind(0), self.down.unbind(0)):
             if chunk.shape[0]:
                 gate, up = F.linear(chunk, w_gate_up).chunk(2, dim=-1)
-                outs.append(F.linear(F.silu(gate) * up, w_down))
+                outs.append(F.linear(swiglu(gate, up), w_down))
         return torch.cat(outs) if outs else x_sorted.new_zeros(0, x_sorted.shape[-1])
 
     def _grouped_mm_ok(self, x: torch.Tensor) -> bool:

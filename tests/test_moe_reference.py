@@ -6,8 +6,9 @@ Weight mapping (transformers -> ours):
   gate.e_score_correction_bias (E,)         -> e_score_correction_bias
   experts.gate_up_proj (E, 2h, d)           -> experts.gate_up   (same layout: gate rows first, then up)
   experts.down_proj (E, d, h)               -> experts.down
-  shared_experts.{gate,up}_proj.weight      -> shared_experts.gate_up.weight (stacked: gate then up)
-  shared_experts.down_proj.weight           -> shared_experts.down.weight
+  shared_experts.gate_proj.weight           -> shared_experts.w1.weight (course_lib.layers.SwiGLU)
+  shared_experts.up_proj.weight             -> shared_experts.w3.weight
+  shared_experts.down_proj.weight           -> shared_experts.w2.weight
 """
 import pytest
 import torch
@@ -46,9 +47,9 @@ def make_pair(dtype, seed=0):
         ours.e_score_correction_bias.copy_(ref.gate.e_score_correction_bias)
         ours.experts.gate_up.copy_(ref.experts.gate_up_proj)
         ours.experts.down.copy_(ref.experts.down_proj)
-        ours.shared_experts.gate_up.weight.copy_(
-            torch.cat([ref.shared_experts.gate_proj.weight, ref.shared_experts.up_proj.weight]))
-        ours.shared_experts.down.weight.copy_(ref.shared_experts.down_proj.weight)
+        ours.shared_experts.w1.weight.copy_(ref.shared_experts.gate_proj.weight)
+        ours.shared_experts.w3.weight.copy_(ref.shared_experts.up_proj.weight)
+        ours.shared_experts.w2.weight.copy_(ref.shared_experts.down_proj.weight)
     ours = ours.to(dtype)
     ours.gate.weight.data = ours.gate.weight.data.float()
     return ref.eval(), ours.eval()

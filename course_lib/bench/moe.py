@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..device import get_device
-from ..moe import MoE, SwiGLU
+from ..layers import swiglu
+from ..moe import MoE
 from .core import compare, print_table
 
 # (name, d_model, routed, shared, top_k, expert width, groups, kept groups)
@@ -64,10 +65,9 @@ def build(d, n_routed, n_shared, k, hidden, groups, kept, device):
             ref.gate.e_score_correction_bias.copy_(ours.e_score_correction_bias)
             ref.experts.gate_up_proj.copy_(ours.experts.gate_up)
             ref.experts.down_proj.copy_(ours.experts.down)
-            gate_w, up_w = ours.shared_experts.gate_up.weight.chunk(2, dim=0)
-            ref.shared_experts.gate_proj.weight.copy_(gate_w)
-            ref.shared_experts.up_proj.weight.copy_(up_w)
-            ref.shared_experts.down_proj.weight.copy_(ours.shared_experts.down.weight)
+            ref.shared_experts.gate_proj.weight.copy_(ours.shared_experts.w1.weight)
+            ref.shared_experts.up_proj.weight.copy_(ours.shared_experts.w3.weight)
+            ref.shared_experts.down_proj.weight.copy_(ours.shared_experts.w2.weight)
         refs[impl] = ref.to(device).eval()
     return ours, refs
 
@@ -104,7 +104,7 @@ def one_matrix_fn(ours: MoE, x: torch.Tensor):
     def run():
         F.linear(flat.float(), ours.gate.weight.float()).sigmoid()
         gate, up = F.linear(rows, w_gate_up).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, w_down), (shared(flat) if shared is not None else None)
+        return F.linear(swiglu(gate, up), w_down), (shared(flat) if shared is not None else None)
     return run
 
 
