@@ -1,7 +1,8 @@
 """DeepSeek's public releases and the fact-checked claims of notebook 01: loading, validation and pure plots.
 
 The data lives in `assets/timeline/` (sources and the list of unverified values in its README):
-- `releases.csv`: one row per public release (date, name, family, total/active parameters, context, what was new, source);
+- `releases.csv`: one row per public release (date, name, family, total/active parameters, context, what was new, source,
+  and the course notebooks that teach what it introduced);
 - `claims.csv`: claims from the course's two Chinese source posts with a verdict, evidence and source.
 
 The loaders check every row and stop at the first broken one with a `ValueError` that names the file, the row and the
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RELEASE_COLUMNS = ("date", "name", "family", "total_params_b", "active_params_b", "context_length", "introduced",
-                   "source")
+                   "source", "notebooks")
 CLAIM_COLUMNS = ("id", "post", "claim_zh", "claim_en", "verdict", "evidence", "source", "see_notebook")
 FAMILIES = ("llm", "code", "math", "vision", "reasoning", "distill", "prover", "ocr")
 VERDICTS = ("true", "false", "misleading", "garbled")
@@ -34,7 +35,12 @@ MILESTONES = {
     "DeepSeek-V3.1": "hybrid thinking",
     "DeepSeek-V3.2-Exp": "sparse attention (DSA)",
     "DeepSeek-V4-Pro": "1M context",
+    "DeepSeek-V4.1-Flash": "Engram memory",
 }
+
+# Course notebooks that the README's course map plans but that may not be written yet: `notebooks` may name them.
+# A test checks that every other number names an existing notebooks/NN_*.ipynb.
+PLANNED_NOTEBOOKS = ("07", "08", "09")
 
 
 # MoE releases labelled on the parameter chart: name -> (horizontal offset in points, alignment).
@@ -52,6 +58,7 @@ class Release:
     context_length: int | None       # tokens; None = not published
     introduced: str
     source: str
+    notebooks: tuple[str, ...] = ()  # two-digit course notebook numbers that teach what this release introduced
 
     @property
     def is_moe(self) -> bool:
@@ -137,11 +144,26 @@ def _required(path, row, column) -> str:
     return row[column]
 
 
+def _notebook_numbers(path, row) -> tuple[str, ...]:
+    """`notebooks`: empty, or two-digit notebook numbers separated by single spaces, ascending, without repeats."""
+    text = row["notebooks"]
+    if text == "":
+        return ()
+    if not re.fullmatch(r"\d\d( \d\d)*", text):
+        raise ValueError(f"{_where(path, row, 'notebooks')}: {text!r} is not a list of two-digit notebook numbers "
+                         "separated by spaces, like '02 03'")
+    numbers = tuple(text.split(" "))
+    if list(numbers) != sorted(set(numbers)):
+        raise ValueError(f"{_where(path, row, 'notebooks')}: {text!r} must be ascending without repeats")
+    return numbers
+
+
 def load_releases(path: str | Path | None = None, today: dt.date | None = None) -> list[Release]:
     """Read and validate releases.csv; returns Release records sorted by date (file order breaks ties).
 
     Checks: exact header; a YYYY-MM-DD date that is not after `today`; a non-empty, unique name; a known family;
-    positive numbers or empty cells; active <= total; non-empty `introduced` and `source`.
+    positive numbers or empty cells; active <= total; non-empty `introduced` and `source`; `notebooks` empty or
+    ascending two-digit numbers separated by spaces.
     """
     path = Path(path) if path is not None else _default_path("releases.csv")
     today = today or dt.date.today()
@@ -169,7 +191,8 @@ def load_releases(path: str | Path | None = None, today: dt.date | None = None) 
                              f"{total:g}B total")
         releases.append(Release(date, name, row["family"], total, active,
                                 _number(path, row, "context_length", integer=True),
-                                _required(path, row, "introduced"), _required(path, row, "source")))
+                                _required(path, row, "introduced"), _required(path, row, "source"),
+                                _notebook_numbers(path, row)))
     if not releases:
         raise ValueError(f"{path.name}: no data rows")
     return sorted(releases, key=lambda r: r.date)  # sorted() is stable: same-day rows keep their file order
@@ -208,6 +231,8 @@ def as_records(items) -> list[dict]:
         d = asdict(item)
         if isinstance(d.get("date"), dt.date):
             d["date"] = d["date"].isoformat()
+        if isinstance(d.get("notebooks"), tuple):
+            d["notebooks"] = list(d["notebooks"])
         out.append(d)
     return out
 

@@ -1,6 +1,8 @@
 """Tests of course_lib.timeline: the shipped data, each kind of broken row, filtering and the pure plots."""
 import csv
 import datetime as dt
+import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -9,9 +11,9 @@ from course_lib import timeline as T
 
 HEADER = list(T.RELEASE_COLUMNS)
 GOOD = [
-    ["2024-05-06", "DeepSeek-V2", "llm", "236", "21", "131072", "MLA", "arXiv:2405.04434"],
-    ["2023-11-02", "DeepSeek-Coder", "code", "33", "", "16384", "first release", "arXiv:2401.14196"],
-    ["2024-05-06", "Same-Day-Second", "vision", "", "", "", "a same-day row", "github.com/x/y"],
+    ["2024-05-06", "DeepSeek-V2", "llm", "236", "21", "131072", "MLA", "arXiv:2405.04434", "02 03"],
+    ["2023-11-02", "DeepSeek-Coder", "code", "33", "", "16384", "first release", "arXiv:2401.14196", ""],
+    ["2024-05-06", "Same-Day-Second", "vision", "", "", "", "a same-day row", "github.com/x/y", ""],
 ]
 TODAY = dt.date(2026, 11, 26)
 
@@ -58,6 +60,40 @@ def test_shipped_flagship_numbers_match_the_readmes():
     assert by["DeepSeek-V3"].date == dt.date(2024, 12, 26)
 
 
+def test_shipped_corrections_of_issue_14():
+    # DeepSeekMoE 16B: 2.8B of 16.4B activated (arXiv 2401.06066, section 5.1.2, Tables 3-4), typed from the paper.
+    by = {r.name: r for r in T.load_releases()}
+    moe = by["DeepSeekMoE"]
+    assert (moe.total_params_b, moe.active_params_b) == (16.4, 2.8) and moe.is_moe
+    # V2's 93.3% smaller KV cache needs MLA *and* FP8 deployment with 6-bit KV quantisation (V2 section 3.2.3).
+    v2 = by["DeepSeek-V2"].introduced
+    claim = next(c for c in T.load_claims() if "93.3%" in c.evidence).evidence
+    for text in (v2, claim):
+        assert "93.3%" in text and re.search(r"\b6[- ]bits?\b", text) and "FP8" in text and "MLA" in text
+
+
+def test_shipped_timeline_reaches_past_the_v4_preview():
+    rel = T.load_releases()
+    names = [r.name for r in rel]
+    assert names.index("DeepSeek-V4-Pro") < names.index("DeepSeek-V4.1-Flash")
+    assert rel[-1].date > dt.date(2026, 4, 24)
+    v41 = next(r for r in rel if r.name == "DeepSeek-V4.1-Flash")
+    assert "Engram" in v41.introduced and "08" in v41.notebooks
+
+
+def test_shipped_notebook_links_name_real_or_planned_notebooks():
+    root = Path(__file__).resolve().parent.parent / "notebooks"
+    existing = {p.name[:2] for p in root.glob("[0-9][0-9]_*.ipynb")}
+    linked = {n for r in T.load_releases() for n in r.notebooks}
+    assert linked, "no release links a notebook"
+    missing = sorted(n for n in linked if n not in existing and n not in T.PLANNED_NOTEBOOKS)
+    assert not missing, f"releases.csv links notebooks that neither exist nor are planned: {missing}"
+    by = {r.name: r.notebooks for r in T.load_releases()}
+    # What each release introduced, by the course's own map: MoE in 02, MLA in 03, MTP in 04, GRPO in 05, R1 in 06.
+    assert by["DeepSeekMoE"] == ("02",) and by["DeepSeek-V2"] == ("02", "03") and by["DeepSeekMath"] == ("05",)
+    assert "04" in by["DeepSeek-V3"] and by["DeepSeek-R1"] == ("05", "06")
+
+
 def test_shipped_claims_load_and_cover_the_issue():
     claims = T.load_claims()
     assert len(claims) >= 10
@@ -78,11 +114,13 @@ def test_valid_file_loads_sorted_with_stable_ties(tmp_path):
     assert v2.is_moe and v2.activation_ratio == pytest.approx(21 / 236)
     assert rel[0].activation_ratio is None and not rel[0].is_moe
     assert rel[2].total_params_b is None and rel[2].context_length is None
+    assert v2.notebooks == ("02", "03") and rel[0].notebooks == ()
 
 
 def test_as_records_gives_plain_dicts(tmp_path):
     recs = T.as_records(T.load_releases(releases_file(tmp_path), today=TODAY))
     assert recs[1]["date"] == "2024-05-06" and recs[1]["total_params_b"] == 236.0
+    assert recs[1]["notebooks"] == ["02", "03"]
     assert set(recs[0]) == set(T.RELEASE_COLUMNS)
 
 
@@ -107,6 +145,10 @@ def test_blank_lines_are_ignored(tmp_path):
     (0, "context_length", "128K", r"row 1 .*column 'context_length'.*whole number"),
     (1, "source", "", r"row 2 \(DeepSeek-Coder\), column 'source'.*empty"),
     (1, "introduced", "", r"row 2 .*column 'introduced'.*empty"),
+    (0, "notebooks", "2 3", r"row 1 .*column 'notebooks'.*two-digit"),
+    (0, "notebooks", "02,03", r"row 1 .*column 'notebooks'.*two-digit"),
+    (0, "notebooks", "03 02", r"row 1 .*column 'notebooks'.*ascending"),
+    (0, "notebooks", "02 02", r"row 1 .*column 'notebooks'.*ascending"),
 ])
 def test_broken_release_row_names_row_and_column(tmp_path, index, column, value, message):
     path = releases_file(tmp_path, with_row(index, column, value))
@@ -130,7 +172,7 @@ def test_wrong_header_is_reported(tmp_path):
 def test_row_with_extra_field_is_reported(tmp_path):
     rows = [list(r) for r in GOOD]
     rows[1] = rows[1] + ["stray"]
-    with pytest.raises(ValueError, match=r"row 2: has 9 fields, expected 8"):
+    with pytest.raises(ValueError, match=r"row 2: has 10 fields, expected 9"):
         T.load_releases(releases_file(tmp_path, rows), today=TODAY)
 
 
