@@ -7,8 +7,9 @@ What is here (papers cited next to each formula):
 * ``route``: the router. Affinities s (softmax as in DeepSeek-V2, or sigmoid as in DeepSeek-V3),
   optional group-limited routing, optional aux-loss-free bias used *only* for choosing experts,
   normalisation over the chosen experts and ``routed_scaling_factor``.
-* ``expert_balance_loss`` (DeepSeekMoE / V2 expert-level auxiliary loss) and
-  ``sequence_balance_loss`` (V3's complementary sequence-wise balance loss).
+* ``expert_balance_loss`` (DeepSeekMoE / V2 expert-level auxiliary loss over the batch) and
+  ``sequence_balance_loss`` (V3's complementary sequence-wise balance loss, per sequence); both use
+  V3 eqs. (18)-(20), with P_i built from the normalised affinities s'.
 * ``bias_update`` (V3's aux-loss-free balancing rule) and ``max_violation`` (the MaxVio metric).
 * ``MoE``: N_s shared experts plus N_r fine-grained routed experts, with two dispatch strategies:
   ``"sparse"`` (each expert runs only on its own tokens; the default) and ``"loop"`` (one token at a
@@ -172,21 +173,31 @@ def max_violation(load: torch.Tensor) -> float:
 
 
 def _balance_terms(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int):
-    """f_i and P_i over one set of T tokens. scores (T, E), indices (T, k)."""
+    """f_i and P_i of DeepSeek-V3 eqs. (18)-(20) over one set of T tokens. scores (T, E) = s, indices (T, K_r).
+
+    f counts the experts each token actually used. Eq. (18) writes 1(s_{i,t} in TopK(s_t, K_r)); that is the
+    same set unless the aux-loss-free bias b moved the selection, and then the used experts are the ones to balance.
+    """
     n_tok = scores.shape[0]
-    # f_i = N_r / (K_r T) * sum_t 1(token t selects expert i)
+    # V3 eq. (18): f_i = N_r / (K_r T) * sum_t 1(token t selects expert i)
     f = expert_load(indices, n_experts).to(scores.dtype) * n_experts / (top_k * n_tok)
-    # s'_{i,t} = s_{i,t} / sum_j s_{j,t} (V3 eq. 19; a no-op for softmax affinities);  P_i = 1/T sum_t s'_{i,t}
-    p = (scores / scores.sum(dim=-1, keepdim=True)).mean(dim=0)
+    # V3 eq. (19): s'_{i,t} = s_{i,t} / sum_j s_{j,t}   (softmax affinities already sum to 1: then s' = s)
+    s_norm = scores / scores.sum(dim=-1, keepdim=True)
+    # V3 eq. (20): P_i = 1/T sum_t s'_{i,t}
+    p = s_norm.mean(dim=0)
     return f, p
 
 
 def expert_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int) -> torch.Tensor:
-    """Expert-level balance loss over a batch of tokens (DeepSeekMoE §3.3, DeepSeek-V2 §2.2.3).
+    """Expert-level balance loss over a whole batch of T tokens (DeepSeekMoE §3.3, DeepSeek-V2 §2.2.3).
 
-    L_ExpBal = sum_i f_i * P_i, with f_i = N_r/(K_r T) sum_t 1(t selects i), P_i = 1/T sum_t s_{i,t}.
-    Multiply by alpha yourself. Equals 1 when routing is perfectly uniform. f carries no gradient;
-    the gradient reaches the router through P.
+    L_ExpBal = sum_i f_i * P_i,  f_i = N_r/(K_r T) sum_t 1(t selects i),  P_i = 1/T sum_t s'_{i,t},
+    s'_{i,t} = s_{i,t} / sum_j s_{j,t}.
+    DeepSeekMoE and V2 write P_i with the softmax affinities s, which already sum to 1 over the experts, so for them
+    s' = s and this is their loss exactly. For V3's sigmoid affinities we normalise as V3 eq. (19) does, so P stays
+    a distribution over the experts (otherwise the loss could shrink by lowering every affinity at once).
+    Multiply by alpha yourself. Equals 1 when routing is perfectly uniform. f carries no gradient; the gradient
+    reaches the router through P.
     """
     f, p = _balance_terms(scores, indices, n_experts, top_k)
     return (f * p).sum()
@@ -194,10 +205,10 @@ def expert_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: 
 
 def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts: int, top_k: int,
                           seq_len: int) -> torch.Tensor:
-    """DeepSeek-V3 complementary sequence-wise balance loss, eqs. (17)-(20), averaged over sequences.
+    """DeepSeek-V3's complementary sequence-wise balance loss, eqs. (17)-(20), averaged over the sequences.
 
-    Same f_i * P_i form as the expert-level loss but computed inside each sequence of ``seq_len`` tokens
-    (T in the paper is the sequence length), with P built from normalised affinities s'.
+    L_Bal = sum_i f_i P_i (eq. 17, without alpha) with f_i (eq. 18) and P_i (eqs. 19-20, normalised s') counted
+    inside each sequence of ``seq_len`` tokens (T in the paper is the sequence length), then averaged.
     """
     n_tok, _ = scores.shape
     if n_tok % seq_len:

@@ -87,6 +87,26 @@ def test_expert_balance_loss_normalises_sigmoid_scores():
     assert expert_balance_loss(scores, idx, 2, 1).item() == pytest.approx(4 / 3)
 
 
+def test_balance_losses_follow_v3_eqs_17_to_20_by_hand():
+    """N_r = 3, K_r = 1, two sequences of T = 2 tokens with sigmoid-like affinities (rows need not sum to 1)."""
+    s = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.4],        # sequence 1: row sums 1.0 and 0.8
+                      [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])     # sequence 2: row sums 1.0 and 1.0
+    idx = torch.tensor([[0], [2], [2], [2]])
+    # Sequence 1. Eq. 19: s' rows [0.6, 0.3, 0.1], [0.25, 0.25, 0.5]; eq. 20: P = [0.425, 0.275, 0.3]
+    # eq. 18: f = 3 / (1 * 2) * [1, 0, 1] = [1.5, 0, 1.5]; eq. 17: L = 1.5 * 0.425 + 1.5 * 0.3 = 1.0875
+    # (with the raw s instead of s', P_0 would be 0.4 and P_2 0.25: L = 0.975, which this test rejects)
+    seq1 = 1.0875
+    # Sequence 2: P = [0.3, 0.175, 0.525], f = 3 / 2 * [0, 0, 2] = [0, 0, 3] -> L = 3 * 0.525 = 1.575
+    seq2 = 1.575
+    assert sequence_balance_loss(s, idx, 3, 1, seq_len=2).item() == pytest.approx((seq1 + seq2) / 2)
+    # Over the whole batch (T = 4): P_0 = (0.6 + 0.25 + 0.1 + 0.5) / 4 = 0.3625, P_2 = (0.1 + 0.5 + 0.8 + 0.25) / 4
+    # = 0.4125, f = 3 / 4 * [1, 0, 3] = [0.75, 0, 2.25] -> L = 0.75 * 0.3625 + 2.25 * 0.4125 = 1.2
+    assert expert_balance_loss(s, idx, 3, 1).item() == pytest.approx(1.2)
+    # Softmax affinities already sum to 1, so s' = s and the expert-level loss is DeepSeekMoE's / V2's unchanged.
+    soft = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+    assert expert_balance_loss(soft, torch.tensor([[0], [2]]), 3, 1).item() == pytest.approx(1.5 * (0.3 + 0.5))
+
+
 def test_sequence_balance_loss_is_per_sequence():
     # two sequences of 2 tokens; each sequence alone is balanced but the batch is not split the same way
     scores = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])
