@@ -8,6 +8,10 @@ Papers:
   * Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (arXiv 1503.02531) §2: "token-level" logit
     distillation -- the student matches the teacher's whole next-token distribution, softened by a temperature T,
     with the loss multiplied by T^2.
+  * DeepSeek-V4 (model card, huggingface.co/deepseek-ai/DeepSeek-V4-Pro, and technical report, post-training): domain
+    experts are trained separately (SFT, then RL with GRPO) and merged into one model by on-policy distillation --
+    the student samples, every teacher scores the sampled tokens, and the loss is the reverse KL over the full
+    vocabulary (`reverse_kl`, `on_policy_distill`; GKD, Agarwal et al., arXiv 2306.13649).
 
 Data convention (the same as `arith.pretrain_batch` and `train.train_lm`): a sample is a (prompt, completion) pair of
 strings; a batch is (x, y) next-token pairs where y is -100 on prompt tokens and padding, so only the completion is
@@ -222,3 +226,99 @@ def temperature_figure(logits, temperature: float = 2.0, labels: Sequence[str] |
     ax.set_title(f"teacher's next-token distribution softened by T (entropy at T: {entropy:.2f} nats)")
     ax.legend()
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On-policy distillation (DeepSeek-V4's post-training; Agarwal et al. 2024, GKD)
+# ----------------------------------------------------------------------------------------------------------------
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p_student || p_teacher) over the full vocabulary, averaged over the positions where mask is true.
+
+    Per position, with q the student's and p the teacher's next-token distribution:
+        KL(q || p) = sum_v q_v (log q_v - log p_v)          (reverse KL: the student's distribution first)
+    It is mode-seeking: the student is punished for putting mass where the teacher has little, not for missing some
+    of the teacher's modes. DeepSeek-V4 (model card and report, post-training) distils its domain experts into one
+    model with "reverse KL" full-vocabulary logit distillation on the student's own samples; GKD (Agarwal et al.,
+    arXiv 2306.13649, §3) is the same objective with a general divergence. Logits: (..., V); mask: (...).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"teacher_logits shape {tuple(teacher_logits.shape)} does not match student_logits "
+                         f"shape {tuple(student_logits.shape)}")
+    log_q = F.log_softmax(student_logits.float(), dim=-1)
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    # sum_v q_v (log q_v - log p_v), one value per position
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    if mask is None:
+        mask = torch.ones_like(kl)
+    if mask.shape != kl.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match the positions {tuple(kl.shape)}")
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def on_policy_distill(student, teacher, tokenizer, sample_prompts: Callable, steps: int, prompts_per_step: int = 8,
+                      group_size: int = 4, max_new_tokens: int = 40, lr: float = 3e-4, temperature: float = 1.0,
+                      eos_id: int | None = None, seed: int = 0, grad_clip: float | None = 1.0,
+                      progress: bool = True, desc: str = "OPD") -> dict:
+    """Train `student` in place by on-policy distillation; returns a history dict of lists.
+
+    One step:
+      1. the student samples group_size completions for each of prompts_per_step prompts (`grpo.rollout`, the same
+         sampling as GRPO: prompts_per_step * group_size sequences per step)
+      2. the frozen teacher scores every sampled position: its full next-token distribution p(. | q, o_<t)
+      3. one AdamW step on `reverse_kl(student, teacher)` averaged over the completion tokens (prompt and the
+         padding after the end token masked out)
+    No reward and no advantage: the teacher's distribution is a dense, per-token signal. The samples are treated as
+    data (no gradient through the sampling), as in GKD (arXiv 2306.13649, Algorithm 1).
+    sample_prompts(n, rng) -> (prompts, answers), the `grpo_train` convention (answers are not used).
+    temperature: the sampling temperature only; the KL compares the two distributions at temperature 1.
+    Logged per step: loss (the reverse KL), length (completion tokens), time_s.
+    """
+    import random
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .grpo import rollout
+
+    for name, v in (("steps", steps), ("prompts_per_step", prompts_per_step), ("group_size", group_size),
+                    ("max_new_tokens", max_new_tokens)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if not lr > 0 or not temperature > 0:
+        raise ValueError(f"lr and temperature must be > 0, got lr={lr!r}, temperature={temperature!r}")
+    if teacher is student:
+        raise ValueError("teacher must be a different model from student (a frozen copy at least)")
+    teacher.eval()
+    device = next(student.parameters()).device
+    rng = random.Random(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    hist: dict[str, list] = {"step": [], "loss": [], "length": [], "time_s": []}
+    elapsed = 0.0
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        t0 = time.perf_counter()
+        prompts, _ = sample_prompts(prompts_per_step, rng)
+        student.eval()
+        roll = rollout(student, tokenizer, prompts, group_size, max_new_tokens, temperature, eos_id, gen)
+        ids, n_prompt, mask = roll["ids"], roll["n_prompt"], roll["mask"]
+        # position t's logits predict token t + 1: the completion tokens are predicted at n_prompt - 1 .. T - 2
+        with torch.no_grad():
+            t_logits = teacher(ids).logits[:, n_prompt - 1:-1]
+        student.train()
+        s_logits = student(ids).logits[:, n_prompt - 1:-1]
+        loss = reverse_kl(s_logits, t_logits, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+        opt.step()
+        elapsed += time.perf_counter() - t0
+        hist["step"].append(step + 1)
+        hist["loss"].append(loss.item())
+        hist["length"].append(mask.sum(1).mean().item())
+        hist["time_s"].append(elapsed)
+    student.eval()
+    return hist

@@ -17,6 +17,10 @@ github.com/deepseek-ai/Engram, `engram_demo_v1.py` (Apache-2.0). This module fol
   5. v_t = alpha_t * W_v e_t, then a short causal depthwise convolution (kernel 4, dilation N, SiLU) adds local
      context: out = v + SiLU(Conv(RMSNorm(v))). The block adds `out` to the residual stream before attention.
 
+DeepSeek-V4.1-Flash (2026-09) ships Engram at two layers; its released inference code, as ported by NVIDIA NeMo
+AutoModel (`nemo_automodel/components/models/deepseek_v41/engram.py`), keeps the hashing and the signed-square-root
+gate but has no short convolution and no projection biases (`short_conv=False` gives the first of these).
+
 Where the demo and this module differ: the demo compresses DeepSeek-V3's 129k-token vocabulary with a text normaliser
 and draws its hash multipliers with numpy; here `compression_map` applies the same kind of normalisation to any
 list of token strings and the multipliers come from a seeded torch generator (the same recipe: odd numbers below a
@@ -153,12 +157,13 @@ class Engram(nn.Module):
     d_mem: memory width per order (the demo's n_embed_per_ngram); each head has d_mem / n_heads columns.
     layer_id / layer_ids: this layer and all Engram layers of the model (they seed the multipliers and share out
         the primes, as in the demo).
+    short_conv: False leaves out step 5's convolution, as DeepSeek-V4.1-Flash's released code does.
     """
 
     def __init__(self, d_model: int, vocab_size: int, table_size: int | Sequence[int], max_ngram: int = 3,
                  n_heads: int = 4, d_mem: int = 32, kernel_size: int = 4, hc_mult: int = 1, pad_id: int = 0,
                  layer_id: int = 0, layer_ids: Sequence[int] | None = None, seed: int = 0,
-                 token_map: torch.Tensor | None = None):
+                 token_map: torch.Tensor | None = None, short_conv: bool = True):
         super().__init__()
         for name, v in (("d_model", d_model), ("vocab_size", vocab_size), ("n_heads", n_heads), ("d_mem", d_mem),
                         ("kernel_size", kernel_size), ("hc_mult", hc_mult)):
@@ -197,7 +202,8 @@ class Engram(nn.Module):
         self.key_projs = nn.ModuleList(nn.Linear(d_e, d_model) for _ in range(hc_mult))
         self.key_norms = nn.ModuleList(RMSNorm(d_model, 1e-6) for _ in range(hc_mult))
         self.query_norms = nn.ModuleList(RMSNorm(d_model, 1e-6) for _ in range(hc_mult))
-        self.short_conv = ShortConv(d_model, kernel_size, max_ngram, hc_mult)
+        # V4.1-Flash's released inference code drops the convolution (see NVIDIA NeMo AutoModel's port of it)
+        self.short_conv = ShortConv(d_model, kernel_size, max_ngram, hc_mult) if short_conv else None
 
     @property
     def rows_per_token(self) -> int:
@@ -244,7 +250,7 @@ class Engram(nn.Module):
             raise ValueError(f"ids shape {tuple(ids.shape)} must match hidden's (B, T) {tuple(h.shape[:2])}")
         e = self.lookup(ids)
         v = self.gates(h, e) * self.value_proj(e).unsqueeze(2)     # v_t = alpha_t * W_v e_t, per branch
-        out = v + self.short_conv(v)
+        out = v if self.short_conv is None else v + self.short_conv(v)
         return out.squeeze(2) if squeeze else out
 
 

@@ -289,3 +289,82 @@ def test_shipped_base_models_load_with_weights_only():
 def test_pipeline_validation(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ------------------------------------------------------------------------------------------------ on-policy distillation
+def test_reverse_kl_is_the_student_first_kl_on_a_hand_case():
+    # student q = (0.75, 0.25), teacher p = (0.5, 0.5):
+    # KL(q || p) = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.1308, while the forward KL(p || q) = 0.5 ln(2/3) + 0.5 ln 2 = 0.1438
+    q, p = torch.tensor([[0.75, 0.25]]), torch.tensor([[0.5, 0.5]])
+    got = distill.reverse_kl(q.log(), p.log())
+    assert got.item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), abs=1e-6)
+    assert got.item() != pytest.approx(distill.kd_loss(q.log(), p.log()).item(), abs=1e-3)
+
+
+def test_reverse_kl_gradient_and_mask_by_hand():
+    # d KL(q || p) / d z_i = q_i (log q_i - log p_i - KL), the softmax Jacobian worked out by hand
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(2, 3, 5, generator=g, requires_grad=True), torch.randn(2, 3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss = distill.reverse_kl(zs, zt, mask)
+    loss.backward()
+    log_q, log_p = F.log_softmax(zs.detach(), -1), F.log_softmax(zt, -1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    assert loss.item() == pytest.approx(kl[mask.bool()].mean().item(), abs=1e-6)
+    grad = log_q.exp() * (log_q - log_p - kl.unsqueeze(-1)) * mask.unsqueeze(-1) / mask.sum()
+    torch.testing.assert_close(zs.grad, grad)
+    # and torch's own KL with the student's log-probs as the target
+    ref = F.kl_div(log_p[mask.bool()], log_q[mask.bool()], log_target=True, reduction="batchmean")
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_on_policy_distill_moves_the_student_towards_the_teacher_on_its_own_samples():
+    tok, teacher = _tiny_policy()
+    torch.manual_seed(1)
+    student = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32))
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    sampler = lambda n, rng: ([f"{rng.randint(10, 99)}+{rng.randint(10, 99)}=" for _ in range(n)], [0] * n)
+    eos = tok.id_of("</answer>")
+
+    def kl_on_fixed_rollout():
+        roll = grpo.rollout(student, tok, ["12+34=", "56+78="], 4, 6, 1.0, eos, torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            n = roll["n_prompt"]
+            return distill.reverse_kl(student(roll["ids"]).logits[:, n - 1:-1],
+                                      teacher(roll["ids"]).logits[:, n - 1:-1], roll["mask"]).item()
+
+    before = kl_on_fixed_rollout()
+    hist = distill.on_policy_distill(student, teacher, tok, sampler, steps=15, prompts_per_step=2, group_size=4,
+                                     max_new_tokens=6, lr=1e-2, eos_id=eos, progress=False)
+    assert len(hist["loss"]) == 15 and all(1 <= n <= 6 for n in hist["length"])
+    assert kl_on_fixed_rollout() < 0.5 * before
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items())   # the teacher is frozen
+
+
+def test_on_policy_distill_of_a_copy_of_the_teacher_has_zero_loss():
+    import copy
+
+    tok, teacher = _tiny_policy()
+    student = copy.deepcopy(teacher)
+    sampler = lambda n, rng: (["12+34="] * n, [46] * n)
+    hist = distill.on_policy_distill(student, teacher, tok, sampler, steps=1, prompts_per_step=2, group_size=2,
+                                     max_new_tokens=5, progress=False)
+    assert hist["loss"][0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: distill.reverse_kl(torch.zeros(2, 3), torch.zeros(2, 4)), "teacher_logits"),
+    (lambda: distill.reverse_kl(torch.zeros(2, 3), torch.zeros(2, 3), mask=torch.ones(3)), "mask"),
+    (lambda: distill.on_policy_distill(*_opd_args(), steps=0), "steps"),
+    (lambda: distill.on_policy_distill(*_opd_args(), steps=1, group_size=0), "group_size"),
+    (lambda: distill.on_policy_distill(*_opd_args(), steps=1, lr=0.0), "lr"),
+])
+def test_opd_validation(call, name):
+    with pytest.raises(ValueError, match=name) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def _opd_args():
+    tok, model = _tiny_policy()
+    return model, TinyLM(model.cfg), tok, lambda n, rng: (["1+1="] * n, [2] * n)

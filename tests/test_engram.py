@@ -227,3 +227,10 @@ def test_bad_input_raises():
         m(torch.randn(1, 4, 8), torch.tensor([[1, 2, 3, 25]]))
     with pytest.raises(ValueError, match="hidden"):
         m(torch.randn(1, 4, 9), torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_without_short_conv_the_output_is_the_gated_value():
+    m = Engram(8, 20, 64, short_conv=False)
+    ids, h = torch.randint(0, 20, (2, 5)), torch.randn(2, 5, 8)
+    e = m.lookup(ids)
+    torch.testing.assert_close(m(h, ids), (m.gates(h.unsqueeze(2), e) * m.value_proj(e).unsqueeze(2)).squeeze(2))
