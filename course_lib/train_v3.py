@@ -1,0 +1,249 @@
+"""Train nano-DeepSeek (course_lib.nano) on the course corpus, from a notebook or from the shell.
+
+    python -m course_lib.train_v3 --preset tiny --steps 300 --out runs/nano          # train, checkpoint, history
+    python -m course_lib.train_v3 --preset tiny --steps 300 --out runs/nano --resume # continue an interrupted run
+
+Three separate pieces, so the scale-out notebook can wrap them (torchrun, data parallel) without rewriting them:
+  data   ``batch_fn``: batch number -> (x, y), a pure function of (seed, step): a resumed run sees the same batches
+  model  ``course_lib.nano.build_model``
+  step   ``train_step``: one optimiser step of V3's objective, then the aux-loss-free bias update
+
+V3's objective (arXiv 2412.19437): L_Main + lambda/D sum_k L_MTP^k (Eq. 25) + alpha sum_layers L_Bal (Eq. 17, the
+sequence-wise loss), and after each step b_i <- b_i + gamma sign(mean load - load_i) (§2.1.2). Checkpoints are
+written atomically (temporary file, then rename) and hold the model, the optimiser, the step and the history, so
+``--resume`` continues with exactly the loss curve an uninterrupted run has (tests/test_train_v3.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .moe import MoE, update_biases
+from .mtp import MTPModel, lambda_schedule
+from .nano import NanoConfig, build_model, get_preset, main_model
+from .train import lr_at
+
+CHECKPOINT = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------------------------- data
+def batch_fn(corpus, split: str, batch_size: int, seq_len: int, seed: int, device=None):
+    """step -> (x, y): random windows of the corpus, each batch drawn from its own generator seeded by (seed, step),
+    so batch n is the same whether or not the run was interrupted before it."""
+    def get(step: int):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return corpus.get_batch(split, batch_size, seq_len, generator=g, device=device)
+    return get
+
+
+# --------------------------------------------------------------------------------------------- counting
+def activated_params(model: nn.Module) -> int:
+    """Weights one token multiplies with in a forward pass of the main model and MTP modules: every matrix except
+    the embedding table (a lookup), routed experts weighted by K_r / N_r, the shared head once per module using it."""
+    total = 0
+    lm = main_model(model)
+    modules = [lm] + (list(model.mtp) if isinstance(model, MTPModel) else [])
+    for i, mod in enumerate(modules):
+        for name, p in mod.named_parameters():
+            if name.startswith(("embed.", "head.")) and i > 0:
+                continue                           # shared with the main model: counted below per use
+            if name.startswith("embed."):
+                continue
+            total += p.numel()
+        for m in mod.modules():
+            if isinstance(m, MoE):
+                routed = sum(p.numel() for p in m.experts.parameters())
+                total -= routed - routed * m.num_experts_per_tok // m.n_routed_experts
+        if i > 0:
+            total += lm.head.weight.numel()        # the MTP module reads out through the shared head
+    return total
+
+
+def train_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x activated weights (forward 2, backward 4; Kaplan et al. 2020, arXiv 2001.08361
+    §2.1) plus the attention scores and weighted sums, 6 x n_layers x (T/2 causal keys) x heads x (d_qk + d_v)."""
+    lm = main_model(model)
+    blocks = list(lm.blocks) + ([m.block for m in model.mtp] if isinstance(model, MTPModel) else [])
+    attn = 0
+    for b in blocks:
+        a = b.attn
+        if hasattr(a, "qk_head_dim"):
+            attn += a.n_heads * (a.qk_head_dim + a.v_head_dim)
+        else:
+            attn += a.n_heads * 2 * a.head_dim
+    return 6.0 * activated_params(model) + 6.0 * (seq_len / 2) * attn
+
+
+# --------------------------------------------------------------------------------------------- step
+def loss_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: float | None = None):
+    """(loss to backpropagate, logs): V3 Eq. 25 plus the MoE balance losses the layers report."""
+    if isinstance(model, MTPModel):
+        out = model(x, y, lam=lam)
+        logs = {"main_loss": out.main_loss.item(), "mtp_loss": torch.stack(out.mtp_losses).mean().item()}
+        return out.loss, logs
+    out = model(x, y)
+    return out.loss + out.aux_loss, {"main_loss": out.loss.item()}
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, lr: float, lam: float | None = None,
+               grad_clip: float | None = 1.0) -> dict:
+    """One optimiser step; then V3's aux-loss-free bias update (once per step, from the loads this batch counted)."""
+    model.train()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss, logs = loss_of(model, x, y, lam)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    update_biases(model)
+    return {"loss": loss.item(), **logs}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, get_val, batches: int) -> float:
+    """Mean next-token loss of the main model over `batches` fixed validation batches."""
+    was = model.training
+    model.eval()
+    lm = main_model(model)
+    losses = [lm(*get_val(i)).loss.item() for i in range(batches)]
+    model.train(was)
+    return sum(losses) / len(losses)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
+    """AdamW with betas (0.9, 0.95) and weight decay 0.1, V3 §4.2's settings."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model, opt, step: int, history: dict, cfg: NanoConfig, run: dict) -> None:
+    """Atomic: write a temporary file next to `path`, then rename it (a crash leaves the old checkpoint intact)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": history,
+             "config": cfg.to_dict(), "run": run}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------- the run
+def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_len: int = 64, lr: float = 3e-3,
+          warmup: int = 10, seed: int = 0, eval_every: int = 25, eval_batches: int = 4, out=None,
+          ckpt_every: int = 50, resume: bool = False, stop_at: int | None = None, progress: bool = True,
+          desc: str = "nano-DeepSeek", model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Train `cfg` for `steps` steps; returns (model, history).
+
+    history: "step", "loss", "main_loss" (and "mtp_loss") per step; "val_step", "val_loss", "val_flops" at each
+    evaluation (every `eval_every` steps and at the end); "flops_per_token" and "tokens_per_step".
+    out: folder for checkpoint.pt (every `ckpt_every` steps and at the end) and history.json.
+    resume: continue from out/checkpoint.pt. stop_at: end after this step as if interrupted (for tests/demos).
+    """
+    from .corpus import Corpus
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if resume and out is None:
+        raise ValueError("resume needs out (the folder holding checkpoint.pt)")
+    for name, v in (("eval_every", eval_every), ("ckpt_every", ckpt_every), ("batch_size", batch_size),
+                    ("seq_len", seq_len), ("eval_batches", eval_batches)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    corpus = corpus if corpus is not None else Corpus()
+    run = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup, seed=seed)
+    ckpt = Path(out) / CHECKPOINT if out is not None else None
+    start = 0
+    if model is None:
+        torch.manual_seed(seed)
+        model = build_model(cfg)
+    opt = make_optimizer(model, lr)
+    history = {"step": [], "loss": [], "main_loss": [], "val_step": [], "val_loss": [], "val_flops": []}
+    if resume:
+        state = load_checkpoint(ckpt)
+        if state["run"] != run or state["config"] != cfg.to_dict():
+            raise ValueError(f"resume: {ckpt} was written by a different run or config; use the same settings")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, history = state["step"], state["history"]
+    model.nano_config = cfg
+    get_train = batch_fn(corpus, "train", batch_size, seq_len, seed)
+    get_val = batch_fn(corpus, "val", batch_size, seq_len, seed + 1)
+    flops = train_flops_per_token(model, seq_len)
+    history["flops_per_token"], history["tokens_per_step"] = flops, batch_size * seq_len
+    end = steps if stop_at is None else min(steps, stop_at)
+    bar = tqdm(range(start, end), desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    for step in bar:
+        x, y = get_train(step)
+        lam = lambda_schedule(step, steps, cfg.mtp_loss_weight, cfg.mtp_loss_weight / 3) \
+            if isinstance(model, MTPModel) else None
+        logs = train_step(model, opt, x, y, lr_at(step, steps, lr, warmup, "cosine"), lam)
+        history["step"].append(step + 1)
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
+        done = step + 1
+        if done % eval_every == 0 or done == steps:
+            history["val_step"].append(done)
+            history["val_loss"].append(evaluate(model, get_val, eval_batches))
+            history["val_flops"].append(flops * batch_size * seq_len * done)
+            bar.set_postfix(val=f"{history['val_loss'][-1]:.3f}", refresh=False)
+        if ckpt is not None and (done % ckpt_every == 0 or done == end):
+            save_checkpoint(ckpt, model, opt, done, history, cfg, run)
+    if out is not None:
+        text = json.dumps({k: v for k, v in history.items()}, indent=1)
+        (Path(out) / "history.json").write_text(text)
+    model.eval()
+    return model, history
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_lib.train_v3", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny", help="nano preset (tiny)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt and history.json")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--ckpt-every", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
+    p.add_argument("--max-chars", type=int, default=None, help="use only the start of each corpus part (quick runs)")
+    p.add_argument("--export", action="store_true", help="also write OUT/hf for transformers (nano_export)")
+    a = p.parse_args(argv)
+    if a.preset == "v3":
+        p.error("--preset v3 is the published shape, for counting only")
+    torch.set_num_threads(a.threads)
+    cfg = get_preset(a.preset)
+    from .corpus import Corpus
+    model, hist = train(cfg, a.steps, corpus=Corpus(max_chars=a.max_chars), batch_size=a.batch_size, seq_len=a.seq_len, lr=a.lr, seed=a.seed,
+                        eval_every=a.eval_every, ckpt_every=a.ckpt_every, out=a.out, resume=a.resume)
+    print(f"step {hist['step'][-1]}: train loss {hist['main_loss'][-1]:.4f}, "
+          f"val loss {hist['val_loss'][-1]:.4f} ({math.exp(hist['val_loss'][-1]):.2f} perplexity per byte)")
+    if a.export:
+        from .nano_export import to_transformers
+        print("exported to", to_transformers(model, Path(a.out) / "hf", cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
