@@ -1,0 +1,243 @@
+"""DeepSeek Sparse Attention (DSA): a lightning indexer picks the top-k earlier tokens, MLA attends only to those.
+
+DeepSeek-V3.2 (arXiv 2512.02556; first released as DeepSeek-V3.2-Exp) §2.1 adds DSA to DeepSeek-V3's MLA
+(course_lib.attention.MLA). Two pieces:
+
+* the lightning indexer (§2.1, Eq. 1), a few small ReLU heads that score every earlier token s for query t:
+      I_{t,s} = sum_{j=1..H^I} w^I_{t,j} * ReLU(q^I_{t,j} . k^I_s)
+* fine-grained token selection (§2.1, Eq. 2): the query attends only to the latents c_s whose I_{t,s} is in the
+  top-k of its row,  u_t = Attn(h_t, {c_s | I_{t,s} in Top-k(I_{t,:})}).
+
+Details follow the official inference code (github.com/deepseek-ai/DeepSeek-V3.2-Exp, inference/model.py, class
+Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/test_dsa_reference.py):
+  q^I from the MLA's compressed query c^Q (the indexer reuses W^DQ), k^I = LayerNorm(W^K_I h) ONE key per token
+  shared by the indexer heads, RoPE on the first d^R_h features of q^I and k^I, weights w^I = W^w h / sqrt(H^I)
+  and the dot products scaled by 1 / sqrt(d^I).
+Left out: the Hadamard rotation before the FP8 cast (orthogonal: q.k is unchanged) and the FP8 quantisation itself
+(a precision choice). Where the paper and code differ the code wins: RoPE layout of the indexer is rotate-half
+(transformers' implementation; the first public V3.2-Exp code used the interleaved layout of the main attention);
+`indexer_rope_interleaved=True` switches to it.
+
+Cache per layer (dict): {"c_kv": (B, S, d_c), "k_rope": (B, S, d^R_h), "k_index": (B, S, d^I)}: MLA's latent and
+RoPE key plus the indexer's one key per token (V3.2 stores it in FP8: d^I bytes + a scale).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import MLA
+from .layers import _check_cache, _check_input, _positive_int, _rope_tables, apply_rope, causal_mask
+
+
+def _check_topk(index_topk) -> int:
+    if isinstance(index_topk, bool) or not isinstance(index_topk, int) or index_topk <= 0:
+        raise ValueError(f"index_topk must be a positive int, got {index_topk!r}")
+    return index_topk
+
+
+# --------------------------------------------------------------------------------------------- lightning indexer
+class LightningIndexer(nn.Module):
+    """The lightning indexer of V3.2 §2.1 (Eq. 1): H^I heads of size d^I, one shared key per token.
+
+    q_dim: size of the query input (the MLA's d'_c, or d_model without query compression).
+    rope_dim: features of q^I and k^I that RoPE rotates (the FIRST rope_dim ones, as in the official code).
+    """
+
+    def __init__(self, d_model: int, q_dim: int, n_heads: int = 4, head_dim: int = 32, rope_dim: int = 16,
+                 rope_base: float = 10000.0, rope_interleaved: bool = False, norm_eps: float = 1e-6):
+        super().__init__()
+        self.n_heads = _positive_int("index_n_heads", n_heads)
+        self.head_dim = _positive_int("index_head_dim", head_dim)
+        _positive_int("rope_dim", rope_dim)
+        if rope_dim % 2 or rope_dim > head_dim:
+            raise ValueError(f"rope_dim must be even and <= index_head_dim={head_dim}, got {rope_dim}")
+        self.rope_dim, self.rope_base, self.rope_interleaved = rope_dim, float(rope_base), bool(rope_interleaved)
+        self.wq = nn.Linear(q_dim, n_heads * head_dim, bias=False)      # W^{IQ}: from c^Q, like the MLA query
+        self.wk = nn.Linear(d_model, head_dim, bias=False)             # W^{IK}: one key per token
+        self.k_norm = nn.LayerNorm(head_dim, eps=norm_eps)             # the official code's k_norm (a LayerNorm)
+        self.weights = nn.Linear(d_model, n_heads, bias=False)         # w^I_{t,j} from h_t
+
+    def _rope(self, x, start_pos):
+        cos, sin = _rope_tables(start_pos, x.shape[-3] if x.dim() == 4 else x.shape[-2], self.rope_dim,
+                                self.rope_base, x)
+        if x.dim() == 4:                                               # (B, T, H, D): broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        r, rest = x.split([self.rope_dim, x.shape[-1] - self.rope_dim], dim=-1)
+        return torch.cat([apply_rope(r, cos, sin, interleaved=self.rope_interleaved), rest], dim=-1)
+
+    def keys(self, x, start_pos: int = 0):
+        """k^I_s = RoPE(LayerNorm(W^{IK} h_s)), (B, T, d^I): what the cache keeps for the indexer."""
+        return self._rope(self.k_norm(self.wk(x)), start_pos)
+
+    def queries(self, c_q, start_pos: int = 0):
+        """q^I_{t,j} = RoPE(W^{IQ} c^Q_t), (B, T, H^I, d^I)."""
+        B, T, _ = c_q.shape
+        return self._rope(self.wq(c_q).view(B, T, self.n_heads, self.head_dim), start_pos)
+
+    def head_weights(self, x):
+        """w^I_{t,j} = (W^w h_t)_j / sqrt(H^I), (B, T, H^I)."""
+        return self.weights(x) * self.n_heads ** -0.5
+
+    def scores(self, q, k, w):
+        """Eq. 1: I_{t,s} = sum_j w_{t,j} ReLU(q_{t,j} . k_s / sqrt(d^I)), (B, T, S). No causal mask."""
+        # The 1/sqrt(d^I) is inside the ReLU in the code; ReLU(a x) = a ReLU(x) for a > 0, so it is the same.
+        dots = torch.einsum("bthd,bsd->bths", q, k) * self.head_dim ** -0.5
+        return torch.einsum("bth,bths->bts", w, F.relu(dots))
+
+    def forward(self, x, c_q, start_pos: int = 0, k_cached=None):
+        """Index scores of the T new tokens against all S = start_pos + T tokens, future ones set to -inf.
+
+        Returns (scores (B, T, S), keys (B, S, d^I)); pass k_cached (B, start_pos, d^I) when decoding."""
+        k = self.keys(x, start_pos)
+        if k_cached is not None:
+            k = torch.cat([k_cached, k], dim=1)
+        s = self.scores(self.queries(c_q, start_pos), k, self.head_weights(x))
+        mask = causal_mask(x.shape[1], k.shape[1], x.device)
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        return s, k
+
+
+def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Fine-grained token selection (V3.2 Eq. 2): indices (B, T, min(k, S)) of the k largest index scores per
+    query, in ascending token order. Entries that are -inf (future tokens of early queries) may be among them
+    when fewer than k tokens are visible; the attention's causal mask removes those."""
+    k = min(_check_topk(k), scores.shape[-1])
+    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+
+
+def topk_mask(indices: torch.Tensor, S: int) -> torch.Tensor:
+    """Boolean (B, T, S) mask, True at the selected tokens."""
+    mask = torch.zeros(*indices.shape[:-1], S, dtype=torch.bool, device=indices.device)
+    return mask.scatter(-1, indices, True)
+
+
+# --------------------------------------------------------------------------------------------- DSA
+class DSA(MLA):
+    """MLA whose queries attend only to the index_topk tokens the lightning indexer ranks highest (V3.2 §2.1).
+
+    Same arguments as course_lib.attention.MLA plus
+      index_topk        k, tokens kept per query (V3.2: 2048)
+      index_n_heads     H^I (V3.2: 64)     index_head_dim  d^I (V3.2: 128)
+      indexer_rope_interleaved  RoPE layout of the indexer (default rotate-half, as transformers)
+    Every MLA weight keeps its name, so MLA.state_dict() loads into a DSA (strict=False: the indexer is new), and
+    with index_topk >= context the output equals MLA's (tests/test_dsa.py).
+
+    Paths: "naive" masks the unselected tokens out of the full decompressed attention (what the official prefill
+    does); "absorbed" gathers the k selected latents and attends in latent space over those only, so a decode step
+    costs O(k) instead of O(S) (what makes DSA fast; the official decode masks instead, a GPU kernel gathers).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, index_topk: int = 64, index_n_heads: int = 4,
+                 index_head_dim: int | None = None, indexer_rope_interleaved: bool = False, **mla_kwargs):
+        super().__init__(d_model, n_heads, **mla_kwargs)
+        self.index_topk = _check_topk(index_topk)
+        d_i = 2 * self.qk_rope_head_dim if index_head_dim is None else index_head_dim
+        self.indexer = LightningIndexer(d_model, self.q_lora_rank or d_model, index_n_heads, d_i,
+                                        rope_dim=self.qk_rope_head_dim, rope_base=self.rope_base,
+                                        rope_interleaved=indexer_rope_interleaved)
+
+    def cache_elements_per_token(self) -> int:
+        """(d_c + d^R_h) for the attention plus d^I for the indexer's key."""
+        return self.kv_lora_rank + self.qk_rope_head_dim + self.indexer.head_dim
+
+    def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None,
+                return_indices: bool = False):
+        _check_input(x, self.d_model, start_pos)
+        path = self.path if path is None else path
+        if path not in ("auto", "naive", "absorbed"):
+            raise ValueError(f"path must be one of ('auto', 'naive', 'absorbed'), got {path!r}")
+        B, T, _ = x.shape
+        if path == "auto":
+            path = "naive" if T > 1 else "absorbed"
+        H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
+            self.kv_lora_rank
+        if cache is not None:
+            _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr),
+                                 "k_index": (B, None, self.indexer.head_dim)}, start_pos, x)
+        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
+        # MLA's projections, V2 Eq. 9-15 (see course_lib.attention.MLA).
+        c_q = x if self.q_down is None else self.q_norm(self.q_down(x))
+        q = self.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2)
+        q_nope, q_rope = q.split([dn, dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleaved)
+        c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
+        c_kv = self.kv_norm(c_kv)
+        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)
+        cached = cache is not None and "c_kv" in cache
+        if cached:
+            c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
+            k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
+        # Eq. 1 over all S tokens, then Eq. 2's top-k per query.
+        index_scores, k_index = self.indexer(x, c_q, start_pos, cache["k_index"] if cached else None)
+        if cache is not None:
+            cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
+        S = c_kv.shape[1]
+        idx = select_topk(index_scores, self.index_topk)                            # (B, T, k)
+        causal = causal_mask(T, S, x.device)
+        if causal is None:
+            causal = torch.ones(1, S, dtype=torch.bool, device=x.device)
+
+        if path == "naive":
+            # The official prefill: full attention with a -inf mask on the tokens the indexer did not keep.
+            keep = topk_mask(idx, S) & causal                                       # (B, T, S)
+            kv = self.kv_up(c_kv).view(B, S, H, dn + dv).transpose(1, 2)
+            k_nope, v = kv.split([dn, dv], dim=-1)
+            k_full = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)
+            scores = (torch.cat([q_nope, q_rope], dim=-1) @ k_full.transpose(-2, -1)) * self.softmax_scale
+            scores = scores.masked_fill(~keep[:, None], float("-inf"))
+            o = torch.softmax(scores, dim=-1) @ v                                   # (B, H, T, dv)
+        else:
+            # Absorbed MLA over the k gathered latents only: O(k) per query instead of O(S).
+            w_uk, w_uv = self.w_uk_uv()
+            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                    # (B, H, T, dc)
+            c_sel = torch.gather(c_kv[:, None].expand(B, T, S, dc), 2, idx[..., None].expand(-1, -1, -1, dc))
+            r_sel = torch.gather(k_rope[:, None].expand(B, T, S, dr), 2, idx[..., None].expand(-1, -1, -1, dr))
+            scores = (torch.einsum("bhtc,btkc->bhtk", q_lat, c_sel)
+                      + torch.einsum("bhtr,btkr->bhtk", q_rope, r_sel)) * self.softmax_scale
+            valid = torch.gather(causal.expand(B, T, S), 2, idx)                    # (B, T, k)
+            scores = scores.masked_fill(~valid[:, None], float("-inf"))
+            o_lat = torch.einsum("bhtk,btkc->bhtc", torch.softmax(scores, dim=-1), c_sel)
+            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)
+        out = self.out(o.transpose(1, 2).reshape(B, T, H * dv))
+        return (out, idx) if return_indices else out
+
+
+# --------------------------------------------------------------------------------------------- training helpers
+def attention_distribution(mla: MLA, x: torch.Tensor) -> torch.Tensor:
+    """V3.2 §2.1.1 warm-up target p_{t,:}: the main attention's probabilities summed over heads, L1-normalised.
+
+    Computed with the dense (naive) MLA over x (B, T, d) from position 0; returns (B, T, T), rows sum to 1."""
+    B, T, _ = x.shape
+    H, dn, dr, dc = mla.n_heads, mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.kv_lora_rank
+    cos, sin = _rope_tables(0, T, dr, mla.rope_base, x)
+    c_q = x if mla.q_down is None else mla.q_norm(mla.q_down(x))
+    q_nope, q_rope = mla.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)
+    q_rope = apply_rope(q_rope, cos, sin, interleaved=mla.rope_interleaved)
+    c_kv, k_rope = mla.kv_down(x).split([dc, dr], dim=-1)
+    k_nope = mla.kv_up(mla.kv_norm(c_kv)).view(B, T, H, -1)[..., :dn].transpose(1, 2)
+    k_rope = apply_rope(k_rope, cos, sin, interleaved=mla.rope_interleaved)
+    scores = (q_nope @ k_nope.transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1)) * mla.softmax_scale
+    scores = scores.masked_fill(~causal_mask(T, T, x.device), float("-inf")) if T > 1 else scores
+    p = torch.softmax(scores, dim=-1).sum(dim=1)                                   # sum over heads
+    return p / p.sum(dim=-1, keepdim=True)                                         # L1-normalise
+
+
+def indexer_kl_loss(index_scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """V3.2 §2.1.1 Eq. 3: L^I = sum_t KL(p_{t,:} || Softmax(I_{t,:})), averaged over the queries here.
+
+    index_scores (B, T, S) with -inf at future tokens; target (B, T, S) rows summing to 1 (zeros at the future)."""
+    log_q = torch.log_softmax(index_scores, dim=-1)
+    log_q = torch.where(target > 0, log_q, torch.zeros_like(log_q))                # 0 log 0 = 0, and no -inf * 0
+    kl = (target * (torch.log(target.clamp_min(1e-30)) - log_q)).sum(-1)
+    return kl.mean()
+
+
+def recall_at_k(index_scores: torch.Tensor, target: torch.Tensor, k: int, top: int = 1) -> float:
+    """Fraction of each query's `top` most-attended tokens (by the dense target) found in the indexer's top-k."""
+    idx = select_topk(index_scores, k)
+    chosen = topk_mask(idx, index_scores.shape[-1])
+    best = target.topk(min(top, target.shape[-1]), dim=-1).indices
+    return chosen.gather(-1, best).float().mean().item()
