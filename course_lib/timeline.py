@@ -44,8 +44,9 @@ PLANNED_NOTEBOOKS = ("07", "08", "09")
 
 
 # MoE releases labelled on the parameter chart: name -> (horizontal offset in points, alignment).
-PARAM_LABELS = {"DeepSeek-V2": (-6, "right"), "DeepSeek-V2-Lite": (6, "left"), "DeepSeek-V3": (-6, "right"),
-                "DeepSeek-V4-Pro": (-6, "right"), "DeepSeek-V4-Flash": (-6, "right")}
+PARAM_LABELS = {"DeepSeekMoE": (-6, "right"), "DeepSeek-V2": (-6, "right"), "DeepSeek-V2-Lite": (6, "left"),
+                "DeepSeek-V3": (-6, "right"), "DeepSeek-V4-Pro": (-6, "right"), "DeepSeek-V4-Flash": (-6, "right"),
+                "DeepSeek-V4.1-Flash": (-6, "right")}
 
 
 @dataclass(frozen=True)
