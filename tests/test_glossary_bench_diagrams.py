@@ -5,7 +5,6 @@ import pytest
 
 from course_lib import glossary
 from course_lib.bench import core as bench_core
-from course_lib.diagrams import PIPELINE_NODES, r1_pipeline_figure
 
 
 def test_glossary_has_about_thirty_terms_with_chinese():
@@ -63,11 +62,3 @@ def test_bench_timing_helpers(capsys):
     text = bench_core.print_table([["x", 1.23456]], ["name", "value"])
     assert "1.235" in text
 
-
-def test_pipeline_figure_and_notes():
-    fig = r1_pipeline_figure({"r1zero": "toy acc 0.9"})
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert any("toy acc 0.9" in t for t in texts)
-    assert len([t for t in texts if t.startswith("nb ")]) == len(PIPELINE_NODES)
-    with pytest.raises(ValueError, match="unknown stages"):
-        r1_pipeline_figure({"v4": "x"})
