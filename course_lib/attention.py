@@ -14,11 +14,8 @@ What each one caches per token and layer (V2 Table 1):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .layers import (GQA, MHA, MQA, RMSNorm, _check_cache, _check_input, _positive_int, _rope_tables,  # noqa: F401
                      apply_rope, attend, causal_mask, rope_cos_sin)

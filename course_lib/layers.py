@@ -2,7 +2,7 @@
 
 * ``RMSNorm``   Zhang & Sennrich 2019; DeepSeek's models normalise before every sub-layer (pre-norm).
 * ``SwiGLU``    Shazeer 2020; DeepSeek's dense feed-forward layers, shared experts and (stacked, in
-                ``course_lib.moe.RoutedExperts``) routed experts all compute it.
+                ``course_lib.experts.RoutedExperts``) routed experts all compute it.
 * RoPE          ``apply_rope`` / ``rope_cos_sin`` from ``course_lib.rope`` (Su et al. 2021), re-exported here.
 * ``GQA`` / ``MHA`` / ``MQA``  attention with RoPE and a KV cache (V2 Eq. 1-8); MLA (``course_lib.attention``) and
                 the sparse attentions build on ``attend`` and ``causal_mask``.
@@ -46,7 +46,7 @@ class RMSNorm(nn.Module):
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """The gated unit of SwiGLU (Shazeer 2020, arXiv 2002.05202, Eq. 6): SiLU(x W1) * (x W3), given both products.
 
-    ``SwiGLU`` below and the stacked routed experts (``course_lib.moe.RoutedExperts``) both call it, so every
+    ``SwiGLU`` below and the stacked routed experts (``course_lib.experts.RoutedExperts``) both call it, so every
     feed-forward network of the course computes the same definition.
     """
     return F.silu(gate) * up

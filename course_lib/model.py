@@ -7,14 +7,15 @@ pre-norm transformer like DeepSeek-V3's (RMSNorm, RoPE, SwiGLU, untied embedding
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .moe import MoE, RoutedExperts
+from .experts import RoutedExperts
+from .moe import MoE
 from .layers import MHA, RMSNorm, SwiGLU  # noqa: F401  (RMSNorm, SwiGLU re-exported for the notebooks)
 
 

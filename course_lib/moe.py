@@ -2,8 +2,8 @@
 
 What is here (papers cited next to each formula):
 
-* Experts are SwiGLUs (``course_lib.layers``): the shared experts are one ``layers.SwiGLU``;
-  ``RoutedExperts``: the N_r routed experts with stacked weights, run by a grouped matrix multiply.
+* Experts are SwiGLUs (``course_lib.layers``): the shared experts are one ``layers.SwiGLU``, the N_r routed experts
+  one ``RoutedExperts`` (``course_lib.experts``: stacked weights, run by a grouped matrix multiply).
 * ``route``: the router. Affinities s (softmax as in DeepSeek-V2, or sigmoid as in DeepSeek-V3),
   optional group-limited routing, optional aux-loss-free bias used *only* for choosing experts,
   normalisation over the chosen experts and ``routed_scaling_factor``.
@@ -25,75 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import SwiGLU, swiglu  # noqa: F401  (SwiGLU: the shared experts; re-exported)
+from .experts import RoutedExperts
+from .layers import SwiGLU
 
 SCORING_FUNCS = ("sigmoid", "softmax")
-_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DISPATCH_MODES = ("sparse", "loop")
 
 
-class RoutedExperts(nn.Module):
-    """The N_r routed experts: N_r SwiGLUs whose weights are stacked into two 3-D tensors.
-
-    ``gate_up[e]`` (2h, d) = [W1; W3] of ``layers.SwiGLU`` stacked (gate rows first, then up) and ``down[e]``
-    (d, h) = its W2: the layout of transformers' ``DeepseekV3Experts``; both compute ``layers.swiglu``. Stacking costs nothing in readability (``expert(e, x)`` runs one
-    expert) and lets one *grouped* matrix multiply run every expert on its own block of rows: the kernel
-    DeepSeek's DeepGEMM provides on GPUs and ``torch.nn.functional.grouped_mm`` on recent PyTorch.
-    """
-
-    def __init__(self, n_experts: int, d_model: int, hidden: int):
-        super().__init__()
-        self.n_experts, self.hidden = n_experts, hidden
-        self.use_grouped_mm = True        # False forces the per-expert loop (to compare the two)
-        self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))
-        self.down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
-        for e in range(n_experts):
-            # the default init of nn.Linear, expert by expert, so a stacked expert starts like a separate SwiGLU
-            nn.init.kaiming_uniform_(self.gate_up[e], a=5 ** 0.5)
-            nn.init.kaiming_uniform_(self.down[e], a=5 ** 0.5)
-
-    def __len__(self) -> int:
-        return self.n_experts
-
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """FFN_e(x) = W2_e swiglu(W1_e x, W3_e x) for one expert e: the same computation as layers.SwiGLU."""
-        gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)
-        return F.linear(swiglu(gate, up), self.down[e])
-
-    def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Rows of ``x_sorted`` grouped by expert (``counts[e]`` rows for expert e, in order) -> FFN_e(row) each."""
-        if self._grouped_mm_ok(x_sorted):
-            # one grouped GEMM per projection: group e = rows offs[e-1]:offs[e] times expert e's matrix
-            offs = counts.cumsum(0).to(torch.int32)
-            gate, up = F.grouped_mm(x_sorted, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
-            return F.grouped_mm(swiglu(gate, up), self.down.transpose(1, 2), offs=offs)
-        # portable path (any dtype, device and autograd): one matmul pair per expert that has tokens
-        outs = []
-        chunks = x_sorted.split(counts.tolist())
-        # unbind once: its backward writes all experts' gradients into the stacked tensor in one go
-        for chunk, w_gate_up, w_down in zip(chunks, self.gate_up.unbind(0), self.down.unbind(0)):
-            if chunk.shape[0]:
-                gate, up = F.linear(chunk, w_gate_up).chunk(2, dim=-1)
-                outs.append(F.linear(swiglu(gate, up), w_down))
-        return torch.cat(outs) if outs else x_sorted.new_zeros(0, x_sorted.shape[-1])
-
-    def _grouped_mm_ok(self, x: torch.Tensor) -> bool:
-        """Use F.grouped_mm where this PyTorch has a kernel for the case: inference (PyTorch 2.13 has no CPU
-        backward), CPU (its CUDA kernels want bfloat16 on recent GPUs), float32/bfloat16/float16 and rows
-        whose byte length is a multiple of 16 (the kernel's alignment rule). Everything else takes the loop."""
-        if not self.use_grouped_mm or not hasattr(F, "grouped_mm"):
-            return False
-        if x.device.type != "cpu" or x.dtype not in _GROUPED_MM_DTYPES:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.gate_up.requires_grad):
-            return False
-        size = x.element_size()
-        return (x.shape[-1] * size) % 16 == 0 and (self.hidden * size) % 16 == 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Routing
-# ----------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------- Routing
 
 def group_limited_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score: str) -> torch.Tensor:
     """Boolean mask (N, E): True for experts that sit in one of the ``topk_group`` best groups.
@@ -153,9 +92,7 @@ def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias:
     return weights, indices, scores
 
 
-# ----------------------------------------------------------------------------------------------
-# Load-balance measures and losses
-# ----------------------------------------------------------------------------------------------
+# ------------------------------------------------------------- Load-balance measures and losses
 
 def expert_load(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     """How many token slots each expert received: (E,) float counts."""
@@ -229,9 +166,7 @@ def bias_update(bias: torch.Tensor, load: torch.Tensor, gamma: float) -> torch.T
     return bias + gamma * torch.sign(load.mean() - load)
 
 
-# ----------------------------------------------------------------------------------------------
-# The layer
-# ----------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------ The layer
 
 class MoE(nn.Module):
     """DeepSeekMoE layer (DeepSeekMoE §3; DeepSeek-V2 §2.2; DeepSeek-V3 §2.1.2).
@@ -262,20 +197,13 @@ class MoE(nn.Module):
         hidden = d_model // 2 if moe_intermediate_size is None else moe_intermediate_size
         _check_config(d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, hidden, scoring_func,
                       n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha, dispatch)
-        self.d_model = d_model
-        self.n_routed_experts = n_routed_experts
-        self.n_shared_experts = n_shared_experts
-        self.num_experts_per_tok = num_experts_per_tok
-        self.moe_intermediate_size = hidden
-        self.scoring_func = scoring_func
-        self.n_group = n_group
-        self.topk_group = topk_group
-        self.norm_topk_prob = norm_topk_prob
-        self.routed_scaling_factor = routed_scaling_factor
-        self.bias_update_speed = bias_update_speed
-        self.aux_loss_alpha = aux_loss_alpha
-        self.seq_aux_loss_alpha = seq_aux_loss_alpha
-        self.dispatch = dispatch
+        self.d_model, self.moe_intermediate_size, self.dispatch = d_model, hidden, dispatch
+        self.n_routed_experts, self.n_shared_experts = n_routed_experts, n_shared_experts
+        self.num_experts_per_tok, self.scoring_func = num_experts_per_tok, scoring_func
+        self.n_group, self.topk_group = n_group, topk_group
+        self.norm_topk_prob, self.routed_scaling_factor = norm_topk_prob, routed_scaling_factor
+        self.bias_update_speed, self.aux_loss_alpha, self.seq_aux_loss_alpha = (
+            bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha)
 
         # router: one centroid e_i per routed expert; logits = u_t^T e_i
         self.gate = nn.Linear(d_model, n_routed_experts, bias=False)
@@ -426,120 +354,3 @@ def _check_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n_gr
             raise ValueError(f"{name} must be >= 0, got {value}")
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Analysis: who goes to which expert
-# ----------------------------------------------------------------------------------------------
-
-BYTE_CLASSES = ("letter", "digit", "space", "symbol", "utf8-lead", "utf8-cont")
-
-
-def byte_classes(ids: torch.Tensor) -> torch.Tensor:
-    """Token class of each byte id: index into BYTE_CLASSES.
-
-    ASCII letters, digits, whitespace, other ASCII symbols, then the two kinds of non-ASCII UTF-8 bytes:
-    lead bytes (0xC0-0xFF start a multi-byte character, e.g. a Chinese one) and continuation bytes (0x80-0xBF).
-    """
-    ids = torch.as_tensor(ids)
-    if ids.numel() and (ids.min() < 0 or ids.max() > 255):
-        raise ValueError("ids must be byte values in 0..255")
-    cls = torch.full_like(ids, 3)                                         # symbol unless found below
-    letter = ((ids >= 65) & (ids <= 90)) | ((ids >= 97) & (ids <= 122))
-    cls[letter] = 0
-    cls[(ids >= 48) & (ids <= 57)] = 1
-    cls[(ids == 32) | (ids == 9) | (ids == 10) | (ids == 13)] = 2
-    cls[(ids >= 0xC0)] = 4
-    cls[(ids >= 0x80) & (ids < 0xC0)] = 5
-    return cls
-
-
-def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
-    """I(A; B) in bits from paired samples of two discrete variables (non-negative integer labels).
-
-    I(A; B) = sum_{a,b} p(a,b) log2( p(a,b) / (p(a) p(b)) )
-    """
-    a, b = torch.as_tensor(a).reshape(-1).long(), torch.as_tensor(b).reshape(-1).long()
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must pair up: {a.numel()} vs {b.numel()} samples")
-    if a.numel() == 0:
-        raise ValueError("a and b must not be empty")
-    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
-    joint.index_put_((a, b), torch.ones(a.numel(), dtype=torch.float64), accumulate=True)
-    p = joint / joint.sum()
-    pa, pb = p.sum(1, keepdim=True), p.sum(0, keepdim=True)
-    nz = p > 0
-    return float((p[nz] * torch.log2(p[nz] / (pa * pb)[nz])).sum())
-
-
-def conditional_mutual_information(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> float:
-    """I(A; B | C) = sum_c p(c) I(A; B | C = c), in bits: what B tells about A once C is known."""
-    a, b, c = (torch.as_tensor(t).reshape(-1).long() for t in (a, b, c))
-    if not a.shape == b.shape == c.shape:
-        raise ValueError("a, b and c must have the same number of samples")
-    total = 0.0
-    for value in c.unique():
-        m = c == value
-        total += m.double().mean().item() * mutual_information(a[m], b[m])
-    return total
-
-
-def entropy(a: torch.Tensor) -> float:
-    """H(A) in bits = I(A; A)."""
-    return mutual_information(a, a)
-
-
-@torch.no_grad()
-def moe_inputs(model: nn.Module, idx: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``model(idx)`` and return what each MoE layer received, flattened to (B*T, d), in layer order."""
-    layers, seen = moe_layers(model), {}
-    hooks = [layer.register_forward_pre_hook(lambda mod, args, i=i: seen.__setitem__(i, args[0].reshape(
-        -1, args[0].shape[-1]))) for i, layer in enumerate(layers)]
-    try:
-        model(idx)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [seen[i] for i in range(len(layers))]
-
-
-@torch.no_grad()
-def plot_routing(model: nn.Module, text: str, layer: int = 1, expert: int = 0, extra_bias: float = 0.0,
-                 max_len: int = 64):
-    """Routing playground figure: each byte's affinities s_{i,t} (colour) and its chosen experts (boxes).
-
-    ``extra_bias`` is added to ``expert``'s aux-loss-free bias for this picture only: the boxes (selection)
-    move, the colours (the affinities the gate values come from) do not. Returns the matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    from . import style
-
-    layers = moe_layers(model)
-    if not text:
-        raise ValueError("text must not be empty")
-    if not 1 <= layer <= len(layers):
-        raise ValueError(f"layer must be in 1..{len(layers)} (the model's MoE layers), got {layer}")
-    moe = layers[layer - 1]
-    if not 0 <= expert < moe.n_routed_experts:
-        raise ValueError(f"expert must be in 0..{moe.n_routed_experts - 1}, got {expert}")
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(text.encode("utf-8"))[:max_len]], device=device)
-    u = moe_inputs(model, ids)[layer - 1]
-    saved = moe.e_score_correction_bias.clone()
-    try:
-        moe.e_score_correction_bias[expert] += extra_bias
-        _, chosen, scores = moe.router(u)
-    finally:
-        moe.e_score_correction_bias.copy_(saved)
-    fig, ax = style.subplots(1, 1, width=9, height=0.9 + 0.18 * ids.shape[1])
-    ax.imshow(scores.cpu(), cmap="magma", aspect="auto", vmin=0, vmax=1)
-    for t, row in enumerate(chosen.cpu().tolist()):
-        for e in row:
-            ax.add_patch(plt.Rectangle((e - 0.5, t - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5))
-    labels = [{32: "␣", 10: "↵"}.get(b, repr(bytes([b]))[2:-1]) for b in ids[0].tolist()]
-    ax.set(yticks=range(len(labels)), yticklabels=labels, xticks=range(moe.n_routed_experts),
-           xlabel="routed expert",
-           title=f"layer {layer}: affinities s (colour), chosen experts (boxes); bias +{extra_bias:g} on expert {expert}")
-    ax.grid(False)
-    return fig

@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from course_lib import grpo
+from course_lib import grpo, grpo_figures
 
 torch.set_num_threads(1)
 
@@ -243,16 +243,16 @@ def test_figures_draw_and_validate():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = grpo.advantage_playground([1, 0, 0, 1, 0, 0], lengths=[8, 8, 8, 34, 34, 34])
+    fig = grpo_figures.advantage_playground([1, 0, 0, 1, 0, 0], lengths=[8, 8, 8, 34, 34, 34])
     bars = [p.get_height() for p in fig.axes[1].patches]
     adv = grpo.group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 0]), 6)
     assert bars[0] == pytest.approx(adv[0].item() / (6 * 8)) and bars[6] == pytest.approx(adv[0].item() / (6 * 34))
     plt.close(fig)
     with pytest.raises(ValueError, match="lengths"):
-        grpo.advantage_playground([1, 0, 0], lengths=[8, 8])
+        grpo_figures.advantage_playground([1, 0, 0], lengths=[8, 8])
     with pytest.raises(ValueError, match="group_size"):
-        grpo.advantage_playground([1.0])
-    plt.close(grpo.ppo_vs_grpo_figure())
+        grpo_figures.advantage_playground([1.0])
+    plt.close(grpo_figures.ppo_vs_grpo_figure())
     hist = {"step": [1, 2], "reward": [0.5, 1.0], "length": [3, 4], "kl": [0, 0.1], "eval_step": [0, 2],
             "eval_accuracy": [0.1, 0.9]}
-    plt.close(grpo.plot_history({"a": hist, "b": hist}))
+    plt.close(grpo_figures.plot_history({"a": hist, "b": hist}))

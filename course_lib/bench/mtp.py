@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     from ..corpus import Corpus
     from ..device import get_device
     from ..model import generate
-    from ..mtp import acceptance_by_confidence, load_checkpoint, speculative_generate
+    from ..mtp import speculative_generate
+    from ..mtp_analysis import acceptance_by_confidence, load_checkpoint
 
     p = argparse.ArgumentParser(prog="python -m course_lib.bench mtp", description=__doc__.splitlines()[0])
     p.add_argument("--new-tokens", type=int, default=160)
