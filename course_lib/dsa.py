@@ -122,6 +122,7 @@ class DSA(MLA):
       index_topk        k, tokens kept per query (V3.2: 2048)
       index_n_heads     H^I (V3.2: 64)     index_head_dim  d^I (V3.2: 128)
       indexer_rope_interleaved  RoPE layout of the indexer (default rotate-half, as transformers)
+      max_context       optional longest context; index_topk above it raises (the selection would keep everything)
     Every MLA weight keeps its name, so MLA.state_dict() loads into a DSA (strict=False: the indexer is new), and
     with index_topk >= context the output equals MLA's (tests/test_dsa.py).
 
@@ -131,9 +132,13 @@ class DSA(MLA):
     """
 
     def __init__(self, d_model: int, n_heads: int, index_topk: int = 64, index_n_heads: int = 4,
-                 index_head_dim: int | None = None, indexer_rope_interleaved: bool = False, **mla_kwargs):
+                 index_head_dim: int | None = None, indexer_rope_interleaved: bool = False,
+                 max_context: int | None = None, **mla_kwargs):
         super().__init__(d_model, n_heads, **mla_kwargs)
         self.index_topk = _check_topk(index_topk)
+        if max_context is not None and index_topk > _positive_int("max_context", max_context):
+            raise ValueError(f"index_topk={index_topk} is larger than the context max_context={max_context}: "
+                             "nothing would be dropped (use attention.MLA)")
         d_i = 2 * self.qk_rope_head_dim if index_head_dim is None else index_head_dim
         self.indexer = LightningIndexer(d_model, self.q_lora_rank or d_model, index_n_heads, d_i,
                                         rope_dim=self.qk_rope_head_dim, rope_base=self.rope_base,

@@ -193,3 +193,154 @@ def plot_cache_sizes(context: int = 32768, batch: int = 8, dtype: str = "bf16", 
     ax.set_ylabel("KV cache (GB, log scale)")
     ax.set_title(f"{preset} shape: {batch} x {context:,} tokens, {dtype}")
     return fig
+
+
+# --------------------------------------------------------------------------------------------- sparse attention
+# DeepSeek-V3.2 (DSA, arXiv 2512.02556 §2.1) and DeepSeek-V4 (CSA + HCA + sliding window, V4 report §2.3);
+# configurations in course_lib.configs_v4. Counted per sequence, one decode step at `context` tokens.
+#
+# Cache per layer at context S (elements; the buffers of an unfinished window, < m tokens, are left out):
+#   MLA (dense V3.2 = V3.1)  S (d_c + d^R_h)
+#   DSA (V3.2)               S (d_c + d^R_h) + S d^I                       (the indexer keeps one key per token)
+#   V4 sliding layer         min(S, n_win) c
+#   V4 CSA layer             min(S, n_win) c + (S // m) (c + d^I)          (compressed entries + indexer keys)
+#   V4 HCA layer             min(S, n_win) c + (S // m') c
+# Attention FLOPs of one new token per layer (2 per multiply-add; the projections do not depend on S and are
+# counted once as 2 x activated parameters, the usual estimate):
+#   MLA absorbed             2 n_h S (2 d_c + d^R_h)                        (scores in latent space + the latent sum)
+#   DSA                      2 H^I S (d^I + 1)  +  2 n_h min(k, S) (2 d_c + d^R_h)
+#   V4 window                2 n_h min(S, n_win) 2c                         (scores + values, c each; key = value)
+#   V4 CSA                   + 2 H^I N (d^I + 1) + 2 n_h min(k, N) 2c,  N = S // m
+#   V4 HCA                   + 2 n_h N 2c,  N = S // m'
+# Storage: "bf16" counts 2 bytes for every element; "fp8" stores non-RoPE features and indexer keys in FP8
+# (1 byte) and RoPE features in BF16, scales left out. DeepSeek's deployed V3.2 cache is that format plus 16 bytes
+# of scales: 512 + 16 + 2 * 64 = 656 bytes per token and layer (FlashMLA README, "FP8 KV cache"). That V4 uses the
+# same split is our assumption for a like-for-like comparison.
+SPARSE_STORAGE = {"bf16": {"nope": 2.0, "rope": 2.0, "index": 2.0},
+                  "fp8": {"nope": 1.0, "rope": 2.0, "index": 1.0}}
+
+
+def _storage(storage: str) -> dict:
+    if storage not in SPARSE_STORAGE:
+        raise ValueError(f"storage must be one of {sorted(SPARSE_STORAGE)}, got {storage!r}")
+    return SPARSE_STORAGE[storage]
+
+
+def _context(context) -> int:
+    if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
+        raise ValueError(f"context must be a positive int, got {context!r}")
+    return context
+
+
+def sparse_cache_bytes(model, context: int, storage: str = "bf16", dense: bool = False) -> float:
+    """KV-cache bytes of one sequence of `context` tokens for a configs_v4 model (all layers).
+
+    dense=True for a DSAModel: the same MLA without the indexer (V3.1-Terminus, what V3.2 was trained from)."""
+    from .configs_v4 import DSAModel, V4Model
+    S, b = _context(context), _storage(storage)
+    if isinstance(model, DSAModel):
+        per_layer = S * (model.kv_lora_rank * b["nope"] + model.rope_dim * b["rope"])
+        if not dense:
+            per_layer += S * model.index_head_dim * b["index"]
+        return per_layer * model.n_layers
+    if not isinstance(model, V4Model):
+        raise ValueError(f"model must be a configs_v4.DSAModel or V4Model, got {type(model).__name__}")
+    entry = (model.head_dim - model.rope_dim) * b["nope"] + model.rope_dim * b["rope"]
+    total = 0.0
+    for ratio in model.layer_ratios:
+        total += min(S, model.window) * entry
+        if ratio == model.csa_rate:
+            total += (S // ratio) * (entry + model.index_head_dim * b["index"])
+        elif ratio:
+            total += (S // ratio) * entry
+    return total
+
+
+def sparse_attention_flops(model, context: int, dense: bool = False) -> float:
+    """Attention FLOPs (all layers) of decoding one token that sees `context` tokens (itself included)."""
+    from .configs_v4 import DSAModel, V4Model
+    S = _context(context)
+    if isinstance(model, DSAModel):
+        per_query = 2 * model.n_heads * (2 * model.kv_lora_rank + model.rope_dim)
+        if dense:
+            return per_query * S * model.n_layers
+        indexer = 2 * model.index_n_heads * S * (model.index_head_dim + 1)
+        return (indexer + per_query * min(model.index_topk, S)) * model.n_layers
+    if not isinstance(model, V4Model):
+        raise ValueError(f"model must be a configs_v4.DSAModel or V4Model, got {type(model).__name__}")
+    per_key = 2 * model.n_heads * 2 * model.head_dim
+    total = 0.0
+    for ratio in model.layer_ratios:
+        total += per_key * min(S, model.window)
+        if ratio == model.csa_rate:
+            n = S // ratio
+            total += 2 * model.index_n_heads * n * (model.index_head_dim + 1) + per_key * min(model.index_topk, n)
+        elif ratio:
+            total += per_key * (S // ratio)
+    return total
+
+
+def sparse_token_flops(model, context: int, dense: bool = False) -> float:
+    """FLOPs of one decoded token: 2 x activated parameters (projections, experts) + attention at `context`."""
+    return 2 * model.activated_params * 1e9 + sparse_attention_flops(model, context, dense)
+
+
+def v4_vs_v32(context: int = 2 ** 20, storage: str = "fp8") -> dict:
+    """V4-Flash and V4-Pro against V3.2 at `context`: ratios of single-token FLOPs and of KV cache.
+
+    The V4 report's headline (abstract, Figure 1): at 1M tokens V4-Pro needs about 27% of V3.2's single-token
+    FLOPs and 10% of its KV cache (V4-Flash: about 10% and 7%)."""
+    from .configs_v4 import DEEPSEEK_V32, DEEPSEEK_V4_FLASH, DEEPSEEK_V4_PRO
+    base_f, base_c = sparse_token_flops(DEEPSEEK_V32, context), sparse_cache_bytes(DEEPSEEK_V32, context, storage)
+    return {m.name: {"flops": sparse_token_flops(m, context) / base_f,
+                     "cache": sparse_cache_bytes(m, context, storage) / base_c}
+            for m in (DEEPSEEK_V4_FLASH, DEEPSEEK_V4_PRO)}
+
+
+SPARSE_CONTEXTS = tuple(2 ** p for p in range(12, 21))          # 4K .. 1M
+
+
+def plot_sparse_curves(models=("DeepSeek-V3.2", "DeepSeek-V4-Flash", "DeepSeek-V4-Pro"), context: int = 2 ** 20,
+                       storage: str = "fp8", dense_v32: bool = True):
+    """Pure function behind notebook 07's widget: KV cache (GB, one sequence) and single-token FLOPs against
+    context (4K .. 1M) for the chosen models, a marker at `context`, ratios to V3.2 in the title. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    from .configs_v4 import DEEPSEEK_V32, MODELS
+    from .style import COLORS
+
+    if isinstance(models, str):
+        models = (models,)
+    if not models:
+        raise ValueError("models must name at least one model")
+    for name in models:
+        if name not in MODELS:
+            raise ValueError(f"models must be among {sorted(MODELS)}, got {name!r}")
+    _context(context)
+    curves = [(name, MODELS[name], False) for name in models]
+    if dense_v32:
+        curves.insert(0, ("V3.2 run dense (MLA)", DEEPSEEK_V32, True))
+    colors = [COLORS[c] for c in ("grey", "blue", "orange", "purple", "red")]
+    xs = sorted(set(SPARSE_CONTEXTS) | {context})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for (label, model, dense), color in zip(curves, colors):
+        ls = "--" if dense else "-"
+        ax1.plot(xs, [sparse_cache_bytes(model, s, storage, dense) / 1e9 for s in xs], ls, color=color, label=label)
+        ax2.plot(xs, [sparse_token_flops(model, s, dense) / 1e9 for s in xs], ls, color=color, label=label)
+        ax1.plot([context], [sparse_cache_bytes(model, context, storage, dense) / 1e9], "o", color=color)
+        ax2.plot([context], [sparse_token_flops(model, context, dense) / 1e9], "o", color=color)
+    for ax, ylabel in ((ax1, f"KV cache of one sequence (GB, {storage})"), (ax2, "GFLOPs per decoded token")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.axvline(context, color=COLORS["grey"], lw=0.8, ls=":")
+    ax1.legend(fontsize=8)
+    parts = []
+    for name in models:
+        if name != DEEPSEEK_V32.name:
+            f = sparse_token_flops(MODELS[name], context) / sparse_token_flops(DEEPSEEK_V32, context)
+            c = sparse_cache_bytes(MODELS[name], context, storage) / sparse_cache_bytes(DEEPSEEK_V32, context, storage)
+            parts.append(f"{name}: {100 * f:.0f}% FLOPs, {100 * c:.0f}% cache")
+    fig.suptitle(f"at {context:,} tokens vs V3.2: " + ("; ".join(parts) if parts else "pick a V4 model"), fontsize=10)
+    return fig
