@@ -161,7 +161,7 @@ def mla_figure(path: str = "absorbed"):
              "softmax over cached j", "purple")
         _arrow(ax, (10.0, yq - 0.43), (10.0, 3.53))
         _arrow(ax, (7.8, yk + 0.2), (8.55, 2.6))
-        _box(ax, 10.0, 0.95, 2.9, 1.1, "o_lat$_i = \\sum_j p_j\\, c^{KV}_j$\naverage the latents first", "green")
+        _box(ax, 10.0, 0.95, 2.9, 1.1, "o_lat$_i = \\Sigma_j\\, p_j\\, c^{KV}_j$\naverage the latents first", "green")
         _arrow(ax, (10.0, 2.17), (10.0, 1.5))
         _arrow(ax, (7.8, yk - 0.4), (8.55, 0.95))
         _arrow(ax, (11.45, 0.95), (12.15, 2.9))
