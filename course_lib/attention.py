@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .layers import (GQA, MHA, MQA, RMSNorm, _check_cache, _check_input, _positive_int, _rope_tables,  # noqa: F401
-                     apply_rope, attend, causal_mask, rope_cos_sin)
+                     append_to_cache, apply_rope, attend, causal_mask, rope_cos_sin)
 
 
 # --------------------------------------------------------------------------------------------- MLA
@@ -148,12 +148,8 @@ class MLA(nn.Module):
         c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
         c_kv = self.kv_norm(c_kv)                                                    # (B, T, dc)
         k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)     # (B, T, dr)
-        if cache is not None:
-            # Only these two small tensors are cached: (d_c + d^R_h) numbers per token.
-            if "c_kv" in cache:
-                c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
-                k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
-            cache["c_kv"], cache["k_rope"] = c_kv, k_rope
+        # Only these two small tensors are cached: (d_c + d^R_h) numbers per token.
+        c_kv, k_rope = append_to_cache(cache, 1, c_kv=c_kv, k_rope=k_rope)
         S = c_kv.shape[1]
         mask = causal_mask(T, S, x.device)
 

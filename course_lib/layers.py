@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from .rope import apply_rope, rope_cos_sin, rotate_half  # noqa: F401  (re-exported: the one RoPE)
 
-__all__ = ["RMSNorm", "SwiGLU", "swiglu", "GQA", "MHA", "MQA", "attend", "causal_mask", "apply_rope", "rope_cos_sin"]
+__all__ = ["RMSNorm", "SwiGLU", "swiglu", "GQA", "MHA", "MQA", "attend", "causal_mask", "append_to_cache",
+           "apply_rope", "rope_cos_sin"]
 
 
 # --------------------------------------------------------------------------------------------- norm and FFN
@@ -116,6 +117,16 @@ def _check_cache(cache, expected: dict, start_pos: int, x: torch.Tensor) -> int:
     return cached
 
 
+def append_to_cache(cache: dict | None, dim: int, **new: torch.Tensor) -> tuple:
+    """KV caching: append each new tensor to ``cache[name]`` along ``dim`` (the token axis; created on the first
+    call) and return the full tensors, old tokens first. With ``cache=None`` the new tensors come back unchanged."""
+    if cache is None:
+        return tuple(new.values())
+    for name, t in new.items():
+        cache[name] = torch.cat([cache[name], t], dim=dim) if name in cache else t
+    return tuple(cache[name] for name in new)
+
+
 def causal_mask(T: int, S: int, device=None) -> torch.Tensor | None:
     """Boolean (T, S) mask for T new queries over S keys whose last T are the new tokens; None when T == 1.
 
@@ -192,12 +203,8 @@ class GQA(nn.Module):
         v = v.view(B, T, G, hd).transpose(1, 2)
         cos, sin = self._rope(start_pos, T, x)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # Cache the rotated keys and the values: later tokens only add their own row.
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+        # Cache the rotated keys and the values: later tokens only add their own row.
+        k, v = append_to_cache(cache, 2, k=k, v=v)
         S = k.shape[2]
         mask = causal_mask(T, S, x.device)
         if x.dtype == torch.float64:
