@@ -41,7 +41,8 @@ class MLA(nn.Module):
       softmax_scale     default 1 / sqrt(d_h + d^R_h) (Eq. 18); YaRN-extended checkpoints multiply it by mscale^2
       norm_eps          eps of the RMSNorms after the compressed latents (V2 §3.1.2 "additional RMS Norm layers")
 
-    Parameters (names follow the paper; fused where the paper's matrices act on the same input):
+    Parameters (names follow the paper; fused where the paper's matrices act on the same input; docs/name_map.md
+    gives DeepSeek's and transformers' names):
       q_down   W^DQ           (d'_c, d)           q_norm   RMSNorm(d'_c)       [only when q_lora_rank is set]
       q_up     [W^UQ; W^QR]   (n_h (d_h + d^R_h), d'_c or d), per head laid out as [q^C_i ; q^R_i]
       kv_down  [W^DKV; W^KR]  (d_c + d^R_h, d)    kv_norm  RMSNorm(d_c)

@@ -15,7 +15,8 @@ What is here (papers cited next to each formula):
   ``"sparse"`` (each expert runs only on its own tokens; the default) and ``"loop"`` (one token at a
   time, for teaching). Tests prove both equal and prove the layer equal to transformers' DeepseekV3MoE.
 
-Parameter names follow transformers' ``DeepseekV3Config`` where one exists.
+Argument names follow transformers' ``DeepseekV3Config`` where one exists; docs/name_map.md maps each weight to the
+paper's symbol, DeepSeek's inference code and transformers' state dict.
 
 Papers: DeepSeekMoE (arXiv 2401.06066), DeepSeek-V2 (arXiv 2405.04434), DeepSeek-V3 (arXiv 2412.19437).
 """

@@ -11,6 +11,8 @@ speculative decoding (V3 §2.2 "MTP in Inference", §5.4.3): the main model chec
 and every accepted draft is a token that cost no forward pass of its own. `speculative_generate` does this greedily
 and returns exactly the tokens plain greedy decoding returns.
 
+Parameter names (hnorm, enorm, proj = M_k, block = TRM_k, norm) and those of the released checkpoint: docs/name_map.md.
+
 Notation: the input is t_0 .. t_{T-1}; targets[:, i] = t_{i+1}. Module k at position i sees t_0 .. t_{i+k} and
 predicts t_{i+k+1} = targets[:, i+k].
 """
