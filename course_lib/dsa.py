@@ -211,21 +211,25 @@ class DSA(MLA):
 
 
 # --------------------------------------------------------------------------------------------- training helpers
-def attention_distribution(mla: MLA, x: torch.Tensor) -> torch.Tensor:
+def attention_distribution(mla: MLA, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
     """V3.2 §2.1.1 warm-up target p_{t,:}: the main attention's probabilities summed over heads, L1-normalised.
 
-    Computed with the dense (naive) MLA over x (B, T, d) from position 0; returns (B, T, T), rows sum to 1."""
+    Computed with the dense MLA over x (B, T, d) from position 0; returns (B, T, T) (rows sum to 1), or (B, 1, T)
+    for the last query only."""
     B, T, _ = x.shape
     H, dn, dr, dc = mla.n_heads, mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.kv_lora_rank
     cos, sin = _rope_tables(0, T, dr, mla.rope_base, x)
-    c_q = x if mla.q_down is None else mla.q_norm(mla.q_down(x))
-    q_nope, q_rope = mla.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)
-    q_rope = apply_rope(q_rope, cos, sin, interleaved=mla.rope_interleaved)
+    xq = x[:, -1:] if last_only else x
+    c_q = xq if mla.q_down is None else mla.q_norm(mla.q_down(xq))
+    q_nope, q_rope = mla.q_up(c_q).view(B, xq.shape[1], H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)
+    q_rope = apply_rope(q_rope, cos[-xq.shape[1]:], sin[-xq.shape[1]:], interleaved=mla.rope_interleaved)
     c_kv, k_rope = mla.kv_down(x).split([dc, dr], dim=-1)
     k_nope = mla.kv_up(mla.kv_norm(c_kv)).view(B, T, H, -1)[..., :dn].transpose(1, 2)
     k_rope = apply_rope(k_rope, cos, sin, interleaved=mla.rope_interleaved)
     scores = (q_nope @ k_nope.transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1)) * mla.softmax_scale
-    scores = scores.masked_fill(~causal_mask(T, T, x.device), float("-inf")) if T > 1 else scores
+    mask = causal_mask(xq.shape[1], T, x.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     p = torch.softmax(scores, dim=-1).sum(dim=1)                                   # sum over heads
     return p / p.sum(dim=-1, keepdim=True)                                         # L1-normalise
 
@@ -238,6 +242,16 @@ def indexer_kl_loss(index_scores: torch.Tensor, target: torch.Tensor) -> torch.T
     log_q = torch.where(target > 0, log_q, torch.zeros_like(log_q))                # 0 log 0 = 0, and no -inf * 0
     kl = (target * (torch.log(target.clamp_min(1e-30)) - log_q)).sum(-1)
     return kl.mean()
+
+
+def prefill_cache(att: DSA, x: torch.Tensor) -> dict:
+    """The decode cache of x (B, T, d) at positions 0 .. T-1 built from the projections alone (no attention is
+    computed): what a prefill would leave behind. Lets a toy evaluate only its last query cheaply."""
+    T, dc, dr = x.shape[1], att.kv_lora_rank, att.qk_rope_head_dim
+    cos, sin = _rope_tables(0, T, dr, att.rope_base, x)
+    c_kv, k_rope = att.kv_down(x).split([dc, dr], dim=-1)
+    return {"c_kv": att.kv_norm(c_kv), "k_rope": apply_rope(k_rope, cos, sin, interleaved=att.rope_interleaved),
+            "k_index": att.indexer.keys(x, 0)}
 
 
 def recall_at_k(index_scores: torch.Tensor, target: torch.Tensor, k: int, top: int = 1) -> float:
