@@ -110,7 +110,8 @@ def _dejavu_cmaps():
 def test_unsafe_chars_flags_emoji_and_passes_common_symbols():
     assert unsafe_chars("\u2705 softmax_last_dim: correct!") == ["\u2705"]        # the old pass mark
     assert unsafe_chars("\u274c x: not yet \u2713 \u26a0") == ["\u26a0", "\u2713", "\u274c"]
-    assert unsafe_chars("[correct] A = (r - mean) / std \u2014 1\u20262 \u2264 3 \u2192 \u03bb=0.3, \u00d7 2 \u52a0") == []
+    common = "[correct] A = (r - mean) / std \u2014 1\u20262 \u2264 3 \u2192 \u03bb=0.3, \u00d7 2 \u52a0"
+    assert unsafe_chars(common) == []
     assert unsafe_chars(PASS_MARK + FAIL_MARK) == []
 
 
