@@ -1,0 +1,84 @@
+"""pytest plugin: keep the notebooks nbval executes, with their outputs (figures included), for the website.
+
+`make test` loads it (`-p tools.site.nbsave`). After the run every notebook nbval executed is written to
+artifacts/executed/<its path> (COURSE_EXECUTED names another folder) with the outputs of that run, so `make site`
+can build the website without executing the notebooks a second time. Each copy records the SHA-256 of the source
+notebook it came from (metadata.course_executed), so the site build can tell a stale copy from a current one.
+Outputs that need a live kernel (widget views, e.g. tqdm's bar in a notebook) are reduced to their text form.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+_RUNS: dict[str, dict] = {}        # notebook path -> {"nb": the notebook read by nbval, "outputs": {cell: [...]}}
+
+
+def executed_dir() -> Path:
+    return Path(os.environ.get("COURSE_EXECUTED", ROOT / "artifacts" / "executed"))
+
+
+def _static(output: dict) -> dict | None:
+    """An output as a static page can show it; None drops it (a widget view with no text worth showing)."""
+    out = copy.deepcopy(dict(output))
+    if out.get("output_type") in ("display_data", "execute_result"):
+        data = dict(out.get("data", {}))
+        if WIDGET_VIEW in data:
+            data.pop(WIDGET_VIEW)
+            text = data.get("text/plain", "")
+            if not text or text.startswith(("HBox(", "VBox(", "interactive(", "Output(")):
+                return None
+        out["data"] = data
+        out.setdefault("metadata", {})
+    return out
+
+
+def pytest_runtest_makereport(item, call):
+    if call.when != "call" or not hasattr(item, "cell_num") or not str(item.fspath).endswith(".ipynb"):
+        return
+    nb_path = str(item.fspath)
+    run = _RUNS.setdefault(nb_path, {"nb": getattr(item.parent, "nb", None), "outputs": {}, "failed": False})
+    outs = getattr(item, "test_outputs", None) or []
+    run["outputs"][item.cell_num] = [o for o in (_static(o) for o in outs) if o is not None]
+    run["failed"] |= call.excinfo is not None
+
+
+def save(nb_path: str, run: dict) -> Path | None:
+    source = Path(nb_path)
+    if run["nb"] is None or not source.exists():
+        return None
+    nb = copy.deepcopy(run["nb"])
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        i = count
+        count += 1
+        if i in run["outputs"]:
+            cell.execution_count = count
+            cell.outputs = [nbformat.from_dict(o) for o in run["outputs"][i]]
+            for o in cell.outputs:
+                if o.get("output_type") == "execute_result":
+                    o["execution_count"] = count
+    nb.metadata["course_executed"] = {"source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+                                      "failed": run["failed"], "by": "nbval (make test)"}
+    try:
+        rel = source.resolve().relative_to(ROOT)
+    except ValueError:
+        rel = Path(source.name)
+    target = executed_dir() / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(target))
+    return target
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for nb_path, run in _RUNS.items():
+        save(nb_path, run)
