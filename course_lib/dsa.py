@@ -86,6 +86,12 @@ class LightningIndexer(nn.Module):
         dots = torch.einsum("bthd,bsd->bths", q, k) * self.head_dim ** -0.5
         return torch.einsum("bth,bths->bts", w, F.relu(dots))
 
+    def forward_scores(self, x, c_q, start_pos: int, k_all):
+        """Index scores (B, T, S) of the new tokens against the keys of all S tokens, future ones -inf."""
+        s = self.scores(self.queries(c_q, start_pos), k_all, self.head_weights(x))
+        mask = causal_mask(x.shape[1], k_all.shape[1], x.device)
+        return s if mask is None else s.masked_fill(~mask, float("-inf"))
+
     def forward(self, x, c_q, start_pos: int = 0, k_cached=None):
         """Index scores of the T new tokens against all S = start_pos + T tokens, future ones set to -inf.
 
@@ -93,11 +99,7 @@ class LightningIndexer(nn.Module):
         k = self.keys(x, start_pos)
         if k_cached is not None:
             k = torch.cat([k_cached, k], dim=1)
-        s = self.scores(self.queries(c_q, start_pos), k, self.head_weights(x))
-        mask = causal_mask(x.shape[1], k.shape[1], x.device)
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        return s, k
+        return self.forward_scores(x, c_q, start_pos, k), k
 
 
 def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -112,6 +114,41 @@ def topk_mask(indices: torch.Tensor, S: int) -> torch.Tensor:
     """Boolean (B, T, S) mask, True at the selected tokens."""
     mask = torch.zeros(*indices.shape[:-1], S, dtype=torch.bool, device=indices.device)
     return mask.scatter(-1, indices, True)
+
+
+# --------------------------------------------------------------------------------------------- cache
+class GrowingCache(dict):
+    """A cache dict (same keys and shapes as the plain one) that appends in place, for inference.
+
+    Each entry is a view of the first S rows of a buffer with spare room (its capacity doubles when full), so a
+    decode step writes one row instead of copying the whole cache as torch.cat does; what an inference engine's
+    paged cache achieves. Not for training (the buffers are written in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self._buffers = {}
+
+    def append(self, key: str, new: torch.Tensor) -> torch.Tensor:
+        n = self[key].shape[1] if key in self else 0
+        buf = self._buffers.get(key)
+        if buf is None or n + new.shape[1] > buf.shape[1]:
+            grown = new.new_empty(new.shape[0], max(256, 2 * (n + new.shape[1])), *new.shape[2:])
+            if n:
+                grown[:, :n] = self[key]
+            self._buffers[key] = buf = grown
+        buf[:, n:n + new.shape[1]] = new
+        self[key] = buf[:, :n + new.shape[1]]
+        return self[key]
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after the first `length` tokens (the buffers keep their room)."""
+        for key in list(self):
+            self[key] = self._buffers[key][:, :length]
+
+    def bytes_per_token(self) -> float:
+        """Bytes of the live (viewed) part per token and sequence; spare room not counted."""
+        t = next(iter(self.values()))
+        return sum(v.numel() * v.element_size() for v in self.values()) / (t.shape[0] * t.shape[1])
 
 
 # --------------------------------------------------------------------------------------------- DSA
@@ -171,19 +208,29 @@ class DSA(MLA):
         c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
         c_kv = self.kv_norm(c_kv)
         k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)
-        cached = cache is not None and "c_kv" in cache
-        if cached:
-            c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
-            k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
-        # Eq. 1 over all S tokens, then Eq. 2's top-k per query.
-        index_scores, k_index = self.indexer(x, c_q, start_pos, cache["k_index"] if cached else None)
-        if cache is not None:
-            cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
-        S = c_kv.shape[1]
-        idx = select_topk(index_scores, self.index_topk)                            # (B, T, k)
+        S = start_pos + T
+        everything = self.index_topk >= S            # nothing to drop: skip the scoring, attend densely
+        if isinstance(cache, GrowingCache):
+            c_kv, k_rope = cache.append("c_kv", c_kv), cache.append("k_rope", k_rope)
+            k_new = self.indexer.keys(x, start_pos)
+            k_index = cache.append("k_index", k_new)
+            index_scores = None if everything else self.indexer.forward_scores(x, c_q, start_pos, k_index)
+        else:
+            cached = cache is not None and "c_kv" in cache
+            if cached:
+                c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
+                k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
+            # Eq. 1 over all S tokens, then Eq. 2's top-k per query.
+            index_scores, k_index = self.indexer(x, c_q, start_pos, cache["k_index"] if cached else None)
+            if cache is not None:
+                cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
         causal = causal_mask(T, S, x.device)
         if causal is None:
             causal = torch.ones(1, S, dtype=torch.bool, device=x.device)
+        if everything:
+            idx = torch.arange(S, device=x.device).expand(B, T, S)
+        else:
+            idx = select_topk(index_scores, self.index_topk)                        # (B, T, k)
 
         if path == "naive":
             # The official prefill: full attention with a -inf mask on the tokens the indexer did not keep.
@@ -194,6 +241,14 @@ class DSA(MLA):
             scores = (torch.cat([q_nope, q_rope], dim=-1) @ k_full.transpose(-2, -1)) * self.softmax_scale
             scores = scores.masked_fill(~keep[:, None], float("-inf"))
             o = torch.softmax(scores, dim=-1) @ v                                   # (B, H, T, dv)
+        elif everything:
+            # Dense absorbed MLA (course_lib.attention.MLA's decode path): every latent, no gather.
+            w_uk, w_uv = self.w_uk_uv()
+            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
+            scores = (q_lat @ c_kv[:, None].transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1))
+            scores = (scores * self.softmax_scale).masked_fill(~causal, float("-inf"))
+            o_lat = torch.softmax(scores, dim=-1) @ c_kv[:, None]
+            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)
         else:
             # Absorbed MLA over the k gathered latents only: O(k) per query instead of O(S).
             w_uk, w_uv = self.w_uk_uv()

@@ -257,27 +257,32 @@ class V4Attention(nn.Module):
         k_pos = torch.arange(start_pos - prior.shape[1], start_pos + T)
         allowed = (k_pos[None] <= q_pos[:, None]) & (k_pos[None] > q_pos[:, None] - self.window)
         allowed = allowed.expand(B, T, -1)
+        if cache is not None:
+            cache.window = keys[:, max(0, keys.shape[1] - (self.window - 1)):]
+            cache.length += T
+        # Logits over the window's keys, then over the compressed entries each query may use.
+        scores = torch.einsum("bhtd,bsd->bhts", q, keys) * D ** -0.5
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        sel_keys = None
         if self.compressor is not None:
             entries = self.compressor(x, cache.main if cache is not None else None)   # (B, N, D)
             N = entries.shape[1]
-            if self.kind == "hca":                                             # dense over complete entries
-                sel = visible_entries(q_pos, N, self.compressor.rate).expand(B, T, N)
-            else:                                                              # CSA: the indexer's top-k only
-                idx = self.indexer(x, q_res, start_pos, cache.index if cache is not None else None)
-                sel = torch.zeros(B, T, N + 1, dtype=torch.bool)
-                sel = sel.scatter(-1, torch.where(idx < 0, N, idx), True)[..., :N]
-            keys = torch.cat([keys, entries], dim=1)
-            allowed = torch.cat([allowed, sel.to(allowed.device)], dim=-1)
-        if cache is not None:
-            cache.window = keys[:, :prior.shape[1] + T][:, max(0, prior.shape[1] + T - (self.window - 1)):]
-            cache.length += T
-
-        scores = torch.einsum("bhtd,bsd->bhts", q, keys) * D ** -0.5
-        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+            if self.kind == "hca":                     # HCA: dense over every complete entry (N = S / m' is small)
+                sel_keys = entries[:, None].expand(B, T, N, D)
+                ok = visible_entries(q_pos, N, self.compressor.rate).expand(B, T, N).to(x.device)
+            else:                                      # CSA: gather the indexer's top-k, O(k) instead of O(S / m)
+                idx = self.indexer(x, q_res, start_pos, cache.index if cache is not None else None)   # (B, T, k)
+                ok = idx >= 0
+                sel_keys = torch.gather(entries[:, None].expand(B, T, N, D), 2,
+                                        idx.clamp_min(0)[..., None].expand(-1, -1, -1, D))
+            sel_scores = torch.einsum("bhtd,btkd->bhtk", q, sel_keys) * D ** -0.5
+            scores = torch.cat([scores, sel_scores.masked_fill(~ok[:, None], float("-inf"))], dim=-1)
         # Attention sink: one extra logit per head in the softmax, its probability mass discarded.
         sink = self.sinks.view(1, H, 1, 1).expand(B, H, T, 1).to(scores.dtype)
         p = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-        o = p @ keys[:, None]                                                  # values = keys (shared KV)
+        o = p[..., :keys.shape[1]] @ keys[:, None]                             # values = keys (shared KV)
+        if sel_keys is not None:
+            o = o + torch.einsum("bhtk,btkd->bhtd", p[..., keys.shape[1]:], sel_keys)
         o = _rope_tail(o, start_pos, r, self.rope_base, sign=-1.0)             # undo the values' RoPE at t
         o = o.transpose(1, 2).reshape(B, T, self.o_groups, H * D // self.o_groups)
         o = torch.einsum("btgi,goi->btgo", o, self.o_a)                        # grouped output projection

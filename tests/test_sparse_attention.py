@@ -225,3 +225,19 @@ def test_plot_sparse_curves_draws_both_panels():
     fig = kvcache.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=2 ** 17)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 * 2 + 1  # 3 curves + 3 markers + the context line
     plt.close(fig)
+
+
+@pytest.mark.parametrize("topk", [3, 100])
+def test_growing_cache_gives_the_same_outputs_as_the_plain_cache(topk):
+    from course_lib.dsa import GrowingCache
+    dsa, _ = dsa_and_mla(topk=topk)
+    x = torch.randn(2, 9, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    plain, grow = {}, GrowingCache()
+    with torch.no_grad():
+        a = [dsa(x[:, :5], 0, plain)] + [dsa(x[:, t:t + 1], t, plain) for t in range(5, 9)]
+        b = [dsa(x[:, :5], 0, grow)] + [dsa(x[:, t:t + 1], t, grow) for t in range(5, 9)]
+    assert torch.allclose(torch.cat(a, 1), torch.cat(b, 1), atol=1e-12)
+    assert all(torch.equal(plain[k], grow[k]) for k in plain)
+    assert grow.bytes_per_token() == dsa.cache_elements_per_token() * 8
+    grow.truncate(6)
+    assert grow["c_kv"].shape[1] == 6
