@@ -74,14 +74,51 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6, ret
     eps = _non_negative("eps", eps)
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
-    m = torch.softmax(logits, dim=-2) + eps                      # T_c(exp(B~)): columns sum to 1
-    m = m / (m.sum(dim=-1, keepdim=True) + eps)                  # T_r
+    shape, n = logits.shape, logits.shape[-1]
+    # Work on (row i, column j, matrix) so the many tiny matrices sit in the fast, contiguous last dimension:
+    # the same arithmetic, about 2.5x faster on a CPU than broadcasting over a last dimension of size n.
+    m = logits.reshape(-1, n, n).permute(1, 2, 0).contiguous()
+    back = lambda t: t.permute(2, 0, 1).reshape(shape)
+    if not return_history:
+        return back(_SinkhornKnopp.apply(m, iters, eps))
+    m = torch.softmax(m, dim=0) + eps                            # T_c(exp(B~)): columns sum to 1
+    m = m / (m.sum(dim=1, keepdim=True) + eps)                   # T_r
     history = [m]
     for _ in range(iters - 1):
-        m = m / (m.sum(dim=-2, keepdim=True) + eps)              # T_c
-        m = m / (m.sum(dim=-1, keepdim=True) + eps)              # T_r
+        m = m / (m.sum(dim=0, keepdim=True) + eps)               # T_c
+        m = m / (m.sum(dim=1, keepdim=True) + eps)               # T_r
         history.append(m)
-    return (m, history) if return_history else m
+    return back(m), [back(h) for h in history]
+
+
+class _SinkhornKnopp(torch.autograd.Function):
+    """The same iterations on (n, n, N) with a hand-written backward (autograd of 40 tiny divisions is slow).
+
+    For one normalisation y = x / (s + eps), s = sum_dim x:   dL/dx = (g - sum_dim(g * y)) / (s + eps);
+    for the softmax p over dim 0:                             dL/dx = p * (g - sum_0(g * p)).
+    tests/test_mhc.py checks it against autograd through the plain loop."""
+
+    @staticmethod
+    def forward(ctx, m, iters, eps):
+        p = torch.softmax(m, dim=0)
+        m = p + eps
+        dims = [1] + [0, 1] * (iters - 1)                        # T_r, then (T_c, T_r) x (iters - 1)
+        saved = []
+        for d in dims:
+            den = m.sum(dim=d, keepdim=True) + eps
+            m = m / den
+            saved += [m, den]
+        ctx.dims = dims
+        ctx.save_for_backward(p, *saved)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        p, *saved = ctx.saved_tensors
+        for i in reversed(range(len(ctx.dims))):
+            y, den = saved[2 * i], saved[2 * i + 1]
+            g = (g - (g * y).sum(dim=ctx.dims[i], keepdim=True)) / den
+        return p * (g - (g * p).sum(dim=0, keepdim=True)), None, None
 
 
 def sinkhorn_by_hand(matrix: torch.Tensor, iters: int) -> list[torch.Tensor]:
@@ -158,8 +195,12 @@ class HyperConnection(nn.Module):
 
     @staticmethod
     def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor):
-        """V4 Eq. 1:  X_{l+1} = B_l X_l + C_l F_l(A_l X_l)."""
-        return mix @ streams + post.unsqueeze(-1) * layer_output.unsqueeze(-2)
+        """V4 Eq. 1:  X_{l+1} = B_l X_l + C_l F_l(A_l X_l).
+
+        (B_l X_l)_i = sum_j B_ij x_j written as a broadcast product and a sum: for n = 4 this is about 3x faster
+        on a CPU than a batched matmul of one 4 x 4 matrix per token."""
+        mixed = (mix.unsqueeze(-1) * streams.unsqueeze(-3)).sum(dim=-2)
+        return mixed + post.unsqueeze(-1) * layer_output.unsqueeze(-2)
 
     def extra_repr(self) -> str:
         kind = "mHC" if self.constrained else "HC"
@@ -290,3 +331,32 @@ def composite_gains(mixes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
         fwd.append(prod.abs().sum(-1).amax(-1).mean())
         bwd.append(prod.abs().sum(-2).amax(-1).mean())
     return torch.stack(fwd), torch.stack(bwd)
+
+
+def train(model: nn.Module, get_batch, steps: int, lr: float = 3e-3, warmup: int = 10, clip: float = 1.0,
+          progress: bool = True, desc: str = "training", stop_after: int | None = None) -> dict:
+    """AdamW on a StreamLM with the course's schedule; records the loss and the gradient norm BEFORE clipping
+    (the quantity that shows an unstable residual path). get_batch(step) -> (x, y).
+    stop_after: run only the first steps of a `steps`-long schedule (to replay the start of a longer run)."""
+    from tqdm.auto import tqdm
+
+    from .train import lr_at
+
+    _positive_int("steps", steps)
+    if stop_after is not None:
+        _positive_int("stop_after", stop_after)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
+    history = {"loss": [], "grad_norm": []}
+    model.train()
+    for step in tqdm(range(min(steps, stop_after or steps)), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        x, y = get_batch(step)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        history["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        history["loss"].append(loss.item())
+    model.eval()
+    return history

@@ -41,6 +41,20 @@ def test_sinkhorn_equals_the_textbook_alternation_of_column_and_row_normalisatio
     torch.testing.assert_close(mhc.sinkhorn_knopp(logits, iters=5, eps=0.0), m)
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_sinkhorn_hand_written_backward_equals_autograd(eps):
+    logits = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    (mhc.sinkhorn_knopp(logits, iters=7, eps=eps) * weights).sum().backward()
+    fast = logits.grad.clone()
+    logits.grad = None
+    # the plain differentiable loop (the history path) through autograd
+    (mhc.sinkhorn_knopp(logits, iters=7, eps=eps, return_history=True)[0] * weights).sum().backward()
+    torch.testing.assert_close(fast, logits.grad, atol=1e-12, rtol=1e-10)
+    assert torch.autograd.gradcheck(lambda t: mhc.sinkhorn_knopp(t, iters=3, eps=eps), (logits.detach()[0, :1]
+                                                                                      .clone().requires_grad_(),))
+
+
 def test_sinkhorn_history_rows_converge():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
     _, hist = mhc.sinkhorn_knopp(logits, iters=30, eps=0.0, return_history=True)
