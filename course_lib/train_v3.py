@@ -136,6 +136,7 @@ def save_checkpoint(path, model, opt, step: int, history: dict, cfg: NanoConfig,
     os.close(fd)
     try:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o644)                 # mkstemp creates owner-only files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
