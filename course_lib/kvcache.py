@@ -298,19 +298,24 @@ def v4_vs_v32(context: int = 2 ** 20, storage: str = "fp8") -> dict:
 
 
 SPARSE_CONTEXTS = tuple(2 ** p for p in range(12, 21))          # 4K .. 1M
+# The widget's choices: which models to draw.
+SPARSE_MODEL_SETS = {"V3.2, V4-Flash, V4-Pro": ("DeepSeek-V3.2", "DeepSeek-V4-Flash", "DeepSeek-V4-Pro"),
+                     "V3.2 vs V4-Pro": ("DeepSeek-V3.2", "DeepSeek-V4-Pro"),
+                     "V3.2 vs V4-Flash": ("DeepSeek-V3.2", "DeepSeek-V4-Flash")}
 
 
 def plot_sparse_curves(models=("DeepSeek-V3.2", "DeepSeek-V4-Flash", "DeepSeek-V4-Pro"), context: int = 2 ** 20,
                        storage: str = "fp8", dense_v32: bool = True):
     """Pure function behind notebook 07's widget: KV cache (GB, one sequence) and single-token FLOPs against
-    context (4K .. 1M) for the chosen models, a marker at `context`, ratios to V3.2 in the title. Returns the Figure."""
+    context (4K .. 1M) for the chosen models (names, or a key of SPARSE_MODEL_SETS), a marker at `context`,
+    ratios to V3.2 in the title. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     from .configs_v4 import DEEPSEEK_V32, MODELS
     from .style import COLORS
 
     if isinstance(models, str):
-        models = (models,)
+        models = SPARSE_MODEL_SETS.get(models, (models,))
     if not models:
         raise ValueError("models must name at least one model")
     for name in models:

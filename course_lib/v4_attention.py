@@ -101,6 +101,28 @@ class Compressor(nn.Module):
         positions = torch.arange(n) * m + first_position                     # each entry sits at its window start
         return _rope_tail(pooled, 0, self.rope_dim, self.rope_base, positions=positions), last
 
+    @torch.no_grad()
+    def token_weights(self, x):
+        """(B, N, L): how much each entry draws on each token (its softmax weights averaged over the features),
+        for figures. The same softmax as pool(); an entry's weights over its tokens sum to 1."""
+        B, L, _ = x.shape
+        m, c, n = self.rate, self.head_dim, x.shape[1] // self.rate
+        gate = self.gate(x[:, :n * m]).view(B, n, m, -1) + self.position_bias
+        out = x.new_zeros(B, n, L)
+        if not self.overlap:
+            w = torch.softmax(gate, dim=2).mean(-1)                            # (B, n, m)
+            for i in range(n):
+                out[:, i, i * m:(i + 1) * m] = w[:, i]
+            return out
+        slots = gate.new_full((B, n, 2 * m, c), float("-inf"))
+        slots[:, :, m:] = gate[..., c:]
+        slots[:, 1:, :m] = gate[:, :-1, :, :c]
+        w = torch.softmax(slots, dim=2).mean(-1)                               # (B, n, 2m)
+        for i in range(n):
+            lo = max(0, (i - 1) * m)
+            out[:, i, lo:(i + 1) * m] = w[:, i, 2 * m - ((i + 1) * m - lo):]
+        return out
+
     def forward(self, x, state: CompressorState | None = None):
         """All compressed entries (B, N, c) after x: the finished windows of x (no state: from position 0) or,
         with a state, of everything seen so far (the state is updated)."""

@@ -241,3 +241,25 @@ def test_growing_cache_gives_the_same_outputs_as_the_plain_cache(topk):
     assert grow.bytes_per_token() == dsa.cache_elements_per_token() * 8
     grow.truncate(6)
     assert grow["c_kv"].shape[1] == 6
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_token_weights_are_each_entrys_softmax_over_its_tokens(overlap):
+    comp = Compressor(8, 4, 4, overlap, rope_dim=2)
+    with torch.no_grad():
+        comp.position_bias.normal_()
+    w = comp.token_weights(torch.randn(1, 13, 8))
+    assert w.shape == (1, 3, 13)
+    assert torch.allclose(w.sum(-1), torch.ones(1, 3))
+    support = (w[0] > 0).int()
+    # entry i covers tokens 4i .. 4i+3, and with overlap also the previous window 4(i-1) .. 4i-1.
+    for i in range(3):
+        lo = max(0, 4 * (i - 1)) if overlap else 4 * i
+        assert support[i].nonzero().flatten().tolist() == list(range(lo, 4 * i + 4))
+
+
+def test_plot_sparse_curves_accepts_a_named_model_set():
+    import matplotlib.pyplot as plt
+    fig = kvcache.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
+    assert len(fig.axes[1].lines) == 2 * 2 + 1
+    plt.close(fig)
