@@ -263,3 +263,25 @@ def test_plot_sparse_curves_accepts_a_named_model_set():
     fig = kvcache.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
     assert len(fig.axes[1].lines) == 2 * 2 + 1
     plt.close(fig)
+
+
+def test_csa_with_rate_one_and_no_selection_reduces_to_hca_with_rate_one():
+    """m = 1, k >= T and the overlap half switched off (its gate bias -inf): every CSA entry is one token's key and
+    every query keeps all its entries, which is HCA with m = 1, i.e. dense attention over all earlier tokens."""
+    torch.manual_seed(8)
+    kw = dict(head_dim=16, rope_dim=4, compress_rate=1, window=2, index_topk=64)
+    csa = V4Attention(D, H, kind="csa", **kw).double()
+    hca = V4Attention(D, H, kind="hca", **kw).double()
+    shared = {k: v for k, v in csa.state_dict().items() if not k.startswith(("compressor.", "indexer."))}
+    hca.load_state_dict({**hca.state_dict(), **shared})
+    with torch.no_grad():
+        c = 16
+        csa.compressor.kv.weight[c:] = hca.compressor.kv.weight           # Cb half = HCA's projection
+        csa.compressor.gate.weight[c:] = hca.compressor.gate.weight
+        csa.compressor.position_bias[:, :c] = float("-inf")               # the previous token's Ca half: weight 0
+        csa.compressor.position_bias[:, c:] = hca.compressor.position_bias
+        csa.compressor.norm.weight.copy_(hca.compressor.norm.weight)
+    x = torch.randn(2, 9, D, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.allclose(csa.compressor(x), hca.compressor(x), atol=1e-12)
+        assert torch.allclose(csa(x), hca(x), atol=1e-12)
