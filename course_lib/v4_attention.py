@@ -1,4 +1,5 @@
-"""DeepSeek-V4's hybrid attention: Compressed Sparse Attention (CSA), Heavily Compressed Attention (HCA), sliding window.
+"""DeepSeek-V4's hybrid attention: Compressed Sparse Attention (CSA), Heavily Compressed Attention (HCA), sliding
+window.
 
 DeepSeek-V4 technical report ("DeepSeek-V4: Towards Highly Efficient Million-Token Context Intelligence", 2026),
 §2.3. Every attention block is shared-KV multi-query attention (one 512-wide head whose key is also its value) over

@@ -8,8 +8,10 @@ def _g(seed):
     return torch.Generator().manual_seed(seed)
 
 
-@register(cases=[(torch.randn(3, 4, generator=_g(0)), torch.randn(6, 4, generator=_g(1)), torch.rand(3, generator=_g(2))),
-                 (torch.randn(2, 8, generator=_g(3)), torch.randn(5, 8, generator=_g(4)), torch.rand(2, generator=_g(5)))],
+@register(cases=[(torch.randn(3, 4, generator=_g(0)), torch.randn(6, 4, generator=_g(1)),
+                  torch.rand(3, generator=_g(2))),
+                 (torch.randn(2, 8, generator=_g(3)), torch.randn(5, 8, generator=_g(4)),
+                  torch.rand(2, generator=_g(5)))],
           hint="V3.2 Eq. 1 for one query: I_s = sum_j w_j * ReLU(q_j . k_s). Dots (H, S) = q @ keys.T, ReLU them, "
                "then weight each head's row by w_j and sum over the heads.",
           wrong=[lambda q, k, w: w @ (q @ k.T),                          # forgot the ReLU
@@ -33,7 +35,8 @@ def topk_tokens(scores, k):
     return scores.topk(k).indices.sort().values
 
 
-@register(cases=[(torch.randn(4, 3, generator=_g(6)), torch.randn(4, 3, generator=_g(7)), torch.randn(4, 3, generator=_g(8))),
+@register(cases=[(torch.randn(4, 3, generator=_g(6)), torch.randn(4, 3, generator=_g(7)),
+                  torch.randn(4, 3, generator=_g(8))),
                  (torch.randn(2, 5, generator=_g(9)), torch.zeros(2, 5), torch.zeros(2, 5))],
           hint="V4 Eq. 11: per feature, softmax over the m tokens of the window of (Z + B), then the weighted sum "
                "of C over those tokens: (C * softmax(Z + B, dim=0)).sum(0). (The RMSNorm comes after; leave it out.)",
