@@ -28,7 +28,7 @@ Where report and code differ (both are followed where they agree):
 * The code stores B_l transposed ("comb" with X_{l+1} = comb^T X_l + ...). We work with B_l as in the report and
   transpose when comparing with transformers.
 
-Papers: DeepSeek-V4 technical report (2026) §2.2, Eq. 1-8; Xie et al. 2026 (mHC); Zhu et al. 2025 (HC,
+Papers: DeepSeek-V4 technical report (2026) §2.2, Eq. 1-8; Xie et al. 2026 (mHC, arXiv 2512.24880); Zhu et al. 2025 (HC,
 arXiv 2409.19606); Sinkhorn & Knopp 1967.
 """
 from __future__ import annotations

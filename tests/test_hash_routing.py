@@ -79,7 +79,7 @@ def test_random_table_rows_hold_distinct_experts():
 def test_balanced_table_evens_out_a_skewed_frequency():
     counts = torch.tensor([1000.0, 500, 400, 300, 200, 100, 50, 50] + [10.0] * 24)
     balanced = hr.expert_load_of_table(hr.hash_table(32, 4, 1, token_counts=counts), counts, 4)
-    # greedy largest-first: by hand, loads are 1000 | 500+100+... ; the spread is far below a random table's
+    # greedy largest-first: the spread ends far below a random table's
     assert balanced.sum() == counts.sum()
     assert balanced.max() / balanced.mean() - 1 < 0.5
     assert balanced.max() == 1000           # the most frequent token alone fills one expert
