@@ -292,3 +292,126 @@ class EngramLM(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return ModelOutput(logits, loss, x, logits.new_zeros(()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Experiment helpers for the notebook (pure functions; the notebook shows the calls and the numbers)
+# ----------------------------------------------------------------------------------------------------------------
+
+def flops_per_token(model: nn.Module, seq_len: int) -> int:
+    """Forward FLOPs per token as counted by torch.utils.flop_counter (matmuls and convolutions; a table lookup is a
+    gather and counts zero, which is the point of Engram)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, seq_len, dtype=torch.long, device=device))
+    return fc.get_total_flops() // seq_len
+
+
+def train_on_corpus(model: nn.Module, corpus, steps: int, batch_size: int = 16, seq_len: int = 64, lr: float = 3e-3,
+                    table_lr_mult: float = 1.0, seed: int = 0, desc: str = "training", progress: bool = True) -> list:
+    """AdamW on random training windows of `corpus` (the same windows for every model with the same seed); the
+    Engram tables may get a larger learning rate (a row only gets a gradient when its n-gram occurs). Returns the
+    training losses."""
+    from tqdm.auto import tqdm
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if not table_lr_mult > 0:
+        raise ValueError(f"table_lr_mult must be > 0, got {table_lr_mult!r}")
+    tables = [p for n, p in model.named_parameters() if n.endswith("table.weight")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("table.weight")]
+    groups = [{"params": rest, "lr": lr}] + ([{"params": tables, "lr": lr * table_lr_mult}] if tables else [])
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=0.0)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        x, y = corpus.get_batch("train", batch_size, seq_len, generator=gen)
+        loss = model(x.to(device), y.to(device)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def per_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every next-token prediction, (B, T)."""
+    logits = model(x).logits
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+
+
+def top_ngram_gains(loss_base: torch.Tensor, loss_new: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                    decode, n: int = 3, top: int = 10, min_count: int = 5) -> list[tuple[str, int, float]]:
+    """Which n-grams (the n - 1 context tokens and the predicted one) gain most: [(text, count, total gain in nats)],
+    sorted by the total loss the new model saves on them (gain = loss_base - loss_new, summed over occurrences)."""
+    if loss_base.shape != loss_new.shape or loss_base.shape != y.shape or x.shape != y.shape:
+        raise ValueError("loss_base, loss_new, x and y must all have the same (B, T) shape")
+    if n < 1 or top < 1:
+        raise ValueError(f"n and top must be >= 1, got n={n}, top={top}")
+    gains: dict[tuple, list] = {}
+    diff = (loss_base - loss_new).tolist()
+    xs, ys = x.tolist(), y.tolist()
+    for b in range(len(xs)):
+        for t in range(n - 2, len(xs[b])):
+            key = tuple(xs[b][t - n + 2:t + 1]) + (ys[b][t],)
+            g = gains.setdefault(key, [0, 0.0])
+            g[0] += 1
+            g[1] += diff[b][t]
+    rows = [(decode(list(k)), c, s) for k, (c, s) in gains.items() if c >= min_count]
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
+def gains_figure(curves: dict, gains: list, smooth: int = 10):
+    """Left: training loss of each model (moving average); right: the n-grams with the largest total gain."""
+    from .style import COLORS, subplots
+
+    if not curves or not gains:
+        raise ValueError("curves and gains must both be non-empty")
+    fig, (ax1, ax2) = subplots(1, 2, width=11, height=3.4)
+    colours = [COLORS["grey"], COLORS["orange"], COLORS["blue"], COLORS["green"]]
+    for (name, losses), c in zip(curves.items(), colours):
+        v = torch.tensor(losses)
+        k = max(1, min(smooth, len(v)))
+        avg = v.unfold(0, k, 1).mean(1) if len(v) >= k else v
+        ax1.plot(range(k, k + len(avg)), avg, color=c, label=name)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss (nats/token)")
+    ax1.legend()
+    labels = [repr(t) for t, _, _ in gains][::-1]
+    ax2.barh(range(len(gains)), [s for _, _, s in gains][::-1], color=COLORS["orange"])
+    ax2.set_yticks(range(len(gains)), labels, fontfamily="monospace")
+    ax2.set_xlabel("total validation loss saved (nats)")
+    ax2.set_title("n-grams that gain most")
+    return fig
+
+
+@torch.no_grad()
+def gate_figure(model: "EngramLM", ids: torch.Tensor, decode, layer: int = 0):
+    """alpha_t of one Engram layer under each character of a text: where does the memory get let in?"""
+    from .style import subplots
+
+    if ids.dim() != 1:
+        raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {tuple(ids.shape)}")
+    if str(layer) not in model.engrams:
+        raise ValueError(f"layer must be one of the Engram layers {list(model.engrams)}, got {layer}")
+    eng = model.engrams[str(layer)]
+    x = model.lm.embed(ids[None])
+    for i, block in enumerate(model.lm.blocks):
+        if i == layer:
+            break
+        if str(i) in model.engrams:
+            x = x + model.engrams[str(i)](x, ids[None])
+        x = block(x)
+    alpha = eng.gates(x.unsqueeze(2), eng.lookup(ids[None]))[0, :, 0, 0]
+    fig, ax = subplots(width=min(14, 0.22 * len(ids) + 1), height=1.6)
+    ax.imshow(alpha[None].numpy(), aspect="auto", cmap="Oranges", vmin=0, vmax=1)
+    ax.set_xticks(range(len(ids)), [decode([i]) for i in ids.tolist()], fontfamily="monospace")
+    ax.set_yticks([])
+    ax.set_title(f"Engram gate alpha_t at layer {layer} (darker = more memory let in)")
+    return fig

@@ -234,3 +234,51 @@ def test_without_short_conv_the_output_is_the_gated_value():
     ids, h = torch.randint(0, 20, (2, 5)), torch.randn(2, 5, 8)
     e = m.lookup(ids)
     torch.testing.assert_close(m(h, ids), (m.gates(h.unsqueeze(2), e) * m.value_proj(e).unsqueeze(2)).squeeze(2))
+
+
+# ------------------------------------------------------------------------------------------- notebook helpers
+def test_top_ngram_gains_sums_the_saved_loss_per_trigram_by_hand():
+    from course_lib.engram import top_ngram_gains
+
+    # one row "abab" -> next "baba": trigrams at t = 1..3 are (a,b|a), (b,a|b), (a,b|a)
+    x, y = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[1, 0, 1, 0]])
+    base, new = torch.tensor([[9.0, 2.0, 3.0, 4.0]]), torch.tensor([[0.0, 1.0, 3.0, 1.0]])
+    got = top_ngram_gains(base, new, x, y, lambda ids: "".join("ab"[i] for i in ids), n=3, min_count=1)
+    assert got == [("aba", 2, 1.0 + 3.0), ("bab", 1, 0.0)]       # position 0 has no full trigram context
+
+
+def test_flops_per_token_counts_the_projections_not_the_table():
+    cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    small = EngramLM(cfg, table_size=64, max_ngram=3, n_heads=2, d_mem=8, short_conv=False)
+    big = EngramLM(cfg, table_size=6400, max_ngram=3, n_heads=2, d_mem=8, short_conv=False)
+    plain = EngramLM(cfg, engram_layers=(), table_size=64)
+    from course_lib.engram import flops_per_token
+    # the Engram layer adds its key and value projections, each (2 orders x d_mem 8 = 16) in, d_model 16 out:
+    # 2 projections x 16 x 16 multiply-adds x 2 FLOPs; the table gather counts nothing
+    assert flops_per_token(small, 16) == flops_per_token(big, 16)
+    assert flops_per_token(small, 16) - flops_per_token(plain, 16) == 2 * (16 * 16 * 2)
+
+
+def test_train_on_corpus_is_seeded_and_figures_draw():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib.engram import gains_figure, gate_figure, train_on_corpus
+
+    class Tiny:                                             # a stand-in corpus with the same get_batch signature
+        def get_batch(self, split, batch_size, seq_len, generator=None):
+            x = torch.randint(0, 30, (batch_size, seq_len), generator=generator)
+            return x, (x + 1) % 30
+
+    cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        lm = EngramLM(cfg, table_size=64, d_mem=8, n_heads=2)
+        runs.append(train_on_corpus(lm, Tiny(), 5, batch_size=4, seq_len=16, table_lr_mult=5.0, progress=False))
+    assert runs[0] == runs[1] and len(runs[0]) == 5
+    gains_figure({"a": runs[0], "b": runs[1]}, [("abc", 3, 1.5)])
+    gate_figure(lm, torch.tensor([1, 2, 3, 4]), lambda ids: "x")
+    with pytest.raises(ValueError, match="steps"):
+        train_on_corpus(lm, Tiny(), 0)
+    with pytest.raises(ValueError, match="layer"):
+        gate_figure(lm, torch.tensor([1, 2]), str, layer=3)
