@@ -151,7 +151,7 @@ class Compressor(nn.Module):
 
 def visible_entries(positions: torch.Tensor, n_entries: int, rate: int) -> torch.Tensor:
     """(T, N) bool: entry i is complete (visible) for the query at absolute position t iff i < (t + 1) // m."""
-    return torch.arange(n_entries)[None, :] < ((positions + 1) // rate)[:, None]
+    return torch.arange(n_entries, device=positions.device)[None, :] < ((positions + 1) // rate)[:, None]
 
 
 # --------------------------------------------------------------------------------------------- V4 indexer
@@ -180,8 +180,9 @@ class V4Indexer(nn.Module):
         dots = F.relu(torch.einsum("bhtd,bnd->bhtn", q, keys)) * self.head_dim ** -0.5
         w = self.weights(x) * self.n_heads ** -0.5                             # (B, T, H)
         s = torch.einsum("bth,bhtn->btn", w, dots)
-        vis = visible_entries(torch.arange(start_pos, start_pos + T), keys.shape[1], self.compressor.rate)
-        return s.masked_fill(~vis.to(x.device), float("-inf"))
+        vis = visible_entries(torch.arange(start_pos, start_pos + T, device=x.device), keys.shape[1],
+                              self.compressor.rate)
+        return s.masked_fill(~vis, float("-inf"))
 
     def forward(self, x, q_res, start_pos: int = 0, state: CompressorState | None = None):
         """Selected entries (B, T, min(k, N)), -1 where a query has fewer than k visible entries."""
@@ -276,8 +277,8 @@ class V4Attention(nn.Module):
         # Sliding-window branch: query t sees keys t - n_win < s <= t.
         prior = cache.window if cache is not None and cache.window is not None else kv[:, :0]
         keys = torch.cat([prior, kv], dim=1)
-        q_pos = torch.arange(start_pos, start_pos + T)
-        k_pos = torch.arange(start_pos - prior.shape[1], start_pos + T)
+        q_pos = torch.arange(start_pos, start_pos + T, device=x.device)
+        k_pos = torch.arange(start_pos - prior.shape[1], start_pos + T, device=x.device)
         allowed = (k_pos[None] <= q_pos[:, None]) & (k_pos[None] > q_pos[:, None] - self.window)
         allowed = allowed.expand(B, T, -1)
         if cache is not None:
@@ -292,7 +293,7 @@ class V4Attention(nn.Module):
             N = entries.shape[1]
             if self.kind == "hca":                     # HCA: dense over every complete entry (N = S / m' is small)
                 sel_keys = entries[:, None].expand(B, T, N, D)
-                ok = visible_entries(q_pos, N, self.compressor.rate).expand(B, T, N).to(x.device)
+                ok = visible_entries(q_pos, N, self.compressor.rate).expand(B, T, N)
             else:                                      # CSA: gather the indexer's top-k, O(k) instead of O(S / m)
                 idx = self.indexer(x, q_res, start_pos, cache.index if cache is not None else None)   # (B, T, k)
                 ok = idx >= 0
