@@ -4,7 +4,7 @@
 artifacts/executed/<its path> (COURSE_EXECUTED names another folder) with the outputs of that run, so `make site`
 can build the website without executing the notebooks a second time. Each copy records the SHA-256 of the source
 notebook it came from (metadata.course_executed), so the site build can tell a stale copy from a current one.
-Outputs that need a live kernel (widget views, e.g. tqdm's bar in a notebook) are reduced to their text form.
+Outputs that need a live kernel (widget views, e.g. tqdm's bar in a notebook) are left out.
 """
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ def _static(output: dict) -> dict | None:
     if out.get("output_type") in ("display_data", "execute_result"):
         data = dict(out.get("data", {}))
         if WIDGET_VIEW in data:
-            data.pop(WIDGET_VIEW)
-            text = data.get("text/plain", "")
-            if not text or text.startswith(("HBox(", "VBox(", "interactive(", "Output(")):
-                return None
+            # A live widget: a progress bar (its text is the bar when it was created, 0%) or a control whose static
+            # figures the notebook draws as well (COURSE_WIDGETS=static). Neither means anything on a static page.
+            return None
         out["data"] = data
         out.setdefault("metadata", {})
     return out
