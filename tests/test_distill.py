@@ -291,7 +291,7 @@ def test_pipeline_validation(call):
         call()
 
 
-# ------------------------------------------------------------------------------------------------ on-policy distillation
+# ------------------------------------------------------------------------------------------ on-policy distillation
 def test_reverse_kl_is_the_student_first_kl_on_a_hand_case():
     # student q = (0.75, 0.25), teacher p = (0.5, 0.5):
     # KL(q || p) = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.1308, while the forward KL(p || q) = 0.5 ln(2/3) + 0.5 ln 2 = 0.1438
