@@ -1,0 +1,157 @@
+"""Expert + data parallelism (course_lib.parallel, course_lib.train_ep) on real torch.distributed processes.
+
+Every test launches torchrun (gloo on CPU, 127.0.0.1, a free port via --standalone) in a subprocess with a hard
+timeout, so a hang fails the test instead of blocking CI. The references are independent of the code under test:
+the single-process MoE layer on all ranks' tokens, the routing's own count of (token, rank) pairs, and
+course_lib.train_v3's one-process training step.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ["--steps", "5", "--float64", "--max-chars", "20000", "--eval-every", "5", "--eval-batches", "1",
+         "--batch-size", "8", "--seq-len", "32"]
+
+LAYER_SCRIPT = r'''
+import json, sys, torch, torch.distributed as dist
+from course_lib.moe import MoE
+from course_lib.parallel import ExpertParallelMoE, init_distributed, dispatch_rows
+info = init_distributed(timeout_s=30)
+rank, world = info.rank, info.world
+torch.manual_seed(0)
+kw = dict(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=3, moe_intermediate_size=8,
+          n_group=4, topk_group=2, routed_scaling_factor=2.5)
+full = MoE(**kw).double()
+with torch.no_grad():
+    full.e_score_correction_bias.normal_(0, 0.1)
+g = torch.Generator().manual_seed(1)
+xs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64) for r in range(world)]   # uneven token counts
+cs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64) for r in range(world)]
+ep = ExpertParallelMoE(full, rank, world)
+x = xs[rank].clone().requires_grad_(True)
+y = ep(x)
+(y * cs[rank]).sum().backward()
+ref_y, ref_dx = [], []                       # the full layer, one process, every rank's tokens
+for xr, cr in zip(xs, cs):
+    xr = xr.clone().requires_grad_(True)
+    yr = full(xr)
+    (yr * cr).sum().backward()
+    ref_y.append(yr.detach()); ref_dx.append(xr.grad)
+n = 8 // world
+errs = {"y": (y.detach() - ref_y[rank]).abs().max().item(), "dx": (x.grad - ref_dx[rank]).abs().max().item(),
+        "experts": max((ep.experts.gate_up.grad - full.experts.gate_up.grad[rank*n:(rank+1)*n]).abs().max().item(),
+                       (ep.experts.down.grad - full.experts.down.grad[rank*n:(rank+1)*n]).abs().max().item())}
+for name in ("gate.weight", "shared_experts.w1.weight", "shared_experts.w2.weight"):
+    gr = ep.get_parameter(name).grad.clone()
+    dist.all_reduce(gr)                      # replicated weights: the ranks' gradients add up to the full one
+    errs[name] = (gr - full.get_parameter(name).grad).abs().max().item()
+# bytes: one row per (token, rank holding >= 1 of its experts), d_model activations + E_l gates, 8 bytes each
+idx = ep.last_topk_idx
+hand = [sum(1 for t in range(idx.shape[0]) if any(int(e) // n == q for e in idx[t])) for q in range(world)]
+errs["rows"] = [ep.last_send_tokens.tolist(), hand, dispatch_rows(idx, 8, world).tolist()]
+errs["bytes"] = [ep.last_send_bytes.tolist(), [h * (16 + n) * 8 for h in hand]]
+out = [None] * world
+dist.all_gather_object(out, errs)
+if rank == 0:
+    json.dump(out, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+'''
+
+
+def torchrun(n, args, timeout=240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n)] + args
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def single(args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "course_lib.train_ep"] + args, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_layer_equals_single_process(tmp_path, world):
+    script, out = tmp_path / "layer.py", tmp_path / "out.json"
+    script.write_text(LAYER_SCRIPT)
+    res = torchrun(world, [str(script), str(out)], timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for errs in json.loads(out.read_text()):
+        for key in ("y", "dx", "experts", "gate.weight", "shared_experts.w1.weight", "shared_experts.w2.weight"):
+            assert errs[key] < 1e-10, (key, errs[key])
+        sent, hand, formula = errs["rows"]
+        assert sent == hand == formula
+        assert errs["bytes"][0] == errs["bytes"][1]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ep1")
+    res = single(["--ep", "1", "--out", str(out)] + TRAIN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_two_ranks_train_like_one_process(one_process, tmp_path):
+    res = torchrun(2, ["-m", "course_lib.train_ep", "--ep", "2", "--out", str(tmp_path)] + TRAIN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads((one_process / "history.json").read_text())
+    got = json.loads((tmp_path / "history.json").read_text())
+    assert len(got["loss"]) == 5
+    for key in ("loss", "main_loss", "mtp_loss", "val_loss"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-6), key
+    # the checkpoint is one file holding the whole model: a single process loads it into nano's model
+    from course_lib.nano import TINY, build_model
+    a = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    b = torch.load(one_process / "checkpoint.pt", weights_only=True)
+    model = build_model(TINY).double()
+    model.load_state_dict(a["model"])
+    for k, v in b["model"].items():
+        assert torch.allclose(a["model"][k], v, atol=1e-6), k
+    # log: per step, tokens each rank sent each rank; a step's row sums = the dispatches of both MoE layers
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [1, 2, 3, 4, 5]
+    assert all(len(ln["sent_tokens"]) == 2 and ln["comm_s"] >= 0 for ln in lines)
+
+
+def test_rank_dies_then_resume_on_another_world_size(one_process, tmp_path):
+    # rank 1 exits at the start of step 4; the checkpoint of step 3 is intact and torchrun names rank 1
+    res = torchrun(2, ["-m", "course_lib.train_ep", "--ep", "2", "--out", str(tmp_path), "--ckpt-every", "3",
+                       "--timeout", "10", "--fault", "1:3:exit"] + TRAIN, timeout=120)
+    assert res.returncode != 0
+    text = res.stdout + res.stderr
+    assert "injected fault 'exit' at step 4" in text
+    assert "rank      : 1" in text.split("Root Cause")[1].split("=====")[0]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 3
+    # one process continues the 2-rank run and ends exactly where the uninterrupted one-process run ended
+    res = single(["--ep", "1", "--out", str(tmp_path), "--resume", "--ckpt-every", "3"] + TRAIN)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads((one_process / "history.json").read_text())
+    got = json.loads((tmp_path / "history.json").read_text())
+    assert got["loss"] == pytest.approx(ref["loss"], abs=1e-6)
+
+
+def test_hung_rank_ends_the_run_with_its_name(tmp_path):
+    res = torchrun(2, ["-m", "course_lib.train_ep", "--ep", "2", "--out", str(tmp_path), "--timeout", "5",
+                       "--fault", "1:2:hang"] + TRAIN, timeout=120)
+    assert res.returncode != 0
+    assert "rank 0: a collective failed or timed out in step 3: rank 1 is alive but hangs in step 3" in res.stderr
+
+
+def test_bad_arguments():
+    from course_lib.moe import MoE
+    from course_lib.parallel import ExpertParallelMoE, init_distributed
+    with pytest.raises(ValueError, match="world"):
+        ExpertParallelMoE(MoE(8, n_routed_experts=6), 0, 4)
+    with pytest.raises(ValueError, match="rank"):
+        ExpertParallelMoE(MoE(8, n_routed_experts=8), 4, 4)
+    with pytest.raises(ValueError, match="timeout_s"):
+        init_distributed(timeout_s=0)
+    res = single(["--ep", "2", "--out", "unused"] + TRAIN)
+    assert res.returncode != 0 and "ep must equal the number of processes" in res.stderr
