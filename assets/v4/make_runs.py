@@ -1,6 +1,6 @@
 """Record the longer runs that notebook 08 plots (the notebook's live runs are shorter to stay within CI time).
 
-    python assets/v4/make_runs.py [mhc|muon|hash ...]      (default: all three; about 20 min on one CPU thread)
+    python assets/v4/make_runs.py [mhc|muon|hash ...]      (default: all three; about 15 min of CPU on one thread)
 
 * mhc_runs.json: a deep, narrow byte-level LM (course_lib.mhc.StreamLM) trained with a plain residual,
   unconstrained hyper-connections (HC) and mHC; per step: loss, gradient norm before clipping; every 25 steps the
