@@ -91,11 +91,17 @@ def main(argv=None) -> int:
         base = times["plain residual"]
         print_table([(k, 1000 * v, v / base) for k, v in times.items()], ["variant", "ms", "x plain"])
         ratio = times["mHC"] / base
-        print(f"mHC / plain = {ratio:.2f}x (goal <= 1.5x: {'met' if ratio <= 1.5 else 'not met'}); "
-              f"Sinkhorn's 19 extra iterations cost {1000 * (times['mHC'] - times['mHC, 1 Sinkhorn iteration']):.2f} ms")
+        extra = times["mHC"] - base
+        modules = times["the 2 mHC modules alone"]
+        sinkhorn = times["mHC"] - times["mHC, 1 Sinkhorn iteration"]
+        print(f"mHC / plain = {ratio:.2f}x (goal <= 1.5x: {'met' if ratio <= 1.5 else 'not met'}). Of the "
+              f"{1000 * extra:.2f} ms extra: the two modules computing A, B, C {1000 * modules:.2f} ms (of which "
+              f"Sinkhorn's 19 extra iterations {1000 * sinkhorn:.2f} ms), the rest {1000 * (extra - modules):.2f} ms "
+              f"is the block working on n = {args.streams} streams (collapse, mixing, write-back and their backward).")
     args.d_model = widths[0]
-    print("What dominates: Sinkhorn-Knopp and the stream mixing cost the same per token whatever d is (about 80 tiny "
-          "element-wise passes), while the block's matmuls grow with d^2: the overhead shrinks as the layer widens.")
+    print("The modules' cost is dozens of small element-wise operations per token, the same whatever d is, while the "
+          "block's matmuls grow with d^2: the relative overhead shrinks as the layer widens (V4 reports 6.7% at d = "
+          "4096-7168 with fused kernels, §3.5.2).")
 
     print("\n2. one optimizer step (gradients given), TinyLM d=64, 4 layers")
     times = compare(_optimizer_fns(args), baseline="AdamW", repeat=args.repeat, rewarm=1)
