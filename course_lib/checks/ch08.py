@@ -1,7 +1,9 @@
-"""Exercises of 08_v4_building_blocks: hyper-connections, Sinkhorn-Knopp, Newton-Schulz, Muon's scale, hash routing."""
+"""Exercises of 08_v4_building_blocks: hyper-connections, Sinkhorn-Knopp, Newton-Schulz, Muon's scale, hash routing,
+and (written by the Engram / on-policy distillation helper) an Engram n-gram hash, the OPD loss, Engram's rows per token."""
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .core import register
 
@@ -76,3 +78,71 @@ def mhc_outputs_per_token():
     """How many numbers V4's mHC projection produces per token with n_hc = 4 streams (V4 §3.3: 'only 24')."""
     n = 4
     return 2 * n + n * n
+
+
+# ---------------------------------------------------------------- Engram and on-policy distillation (sections 4-5)
+_g8 = torch.Generator().manual_seed(8)
+
+_HASH_CASES = [
+    (torch.tensor([115, 101, 108]), torch.tensor([3, 5]), 7, 2),            # the notebook's hand case
+    (torch.tensor([115, 101, 108]), torch.tensor([3, 5]), 11, 2),
+    (torch.tensor([5, 9, 2, 7, 7, 1]), torch.tensor([7, 11, 13]), 101, 3),
+    (torch.randint(0, 256, (20,), generator=_g8), torch.tensor([2 ** 40 + 1, 2 ** 33 + 3, 2 ** 35 + 5]), 1_000_003, 3),
+    (torch.tensor([4]), torch.tensor([3, 5, 9]), 13, 3),                     # shorter than the n-gram: padding only
+]
+
+
+def _hash_sum(ids, m, p, n):        # wrong: adds the products instead of XOR
+    out = ids * m[0]
+    for k in range(1, n):
+        out = out + torch.cat([ids.new_zeros(k), ids[:-k] if k < len(ids) else ids[:0]])[:len(ids)] * m[k]
+    return out % p
+
+
+def _hash_unshifted(ids, m, p, n):  # wrong: every factor is the current token
+    out = ids * m[0]
+    for k in range(1, n):
+        out = out ^ (ids * m[k])
+    return out % p
+
+
+def _hash_swapped(ids, m, p, n):    # wrong: multipliers applied to the tokens in the opposite order
+    return engram_ngram_hash.reference(ids, m.flip(0)[-n:] if len(m) >= n else m, p, n)
+
+
+@register(cases=_HASH_CASES,
+          hint="prev_k = the ids shifted right by k with 0 in front (torch.cat([zeros(k), ids[:-k]])). "
+               "mix = ids * m[0], then mix = mix ^ (prev_k * m[k]) for k = 1..n-1; return mix % prime.",
+          wrong=[_hash_sum, _hash_unshifted, _hash_swapped])
+def engram_ngram_hash(ids, multipliers, prime, n):
+    """Engram (arXiv 2601.07372, §2.2; official demo): multiplicative-XOR hash of the n-gram ending at each
+    position."""
+    T = len(ids)
+    mix = ids * multipliers[0]
+    for k in range(1, n):
+        prev = torch.cat([ids.new_zeros(min(k, T)), ids[:max(T - k, 0)]])
+        mix = torch.bitwise_xor(mix, prev * multipliers[k])
+    return torch.remainder(mix, prime)
+
+
+@register(cases=[(torch.tensor([[0.75, 0.25]]).log(), torch.tensor([[0.5, 0.5]]).log()),
+                 (torch.randn(5, 7, generator=_g8), torch.randn(5, 7, generator=_g8)),
+                 (torch.randn(3, 4, generator=_g8) * 4, torch.randn(3, 4, generator=_g8) * 4),
+                 (torch.randn(6, 3, generator=_g8), torch.randn(6, 3, generator=_g8))],
+          hint="log_q = log_softmax(student), log_p = log_softmax(teacher); per position sum q * (log_q - log_p) over "
+               "the vocabulary (the STUDENT's probabilities weight it); then the mean over positions.",
+          wrong=[lambda s, t: (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1).mean(),
+                 lambda s, t: (F.softmax(s, -1) * (F.log_softmax(s, -1) - F.log_softmax(t, -1))).sum(),
+                 lambda s, t: (F.softmax(s, -1) * (s - t)).sum(-1).mean()])
+def opd_reverse_kl(student_logits, teacher_logits):
+    """On-policy distillation's per-token loss: mean over positions of KL(student || teacher), full vocabulary."""
+    log_q = F.log_softmax(student_logits, dim=-1)
+    log_p = F.log_softmax(teacher_logits, dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+
+
+@register(kind="value", hint="One row per (n-gram order, head): orders 2 and 3 are 2 orders, times 8 heads.",
+          wrong=[8, 24, 2, 646_400])
+def engram_rows_per_token():
+    """Rows one Engram layer gathers per token in the official demo: (max_ngram - 1) * n_heads = 2 * 8."""
+    return 16
