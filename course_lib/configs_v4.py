@@ -7,7 +7,8 @@ Numbers from the official config files (field names as there), checked 2026-11-2
                      index_n_heads 64, index_head_dim 128, index_topk 2048.
   DeepSeek-V4-Flash  huggingface.co/deepseek-ai/DeepSeek-V4-Flash config.json (revision 60d8d70): 43 layers,
                      hidden 4096, 64 heads, num_key_value_heads 1, head_dim 512, qk_rope_head_dim 64,
-                     q_lora_rank 1024, o_groups 8, o_lora_rank 1024, sliding_window 128, index_n_heads 64, index_head_dim 128, index_topk 512,
+                     q_lora_rank 1024, o_groups 8, o_lora_rank 1024, sliding_window 128, index_n_heads 64,
+                     index_head_dim 128, index_topk 512,
                      compress_ratios [0, 0, 4, 128, 4, 128, ..., 4, 128, 4, 0]: 44 entries, the last for the MTP layer.
   DeepSeek-V4-Pro    huggingface.co/deepseek-ai/DeepSeek-V4-Pro config.json (revision b5968e9): 61 layers, hidden 7168,
                      128 heads, num_key_value_heads 1, head_dim 512, qk_rope_head_dim 64, q_lora_rank 1536, o_groups 16,
