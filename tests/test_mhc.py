@@ -133,6 +133,14 @@ def test_block_update_equals_transformers_decoder_layer_wiring():
     torch.testing.assert_close(mhc.HyperConnection.combine(x, layer(inp), mix, c), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("d", [8, 160])
+def test_combine_is_eq_1_for_narrow_and_wide_streams(d):
+    x, y = torch.randn(2, 3, 4, d, dtype=torch.float64), torch.randn(2, 3, d, dtype=torch.float64)
+    b, c = torch.rand(2, 3, 4, 4, dtype=torch.float64), torch.rand(2, 3, 4, dtype=torch.float64)
+    expected = torch.einsum("btij,btjd->btid", b, x) + torch.einsum("bti,btd->btid", c, y)
+    torch.testing.assert_close(mhc.HyperConnection.combine(x, y, b, c), expected)
+
+
 def test_hc_starts_as_a_plain_residual_on_every_stream():
     hc = mhc.HyperConnection(8, n_streams=3, constrained=False)
     with torch.no_grad():
