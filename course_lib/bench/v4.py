@@ -99,9 +99,10 @@ def main(argv=None) -> int:
               f"Sinkhorn's 19 extra iterations {1000 * sinkhorn:.2f} ms), the rest {1000 * (extra - modules):.2f} ms "
               f"is the block working on n = {args.streams} streams (collapse, mixing, write-back and their backward).")
     args.d_model = widths[0]
-    print("The modules' cost is dozens of small element-wise operations per token, the same whatever d is, while the "
-          "block's matmuls grow with d^2: the relative overhead shrinks as the layer widens (V4 reports 6.7% at d = "
-          "4096-7168 with fused kernels, §3.5.2).")
+    print("Everything mHC adds is O(n d + t_max n^2) per token (norm and projection of the n streams, Sinkhorn on an "
+          "n x n matrix, mixing), run as dozens of small operations, while the block's matmuls are O(d^2): the relative "
+          "overhead shrinks as the layer widens (V4 reports 6.7% at d = 4096-7168 with fused kernels, §3.5.2). "
+          "On a busy machine the split above is noisy; compare the totals.")
 
     print("\n2. one optimizer step (gradients given), TinyLM d=64, 4 layers")
     times = compare(_optimizer_fns(args), baseline="AdamW", repeat=args.repeat, rewarm=1)
