@@ -179,3 +179,14 @@ def test_mha_model_cannot_be_exported(tmp_path):
     cfg = CFG.replace(attention="mha")
     with pytest.raises(ValueError, match="attention"):
         nano_export.to_transformers(nano.build_model(cfg), tmp_path, cfg)
+
+
+def test_bench_v3_runs_and_compares_the_same_function():
+    """Smoke test of `python -m course_lib.bench v3` at toy sizes (no timing is asserted)."""
+    from course_lib.bench import v3
+
+    r = v3.run(batch=1, seq_len=8, prompt=8, new=4, repeat=1)
+    assert r["same_tokens"] and r["logit_diff"] < 1e-4
+    assert set(r["train"]) == set(r["decode"]) == {"course", "transformers"}
+    with pytest.raises(ValueError, match="shape"):
+        v3.build(16, shape="huge")

@@ -1,6 +1,7 @@
 """Benchmark: nano-DeepSeek (course_lib.nano) against transformers' DeepseekV3ForCausalLM holding the same weights.
 
     python -m course_lib.bench v3 [--batch 8] [--seq-len 256] [--prompt 1024] [--new 128] [--threads 1] [--repeat 3]
+                                  [--shape tiny|wide]
 
 Two measurements, each interleaved round by round (bench.core.compare) on the same weights and inputs:
   1. one training step: forward and backward of the next-token loss (main model, no MTP), batch x seq-len tokens;
@@ -23,11 +24,20 @@ from ..model import generate
 from .core import compare, print_table
 
 
-def build(max_len: int, seed: int = 0):
-    """The tiny preset (long enough for the prompt) and transformers' model loaded from its export."""
+# "wide": V3's head-size ratios at d = 512 (d_c = 4 d_h, d^R_h = d_h / 2), where the attention cache, not Python
+# overhead, starts to dominate a decode step; still small enough for a laptop.
+SHAPES = {"tiny": {}, "wide": dict(hidden_size=512, num_attention_heads=8, qk_nope_head_dim=64, qk_rope_head_dim=32,
+                                   v_head_dim=64, kv_lora_rank=256, q_lora_rank=384, intermediate_size=1536,
+                                   moe_intermediate_size=512)}
+
+
+def build(max_len: int, seed: int = 0, shape: str = "tiny"):
+    """The tiny preset (or the wide shape; long enough for the prompt) and transformers' model loaded from its export."""
     from transformers import DeepseekV3ForCausalLM
 
-    cfg = nano.TINY.replace(max_position_embeddings=max_len, num_nextn_predict_layers=0)
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
+    cfg = nano.TINY.replace(max_position_embeddings=max_len, num_nextn_predict_layers=0, **SHAPES[shape])
     torch.manual_seed(seed)
     ours = nano.build_model(cfg)
     with torch.no_grad():                                    # spread the logits so greedy choices are decisive
@@ -40,8 +50,9 @@ def build(max_len: int, seed: int = 0):
     return cfg, ours, ref
 
 
-def run(batch: int = 8, seq_len: int = 256, prompt: int = 1024, new: int = 128, repeat: int = 3) -> dict:
-    cfg, ours, ref = build(prompt + new + 1)
+def run(batch: int = 8, seq_len: int = 256, prompt: int = 1024, new: int = 128, repeat: int = 3,
+        shape: str = "tiny") -> dict:
+    cfg, ours, ref = build(prompt + new + 1, shape=shape)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g)
     inp, tgt = x[:, :-1], x[:, 1:]
@@ -84,14 +95,15 @@ def main(argv=None) -> int:
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="tiny preset, or V3 head ratios at d=512")
     a = p.parse_args(argv)
     for name in ("batch", "seq_len", "prompt", "new", "threads", "repeat"):
         if getattr(a, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(a.threads)
-    r = run(a.batch, a.seq_len, a.prompt, a.new, a.repeat)
+    r = run(a.batch, a.seq_len, a.prompt, a.new, a.repeat, a.shape)
     tr, de = r["train"], r["decode"]
-    print(f"nano-DeepSeek tiny preset vs transformers DeepseekV3ForCausalLM, same weights, float32, CPU, "
+    print(f"nano-DeepSeek ({a.shape} shape) vs transformers DeepseekV3ForCausalLM, same weights, float32, CPU, "
           f"{torch.get_num_threads()} thread(s); logits agree to {r['logit_diff']:.1e}")
     print_table([[f"train step (fwd+bwd, {a.batch}x{a.seq_len} tokens)", tr["course"] * 1e3, tr["transformers"] * 1e3,
                   tr["transformers"] / tr["course"]],
