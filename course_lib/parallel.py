@@ -231,7 +231,7 @@ def global_grad_norm_clip(model: nn.Module, max_norm: float, world: int) -> floa
     for p in model.parameters():
         if p.grad is not None:
             (exp if getattr(p, "expert_parallel", False) else rep).append(p.grad)
-    zero = torch.zeros((), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64, device=next(model.parameters()).device)
     sq_rep = sum((g.double().pow(2).sum() for g in rep), zero)
     sq_exp = sum((g.double().pow(2).sum() for g in exp), zero)
     if world > 1:

@@ -47,7 +47,7 @@ def _rows(x, info):
 def _mean(value: float, info) -> float:
     if not info.distributed:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=info.device)    # NCCL reduces GPU tensors only
     dist.all_reduce(t)
     return float(t) / info.world
 
@@ -85,9 +85,9 @@ def traffic(model, info) -> dict:
     layers = [m for m in model.modules() if isinstance(m, parallel.ExpertParallelMoE)]
     if not layers:
         return {}
-    tok = sum(m.last_send_tokens for m in layers).double()
-    byt = sum(m.last_send_bytes for m in layers).double()
-    comm = torch.tensor([sum(m.last_comm_s for m in layers)], dtype=torch.float64)
+    tok = sum(m.last_send_tokens for m in layers).double().to(info.device)
+    byt = sum(m.last_send_bytes for m in layers).double().to(info.device)
+    comm = torch.tensor([sum(m.last_comm_s for m in layers)], dtype=torch.float64, device=info.device)
     mats = [torch.zeros_like(tok) for _ in range(info.world)], [torch.zeros_like(byt) for _ in range(info.world)]
     dist.all_gather(mats[0], tok)
     dist.all_gather(mats[1], byt)
@@ -103,7 +103,8 @@ def evaluate(model, get_val, batches: int, info) -> float:
     was = model.training
     model.eval()
     lm = main_model(model)
-    losses = [_mean(lm(*(_rows(t, info) for t in get_val(i))).loss.item(), info) for i in range(batches)]
+    losses = [_mean(lm(*(_rows(t, info).to(info.device) for t in get_val(i))).loss.item(), info)
+              for i in range(batches)]
     model.train(was)
     return sum(losses) / len(losses)
 
@@ -153,6 +154,7 @@ def train_ep(cfg, steps: int, out, ep: int, batch_size: int = 16, seq_len: int =
             raise ValueError(f"resume: {out / CHECKPOINT} was written by a different run or config")
         model.load_state_dict(state["model"])
         start, history = state["step"], state["history"]
+    model.to(info.device)
     if info.distributed:
         parallel.expert_parallel(model, info.rank, info.world)
     opt = make_optimizer(model, lr)
