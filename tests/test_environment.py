@@ -6,6 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"pytorch": "torch"}   # conda package name -> PyPI name
 CONDA_ONLY = {"python", "pip"}
+PIP_ONLY_EXTRAS = {"site"}          # building the website (make site) is for maintainers, not the conda set-up
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,8 +30,9 @@ def pyproject_deps():
         pytest.skip("needs Python >= 3.11 for tomllib")
     data = tomllib.loads(text)["project"]
     specs = list(data["dependencies"])
-    for extra in data["optional-dependencies"].values():
-        specs += extra
+    for name, extra in data["optional-dependencies"].items():
+        if name not in PIP_ONLY_EXTRAS:
+            specs += extra
     return dict(parse(s) for s in specs)
 
 
