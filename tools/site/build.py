@@ -76,9 +76,14 @@ def execute(source: Path, executed: Path) -> dict:
     try:
         nb = nbformat.read(str(source), as_version=4)
         t0 = time.time()
-        NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                       resources={"metadata": {"path": str(source.parent)}}).execute()
-        print(f"  executed {source.relative_to(ROOT)} in {time.time() - t0:.0f} s", flush=True)
+        try:
+            NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                           resources={"metadata": {"path": str(source.parent)}}).execute()
+            print(f"  executed {source.relative_to(ROOT)} in {time.time() - t0:.0f} s", flush=True)
+        except Exception as exc:   # a cell timed out or the kernel died: keep the outputs so far, say so
+            first = (str(exc).splitlines() or [""])[0]
+            print(f"  WARNING: {source.relative_to(ROOT)} stopped after {time.time() - t0:.0f} s: "
+                  f"{type(exc).__name__}: {first}; its page shows the outputs up to there", flush=True)
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
