@@ -76,11 +76,13 @@ def execute(source: Path, executed: Path) -> dict:
     try:
         nb = nbformat.read(str(source), as_version=4)
         t0 = time.time()
+        complete = True
         try:
             NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
                            resources={"metadata": {"path": str(source.parent)}}).execute()
             print(f"  executed {source.relative_to(ROOT)} in {time.time() - t0:.0f} s", flush=True)
         except Exception as exc:   # a cell timed out or the kernel died: keep the outputs so far, say so
+            complete = False
             first = (str(exc).splitlines() or [""])[0]
             print(f"  WARNING: {source.relative_to(ROOT)} stopped after {time.time() - t0:.0f} s: "
                   f"{type(exc).__name__}: {first}; its page shows the outputs up to there", flush=True)
@@ -91,6 +93,8 @@ def execute(source: Path, executed: Path) -> dict:
         if cell.cell_type == "code":
             cell.outputs = [nbformat.from_dict(o) for o in (nbsave._static(o) for o in cell.outputs) if o is not None]
     nb.metadata["course_executed"] = {"source_sha256": sha256(source), "by": "tools/site/build.py (nbclient)"}
+    if not complete:                            # not kept: the next build tries again
+        return json.loads(nbformat.writes(nb))
     target = executed / source.relative_to(ROOT)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(target))
