@@ -1,7 +1,8 @@
 """Engram: a conditional memory of hashed n-grams, looked up per token and gated into the residual stream.
 
 Paper: Cheng et al., "Conditional Memory via Scalable Lookup: A New Axis of Sparsity for Large Language Models"
-(DeepSeek-AI and Peking University, arXiv 2601.07372), §2 (the Engram module), with DeepSeek's official demo code
+(DeepSeek-AI and Peking University, arXiv 2601.07372), §2 (the Engram module; we could read only the paper's
+abstract, so its section numbers below are not re-checked), with DeepSeek's official demo code
 github.com/deepseek-ai/Engram, `engram_demo_v1.py` (Apache-2.0). This module follows the demo's forward pass:
 
   1. tokenizer compression (§2.2): a surjective map of token ids to canonical ids (e.g. 'Apple' and 'apple' -> one id)
@@ -17,9 +18,10 @@ github.com/deepseek-ai/Engram, `engram_demo_v1.py` (Apache-2.0). This module fol
   5. v_t = alpha_t * W_v e_t, then a short causal depthwise convolution (kernel 4, dilation N, SiLU) adds local
      context: out = v + SiLU(Conv(RMSNorm(v))). The block adds `out` to the residual stream before attention.
 
-DeepSeek-V4.1-Flash (2026-09) ships Engram at two layers; its released inference code, as ported by NVIDIA NeMo
-AutoModel (`nemo_automodel/components/models/deepseek_v41/engram.py`), keeps the hashing and the signed-square-root
-gate but has no short convolution and no projection biases (`short_conv=False` gives the first of these).
+DeepSeek-V4.1-Flash (2026-09) ships Engram at two layers (per NeMo's port; not re-checked against the model card); its
+released inference code, as ported by NVIDIA NeMo AutoModel
+(`nemo_automodel/components/models/deepseek_v41/engram.py`), keeps the hashing and the signed-square-root gate but has
+no short convolution and no projection biases (`short_conv=False` gives the first of these).
 
 Where the demo and this module differ: the demo compresses DeepSeek-V3's 129k-token vocabulary with a text normaliser
 and draws its hash multipliers with numpy; here `compression_map` applies the same kind of normalisation to any

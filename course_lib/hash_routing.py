@@ -1,12 +1,13 @@
 """Hash routing: DeepSeek-V4's first MoE layers choose experts by token id, not by a learned router.
 
-DeepSeek-V4 report §2.1: the dense FFNs of the first Transformer blocks of V3 are replaced by MoE layers with Hash
-routing (Roller et al. 2021, arXiv 2106.04426): "a predefined hash function" maps each input token id to its target
-experts; V4-Flash and V4-Pro hash-route their first 3 MoE layers (§4.2.1). In the released code (ported by
-transformers as ``DeepseekV4HashRouter``) the hash is a frozen table ``tid2eid`` (vocab x top_k); the gate weights
-of the chosen experts are still learned:
+DeepSeek-V4 report §2.1 (the section transformers' code cites; we could not obtain the report): the dense FFNs of the
+first Transformer blocks of V3 are replaced by MoE layers with Hash routing (Roller et al. 2021, arXiv 2106.04426): "a
+predefined hash function" maps each input token id to its target experts; V4-Flash and V4-Pro hash-route their first 3
+MoE layers (``num_hash_layers`` = 3 in both official ``config.json``). In the released code (ported by transformers as
+``DeepseekV4HashRouter``) the hash is a frozen table ``tid2eid`` (vocab x top_k); the gate weights of the chosen
+experts are still learned:
 
-    s_t      = ScoreFn(W_g u_t)                          affinities; V4 uses Sqrt(Softplus(.)) (§2.1)
+    s_t      = ScoreFn(W_g u_t)                          affinities; V4 uses Sqrt(Softplus(.)) (``scoring_func``)
     E_t      = tid2eid[token_id_t]                       the fixed experts of this token (no top-k, no bias)
     g_{i,t}  = s_{i,t} / sum_{j in E_t} s_{j,t} * routed_scaling_factor   for i in E_t (V3 Eq. 13-14's normalisation)
     h_t      = sum_{i in E_t} g_{i,t} FFN^(r)_i(u_t) + FFN^(s)(u_t)
@@ -18,8 +19,8 @@ What is here: ``hash_table`` (random as Roller et al.'s "Random Hash", or balanc
 ``HashMoE`` built from ``course_lib.moe``'s ``RoutedExperts`` and ``course_lib.layers``' ``SwiGLU``, ``use_hash_routing`` to put it into
 the first layers of a ``TinyLM``, and ``expert_load_of_table``.
 
-Where the code differs from the report: V4's experts clamp their SwiGLU (gate <= 10, up in [-10, 10], §4.2.3);
-ours do not (``swiglu_limit`` in transformers; the comparison test sets it out of reach).
+Where our code differs from the released one: V4's experts clamp their SwiGLU (gate <= 10, up in [-10, 10],
+``swiglu_limit``); ours do not (transformers has the clamp; the comparison test sets it out of reach).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _positive_int(name: str, value) -> int:
 
 
 def score(logits: torch.Tensor, score_func: str = "sqrtsoftplus") -> torch.Tensor:
-    """Affinities from router logits: sqrt(softplus) (V4 §2.1), sigmoid (V3 Eq. 15) or softmax (V2)."""
+    """Affinities from router logits: sqrt(softplus) (V4), sigmoid (V3 Eq. 15) or softmax (V2)."""
     if score_func == "sqrtsoftplus":
         return F.softplus(logits).sqrt()
     if score_func == "sigmoid":

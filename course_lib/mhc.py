@@ -2,17 +2,18 @@
 
 A plain residual block keeps ONE stream x and adds each sub-layer's output to it: x_{l+1} = x_l + F_l(x_l).
 Hyper-connections (HC; Zhu et al. 2025, arXiv 2409.19606) keep n streams X_l (n x d) and learn how to read them,
-mix them and write back (DeepSeek-V4 report §2.2, Eq. 1):
+mix them and write back (DeepSeek-V4 report §2.2, as transformers' code cites it):
 
     X_{l+1} = B_l X_l + C_l F_l(A_l X_l)          A_l: 1 x n (read), B_l: n x n (mix), C_l: n x 1 (write)
 
-Unconstrained, the product B_L ... B_1 over a deep stack can grow or shrink without bound. mHC (Xie et al. 2026;
-V4 §2.2, Eq. 2-8) keeps every B_l doubly stochastic (non-negative, rows and columns sum to 1) by Sinkhorn-Knopp
-iterations, so ||B_l||_2 <= 1 and any product of them is doubly stochastic again; A_l and C_l go through sigmoids.
+Unconstrained, the product B_L ... B_1 over a deep stack can grow or shrink without bound. mHC (Xie et al., arXiv
+2512.24880, 2025; v2 2026; V4 §2.2) keeps every B_l doubly stochastic (non-negative, rows and columns sum to 1) by
+Sinkhorn-Knopp iterations, so ||B_l||_2 <= 1 and any product of them is doubly stochastic again; A_l and C_l go
+through sigmoids.
 
 What is here:
-* ``sinkhorn_knopp``: alternate column and row normalisation (V4 Eq. 8), with an epsilon as the released code has.
-* ``HyperConnection``: A_l, B_l, C_l computed from the streams (V4 Eq. 3-7), in two flavours:
+* ``sinkhorn_knopp``: alternate column and row normalisation, with an epsilon as the released code has.
+* ``HyperConnection``: A_l, B_l, C_l computed from the streams (V4 §2.2), in two flavours:
   ``constrained=True`` (mHC, weights laid out exactly as transformers' ``DeepseekV4HyperConnection``) and
   ``constrained=False`` (HC: no Sinkhorn, no sigmoids, static part initialised to the identity residual).
 * ``HyperHead``: the final collapse of the n streams into one (transformers' ``DeepseekV4HyperHead``; the report
@@ -24,12 +25,14 @@ Where report and code differ (both are followed where they agree):
 * The report's Sinkhorn starts from exp(B~) and applies T_r(T_c(.)) t_max times. transformers (and V4's released
   inference code it ports) does the same but adds eps = hc_eps after the first normalisation and to every
   denominator; the result is doubly stochastic up to about eps. We follow the code (eps=0 gives the report's form).
-* The report writes A_l = sigmoid(A~_l) (Eq. 6); the code adds hc_eps. We follow the code.
+* The equations write A_l = sigmoid(A~_l); the code adds hc_eps. We follow the code.
 * The code stores B_l transposed ("comb" with X_{l+1} = comb^T X_l + ...). We work with B_l as in the report and
   transpose when comparing with transformers.
 
-Papers: DeepSeek-V4 technical report (2026) §2.2, Eq. 1-8; Xie et al. 2026 (mHC, arXiv 2512.24880); Zhu et al. 2025 (HC,
-arXiv 2409.19606); Sinkhorn & Knopp 1967.
+Papers: DeepSeek-V4 technical report (2026) §2.2 (section as transformers' DeepSeek-V4 code cites it; we could not
+obtain the report to re-check it or its equation numbers); Xie et al. (mHC, arXiv 2512.24880, 2025; v2 2026); Zhu
+et al. 2025 (HC, arXiv 2409.19606); Sinkhorn & Knopp 1967. The constants n_hc = 4, t_max = 20, eps = 1e-6 are
+``hc_mult``, ``hc_sinkhorn_iters``, ``hc_eps`` in the official V4-Flash and V4-Pro ``config.json``.
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ def _non_negative(name: str, value) -> float:
 def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6, return_history: bool = False):
     """Project (..., n, n) logits B~ onto (nearly) doubly stochastic matrices.
 
-    V4 Eq. 8:  M^(0) = exp(B~),  M^(t) = T_r(T_c(M^(t-1))),  B = M^(t_max)
+    Sinkhorn-Knopp (mHC, V4 §2.2):  M^(0) = exp(B~),  M^(t) = T_r(T_c(M^(t-1))),  B = M^(t_max)
     T_c divides each column by its sum, T_r each row. The first T_c on exp(B~) is a softmax over each column
     (numerically safe); like the released code we add eps after it and to each denominator (eps=0: the report).
     With ``return_history`` also returns the list of matrices after each T_r(T_c(.)) step.
@@ -135,7 +138,7 @@ def sinkhorn_by_hand(matrix: torch.Tensor, iters: int) -> list[torch.Tensor]:
 
 # --------------------------------------------------------------------------------------------- one connection
 class HyperConnection(nn.Module):
-    """Computes A_l X_l (the sub-layer input), B_l and C_l from the n streams X_l (V4 §2.2, Eq. 3-7).
+    """Computes A_l X_l (the sub-layer input), B_l and C_l from the n streams X_l (V4 §2.2).
 
     Parameters in transformers' layout (``DeepseekV4HyperConnection``): ``fn`` stacks W^pre, W^post, W^res
     ((2n + n^2) x n d), ``base`` stacks the static parts S^pre, S^post, S^res, ``scale`` = (alpha^pre, alpha^post,
@@ -171,7 +174,7 @@ class HyperConnection(nn.Module):
             raise ValueError(f"streams must have shape (batch, time, {self.n_streams}, {self.d_model}), "
                              f"got {tuple(streams.shape)}")
         n = self.n_streams
-        # Eq. 3-5: X^_l = RMSNorm(vec(X_l)) (no weight);  raw = alpha * (X^_l W) + S
+        # X^_l = RMSNorm(vec(X_l)) (no weight);  raw = alpha * (X^_l W) + S
         flat = _at_least_float32(streams.flatten(2))
         flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.rms_eps)
         mixes = F.linear(flat, self.fn.to(flat.dtype))
@@ -182,9 +185,9 @@ class HyperConnection(nn.Module):
         res_w = res_w.unflatten(-1, (n, n)).transpose(-1, -2)
         res_b = res_b.view(n, n).t()
         if self.constrained:
-            pre = torch.sigmoid(a_pre * pre_w + pre_b) + self.eps                           # Eq. 6 (+eps as the code)
-            post = 2 * torch.sigmoid(a_post * post_w + post_b)                              # Eq. 7
-            mix = sinkhorn_knopp(a_res * res_w + res_b, self.sinkhorn_iters, self.eps)      # Eq. 8
+            pre = torch.sigmoid(a_pre * pre_w + pre_b) + self.eps                           # A_l (+eps as the code)
+            post = 2 * torch.sigmoid(a_post * post_w + post_b)                              # C_l
+            mix = sinkhorn_knopp(a_res * res_w + res_b, self.sinkhorn_iters, self.eps)      # B_l
         else:
             pre = a_pre * torch.tanh(pre_w) + pre_b
             post = a_post * torch.tanh(post_w) + post_b
@@ -195,7 +198,7 @@ class HyperConnection(nn.Module):
 
     @staticmethod
     def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor):
-        """V4 Eq. 1:  X_{l+1} = B_l X_l + C_l F_l(A_l X_l).
+        """HC / mHC update (V4 §2.2):  X_{l+1} = B_l X_l + C_l F_l(A_l X_l).
 
         (B_l X_l)_i = sum_j B_ij x_j. For narrow streams (d < 128) a broadcast product and a sum is about 3x faster
         on a CPU than a batched matmul of one n x n matrix per token; for wider ones its (n, n, d) intermediate costs

@@ -2,14 +2,15 @@
 
 For a weight matrix W (n x m) with gradient G, Muon keeps a momentum M and steps along the *orthogonalised*
 momentum: the matrix U V^T of M's SVD U S V^T, i.e. M with every singular value set to 1. A few Newton-Schulz
-iterations compute it with matrix products only (no SVD). DeepSeek-V4 report §2.4, Algorithm 1:
+iterations compute it with matrix products only (no SVD). DeepSeek-V4 report §2.4, Algorithm 1 (as quoted in
+microsoft/dion issue 66 and PR 67; we could not obtain the report itself):
 
     M_t  = mu M_{t-1} + G_t                                   momentum
-    O'_t = HybridNewtonSchulz(mu M_t + G_t)                   Nesterov trick, then orthogonalise (Eq. 28)
-    O_t  = O'_t * sqrt(max(n, m)) * gamma                     update RMS rescaled to gamma (0.18 in V4, §4.2.2)
+    O'_t = HybridNewtonSchulz(mu M_t + G_t)                   Nesterov trick, then orthogonalise (Eq. 28 as cited)
+    O_t  = O'_t * sqrt(max(n, m)) * gamma                     update RMS rescaled to gamma (0.18 in V4, as quoted)
     W_t  = W_{t-1} (1 - eta lambda) - eta O_t                 decoupled weight decay and step
 
-Newton-Schulz step (Eq. 28), starting from M_0 = M / ||M||_F:  M_k = a M + b (M M^T) M + c (M M^T)^2 M.
+Newton-Schulz step, starting from M_0 = M / ||M||_F:  M_k = a M + b (M M^T) M + c (M M^T)^2 M.
 * Jordan et al. (2024): 5 steps of (a, b, c) = (3.4445, -4.7750, 2.0315) -- fast, leaves singular values in
   roughly [0.7, 1.2] rather than exactly 1 (``JORDAN_NS``).
 * DeepSeek-V4 ("hybrid"): 8 of those steps, then 2 steps of (2, -1.5, 0.5), which pull every singular value that
@@ -18,11 +19,11 @@ Newton-Schulz step (Eq. 28), starting from M_0 = M / ||M||_F:  M_k = a M + b (M 
   by 0.2 sqrt(max(n, m)) so the update's RMS matches AdamW's and AdamW's learning rate and weight decay carry over;
   V4 uses the same form with gamma = 0.18 (``rms_scale``).
 
-Which parameters (V4 §2.4 "Basic configurations"): AdamW for the embedding, the prediction head, the static
-biases and gating factors of mHC and every RMSNorm weight; Muon for all other matrices. A 3-D tensor of stacked
-expert matrices is orthogonalised expert by expert (V4 §3.5.1 optimises each expert independently).
-``split_params`` makes that split; ``MuonAdamW`` is one optimizer that applies Muon to one group and AdamW (the
-same formula as torch.optim.AdamW) to the other.
+Which parameters (the V4 report's rule as quoted in AI-Hypercomputer/maxtext PR 4065): AdamW for the embedding, the
+prediction head, the static biases and gating factors of mHC and every RMSNorm weight; Muon for all other matrices. A
+3-D tensor of stacked expert matrices is orthogonalised expert by expert (our choice; that V4 does the same is said to
+be in its report, not re-checked). ``split_params`` makes that split; ``MuonAdamW`` is one optimizer that applies Muon
+to one group and AdamW (the same formula as torch.optim.AdamW) to the other.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch.nn as nn
 FAST = (3.4445, -4.7750, 2.0315)          # Jordan et al. 2024: fastest growth of small singular values
 STABLE = (2.0, -1.5, 0.5)                 # the cubic Newton-Schulz step: fixes singular values at exactly 1
 JORDAN_NS = (FAST,) * 5
-V4_NS = (FAST,) * 8 + (STABLE,) * 2       # V4 §2.4: 8 fast steps, then 2 stabilising steps
+V4_NS = (FAST,) * 8 + (STABLE,) * 2       # V4 (as quoted): 8 fast steps, then 2 stabilising steps
 SCHEDULES = {"v4": V4_NS, "jordan": JORDAN_NS}
 
 
@@ -52,9 +53,9 @@ def _coefficients(schedule) -> tuple:
 def newton_schulz(g: torch.Tensor, schedule="v4", eps: float = 1e-7) -> torch.Tensor:
     """Approximate U V^T of g = U S V^T for a matrix (n, m) or a stack of matrices (..., n, m).
 
-    V4 Eq. 28:  M_0 = g / ||g||_F,  M_k = a M_{k-1} + b (M_{k-1} M_{k-1}^T) M_{k-1} + c (M_{k-1} M_{k-1}^T)^2 M_{k-1}
+    Newton-Schulz:  M_0 = g / ||g||_F,  M_k = a M_{k-1} + b (M_{k-1} M_{k-1}^T) M_{k-1} + c (M_{k-1} M_{k-1}^T)^2 M_{k-1}
     Works on the wide orientation (n <= m) so that M M^T is the smaller Gram matrix; float64 stays float64,
-    everything else runs in float32 (Jordan's GPU code uses bfloat16; V4 reports BF16 is stable too, §3.5.1).
+    everything else runs in float32 (Jordan's GPU code uses bfloat16).
     """
     if g.dim() < 2:
         raise ValueError(f"g must be a matrix or a stack of matrices, got shape {tuple(g.shape)}")
@@ -94,9 +95,9 @@ def update_scale(shape, rms_scale: float | None = 0.18) -> float:
 
 
 def split_params(model: nn.Module, adamw_modules=(nn.Embedding,), adamw_names=("head",)):
-    """(muon_params, adamw_params) following V4 §2.4: matrices (2-D, or 3-D stacked experts) to Muon; embeddings,
-    the output head (modules whose name ends with one of ``adamw_names``), norms, biases, mHC static biases and
-    gating factors (all 0-D / 1-D) to AdamW."""
+    """(muon_params, adamw_params) following V4's rule (as quoted, see the module docstring): matrices (2-D, or 3-D
+    stacked experts) to Muon; embeddings, the output head (modules whose name ends with one of ``adamw_names``),
+    norms, biases, mHC static biases and gating factors (all 0-D / 1-D) to AdamW."""
     muon, adamw, seen = [], [], set()
     for mod_name, module in model.named_modules():
         to_adamw = isinstance(module, adamw_modules) or any(

@@ -38,8 +38,10 @@ def topk_tokens(scores, k):
 @register(cases=[(torch.randn(4, 3, generator=_g(6)), torch.randn(4, 3, generator=_g(7)),
                   torch.randn(4, 3, generator=_g(8))),
                  (torch.randn(2, 5, generator=_g(9)), torch.zeros(2, 5), torch.zeros(2, 5))],
-          hint="V4 Eq. 11: per feature, softmax over the m tokens of the window of (Z + B), then the weighted sum "
-               "of C over those tokens: (C * softmax(Z + B, dim=0)).sum(0). (The RMSNorm comes after; leave it out.)",
+          hint="The pooling of transformers' DeepseekV4 compressors (V4 report §2.3.1 Eq. 9-17 for CSA, §2.3.2 "
+               "Eq. 20-23 for HCA, as cited there): per feature, softmax over the m tokens of the window of (Z + B), "
+               "then the weighted sum of C over those tokens: (C * softmax(Z + B, dim=0)).sum(0). "
+               "(The RMSNorm comes after; leave it out.)",
           wrong=[lambda c, z, b: (c * torch.softmax(z + b, dim=1)).sum(0),   # softmax over the features
                  lambda c, z, b: c.mean(0),                                  # a plain average
                  lambda c, z, b: (c * torch.softmax(z, dim=0)).sum(0)])      # forgot the positional bias
