@@ -12,7 +12,8 @@ _G = torch.Generator().manual_seed(8)
 
 @register(cases=[(torch.tensor([[2.0, 1.0], [1.0, 1.0]]),), (torch.rand(3, 3, generator=_G) + 0.1,),
                  (torch.rand(4, 4, generator=_G) + 0.01,), (torch.ones(2, 2),)],
-          hint="V4 Eq. 8: first divide every column by its sum (T_c), then every row by its sum (T_r). "
+          hint="Sinkhorn-Knopp step (mHC; V4 §2.2): first divide every column by its sum (T_c), "
+               "then every row by its sum (T_r). "
                "Columns are dim 0 (m.sum(0)), rows dim 1 (m.sum(1, keepdim=True)).",
           wrong=[lambda m: m / m.sum(1, keepdim=True) / (m / m.sum(1, keepdim=True)).sum(0),   # rows first
                  lambda m: m / m.sum(0),                                                       # columns only
@@ -27,7 +28,7 @@ def sinkhorn_step(m):
                   torch.tensor([[0.5, 0.5], [0.5, 0.5]]), torch.tensor([1.0, 2.0])),
                  (torch.randn(3, 4, generator=_G), torch.randn(4, generator=_G), torch.rand(3, 3, generator=_G),
                   torch.rand(3, generator=_G))],
-          hint="V4 Eq. 1: X_{l+1} = B_l X_l + C_l F_l(A_l X_l). Here streams X is (n, d), the layer output "
+          hint="HC update (V4 §2.2): X_{l+1} = B_l X_l + C_l F_l(A_l X_l). Here streams X is (n, d), the layer output "
                "y = F(A X) is (d,), mix B is (n, n), post C is (n,): B @ X + C[:, None] * y[None, :].",
           wrong=[lambda x, y, b, c: b.T @ x + c[:, None] * y[None, :],                 # B transposed
                  lambda x, y, b, c: x + c[:, None] * y[None, :],                       # plain residual, no mixing
@@ -40,7 +41,7 @@ def hc_update(streams, layer_output, mix, post):
 @register(cases=[(torch.tensor([[0.6, 0.0], [0.0, 0.3]]), (3.4445, -4.7750, 2.0315)),
                  (torch.randn(3, 5, generator=_G) / 4, (2.0, -1.5, 0.5)),
                  (torch.randn(4, 2, generator=_G) / 3, (3.4445, -4.7750, 2.0315))],
-          hint="V4 Eq. 28: M_k = a M + b (M M^T) M + c (M M^T)^2 M, with A = M @ M.T.",
+          hint="Newton-Schulz step (V4 §2.4, as quoted): M_k = a M + b (M M^T) M + c (M M^T)^2 M, with A = M @ M.T.",
           wrong=[lambda x, abc: abc[0] * x + abc[1] * (x @ x.T) @ x + abc[2] * (x @ x.T) @ x,   # (M M^T) not squared
                  lambda x, abc: abc[0] * x + abc[1] * x ** 3 + abc[2] * x ** 5,  # element-wise powers
                  lambda x, abc: abc[0] * x + abc[1] * (x @ x.T) @ x])             # dropped the fifth-order term
@@ -75,7 +76,9 @@ def hash_experts(table, input_ids):
 @register(kind="value", hint="The projection outputs pre (n values), post (n values) and the n x n mixing logits.",
           wrong=[16, 12, 8, 20])
 def mhc_outputs_per_token():
-    """How many numbers V4's mHC projection produces per token with n_hc = 4 streams (V4 §3.3: 'only 24')."""
+    """How many numbers V4's mHC projection produces per token with n_hc = 4 streams.
+
+    24 = 2n + n^2 outputs of the mHC projection in the V4 checkpoint."""
     n = 4
     return 2 * n + n * n
 
