@@ -400,3 +400,37 @@ def diagnose(folder, world: int, rank: int, stale_s: float = 3.0) -> str:
                          f"collectives, rank {rank} {mine['collectives']})")
     who = "; ".join(found) if found else "no other rank looks stopped (a network or backend error?)"
     return f"rank {rank}: a collective failed or timed out in step {mine['step']}: {who}"
+
+
+# --------------------------------------------------------------------------------------------- figure
+def plot_dispatch(indices: torch.Tensor, n_experts: int, world: int, token_rank=None, ax=None):
+    """Tokens (left, on the rank that holds them) and experts (right, grouped by rank); one arrow per dispatched
+    row, i.e. per (token, destination rank) pair, ending at the rank's box: the all-to-all's traffic, drawn."""
+    import matplotlib.pyplot as plt
+    n_tok, per = indices.shape[0], n_experts // world
+    token_rank = [0] * n_tok if token_rank is None else list(token_rank)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 0.5 * max(n_tok, n_experts) + 0.8))
+    colours = plt.get_cmap("tab10")
+    ey = lambda e: n_experts - 1 - e - 0.5 * (e // per)                      # experts, a gap between ranks
+    ty = lambda t: (n_experts + 0.5 * (world - 1)) * (1 - (t + 0.5) / n_tok) - 0.5
+    for q in range(world):
+        top, bottom = ey(q * per) + 0.4, ey((q + 1) * per - 1) - 0.4
+        ax.add_patch(plt.Rectangle((2.6, bottom), 1.2, top - bottom, fill=False, ec=colours(q), lw=1.5))
+        ax.text(3.9, (top + bottom) / 2, f"rank {q}", va="center", color=colours(q))
+    for e in range(n_experts):
+        ax.text(3.2, ey(e), f"expert {e}", ha="center", va="center", fontsize=8)
+    for t in range(n_tok):
+        ax.text(0, ty(t), f"token {t} (rank {token_rank[t]})", ha="right", va="center", fontsize=8,
+                color=colours(token_rank[t]))
+        for q in sorted({int(e) // per for e in indices[t]}):
+            mid = (ey(q * per) + ey((q + 1) * per - 1)) / 2
+            ax.annotate("", xy=(2.55, mid), xytext=(0.1, ty(t)),
+                        arrowprops=dict(arrowstyle="->", color=colours(q), alpha=0.7))
+            chosen = ",".join(str(int(e)) for e in indices[t] if int(e) // per == q)
+            ax.text(1.3, (ty(t) + mid) / 2 + 0.15, f"experts {chosen}", fontsize=7, color=colours(q), ha="center")
+    ax.set_xlim(-2.2, 4.8)
+    ax.set_ylim(-1 - 0.5 * (world - 1), n_experts)
+    ax.axis("off")
+    ax.set_title("dispatch: one row per token and destination rank", fontsize=9)
+    return ax

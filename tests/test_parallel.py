@@ -155,3 +155,13 @@ def test_bad_arguments():
         init_distributed(timeout_s=0)
     res = single(["--ep", "2", "--out", "unused"] + TRAIN)
     assert res.returncode != 0 and "ep must equal the number of processes" in res.stderr
+
+
+def test_plot_dispatch_draws_one_arrow_per_row():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib.parallel import dispatch_rows, plot_dispatch
+    idx = torch.tensor([[1, 2], [3, 6], [5, 7]])
+    ax = plot_dispatch(idx, 8, 2, token_rank=[0, 0, 1])
+    arrows = [c for c in ax.get_children() if type(c).__name__ == "Annotation"]
+    assert len(arrows) == int(dispatch_rows(idx, 8, 2).sum()) == 4
