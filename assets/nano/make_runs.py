@@ -1,6 +1,7 @@
-"""Recorded runs for notebook 09 (nano-DeepSeek): the three arms and the three ablations, longer than the notebook
-can afford. Writes assets/nano/runs/<name>.json and, for the main arm, the trained model in transformers' layout
-(assets/nano/nano_tiny/: config.json + model.safetensors, read with course_lib.nano_export.from_transformers).
+"""Recorded runs for notebook 09 (nano-DeepSeek): the three arms, the three ablations and the V4-style variant
+(course_lib.nano_v4), longer than the notebook can afford. Writes assets/nano/runs/<name>.json and, for the main
+arm, the trained model in transformers' layout (assets/nano/nano_tiny/: config.json + model.safetensors, read with
+course_lib.nano_export.from_transformers).
 
     python assets/nano/make_runs.py                      # all runs (defaults below), one CPU thread each
     python assets/nano/make_runs.py nano mha --steps 800 # some of them
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from course_lib import nano, nano_export, train_v3
+from course_lib import nano, nano_export, nano_v4, train_v3
 from course_lib.corpus import Corpus
 from course_lib.moe import max_violation, moe_layers
 
@@ -26,6 +27,7 @@ ARMS = {
     "no_mtp": nano.TINY.replace(name="without MTP", num_nextn_predict_layers=0),
     "aux_loss": nano.TINY.replace(name="aux loss instead of aux-loss-free", bias_update_speed=0.0,
                                   seq_aux_loss_alpha=0.0, aux_loss_alpha=0.003),   # V2 §3.1.2: alpha_1 = 0.003
+    "nano_v4": nano_v4.TINY_V4,                 # mHC streams + V4 sliding/CSA/HCA attention, the same MoE, no MTP
 }
 
 
@@ -59,9 +61,13 @@ def main(argv=None):
     (HERE / "runs").mkdir(exist_ok=True)
     for name in a.names:
         cfg = ARMS[name]
+        model = None
+        if isinstance(cfg, nano_v4.NanoV4Config):     # not a NanoConfig: built here from the seed train() would use
+            torch.manual_seed(0)
+            model = nano_v4.build_model(cfg)
         t0 = time.time()
         model, hist = train_v3.train(cfg, a.steps, corpus=corpus, batch_size=a.batch_size, seq_len=a.seq_len,
-                                     eval_every=25, eval_batches=8, desc=name)
+                                     eval_every=25, eval_batches=8, desc=name, model=model)
         seconds = time.time() - t0
         per_domain, maxvio = measure(model, corpus, a.seq_len)
         total = sum(p.numel() for p in nano.main_model(model).parameters())
