@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import (GQA, MHA, MQA, RMSNorm, _check_cache, _check_input, _positive_int, _rope_tables,  # noqa: F401
                      append_to_cache, apply_rope, attend, causal_mask, rope_cos_sin)
@@ -122,60 +123,113 @@ class MLA(nn.Module):
         return w_q_lat, w_o_lat
 
     def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None):
+        path = self.check_and_choose_path(x, start_pos, path)
+        B, T, _ = x.shape
+        if cache is not None:
+            _check_cache(cache, {"c_kv": (B, None, self.kv_lora_rank), "k_rope": (B, None, self.qk_rope_head_dim)},
+                         start_pos, x)
+        _, q_nope, q_rope, c_kv, k_rope = self.project(x, start_pos)
+        # Only these two small tensors are cached: (d_c + d^R_h) numbers per token.
+        c_kv, k_rope = append_to_cache(cache, 1, c_kv=c_kv, k_rope=k_rope)
+        mask = causal_mask(T, c_kv.shape[1], x.device)
+        if path == "naive":
+            o = self.attend_naive(q_nope, q_rope, c_kv, k_rope, mask, causal=True)
+        else:
+            o = self.attend_absorbed(q_nope, q_rope, c_kv, k_rope, mask)
+        return self.output(o)
+
+    # ---- the pieces of forward; course_lib.dsa.DSA reuses them with its own selection of keys
+    def check_and_choose_path(self, x, start_pos, path: str | None) -> str:
+        """Validate x and start_pos; return "naive" or "absorbed" for this call (path=None: the module's path)."""
         _check_input(x, self.d_model, start_pos)
         path = self.path if path is None else path
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        B, T, _ = x.shape
         if path == "auto":
             # A prompt is compute-bound: decompressing each token once is cheaper than scoring T x T pairs in the
             # 3x wider latent space (d_c + d^R_h = 576 vs d_h + d^R_h = 192 at V3). A decode step reads the whole
             # cache for one query: there, touching only the latents is what makes MLA fast.
-            path = "naive" if T > 1 else "absorbed"
-        H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
-            self.kv_lora_rank
-        if cache is not None:
-            _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr)}, start_pos, x)
-        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
+            path = "naive" if x.shape[1] > 1 else "absorbed"
+        return path
 
+    def project(self, x, start_pos: int):
+        """The projections of the T new tokens x (B, T, d) at positions start_pos .. start_pos + T - 1:
+        (c_q, q_nope (B, H, T, d_h), q_rope (B, H, T, d^R_h), c_kv (B, T, d_c), k_rope (B, T, d^R_h)).
+        c_kv and k_rope are what the cache keeps; c_q is the compressed query (x itself without q_lora_rank)."""
+        B, T, _ = x.shape
+        H, dn, dr, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.kv_lora_rank
+        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
         # Eq. 12: c^Q_t = W^DQ h_t (then RMSNorm, V2 §3.1.2); without query compression q_up reads h_t directly.
         c_q = x if self.q_down is None else self.q_norm(self.q_down(x))
         # Eq. 13-14: q^C_t = W^UQ c^Q_t and q^R_t = RoPE(W^QR c^Q_t), one [q^C_i; q^R_i] block per head.
         q = self.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2)                   # (B, H, T, dn + dr)
         q_nope, q_rope = q.split([dn, dr], dim=-1)
         q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleaved)
-
         # Eq. 9: c^KV_t = W^DKV h_t (then RMSNorm) and Eq. 15: k^R_t = RoPE(W^KR h_t), ONE rope key for all heads.
         c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
         c_kv = self.kv_norm(c_kv)                                                    # (B, T, dc)
         k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)     # (B, T, dr)
-        # Only these two small tensors are cached: (d_c + d^R_h) numbers per token.
-        c_kv, k_rope = append_to_cache(cache, 1, c_kv=c_kv, k_rope=k_rope)
-        S = c_kv.shape[1]
-        mask = causal_mask(T, S, x.device)
+        return c_q, q_nope, q_rope, c_kv, k_rope
 
-        if path == "naive":
-            # Eq. 10-11: k^C = W^UK c^KV, v^C = W^UV c^KV for EVERY cached token, recomputed at each step.
-            kv = self.kv_up(c_kv).view(B, S, H, dn + dv).transpose(1, 2)             # (B, H, S, dn + dv)
-            k_nope, v = kv.split([dn, dv], dim=-1)
-            # Eq. 16-17: q_{t,i} = [q^C_{t,i}; q^R_{t,i}], k_{j,i} = [k^C_{j,i}; k^R_j] (k^R shared by the heads).
-            q_full = torch.cat([q_nope, q_rope], dim=-1)
-            k_full = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)
-            # Eq. 18: o_{t,i} = sum_j softmax_j(q_{t,i}^T k_{j,i} / sqrt(d_h + d^R_h)) v^C_{j,i}
-            o = attend(q_full, k_full, v, self.softmax_scale, mask)                  # (B, H, T, dv)
-        else:
-            w_uk, w_uv = self.w_uk_uv()                                              # (H, dn, dc), (H, dv, dc)
-            # Absorb W^UK into the query (V2 §2.1.2): q^C_{t,i}^T (W^UK_i c_j) = (W^UK_i^T q^C_{t,i})^T c_j,
-            # so each head's content query becomes a d_c-vector compared with the cached latents directly.
-            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                     # (B, H, T, dc)
-            # Eq. 18 in latent space: scores = q_lat . c_kv + q^R . k^R; keys are the cache itself, shared by heads.
-            scores = (q_lat @ c_kv[:, None].transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1))
-            scores = scores * self.softmax_scale
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            # sum_j p_j W^UV_i c_j = W^UV_i (sum_j p_j c_j): average the latents first, decompress once per query.
-            o_lat = torch.softmax(scores, dim=-1) @ c_kv[:, None]                    # (B, H, T, dc)
-            # Absorb W^UV into the output side: W^UV_i is applied to one d_c vector per head, then W^O (Eq. 19).
-            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)                          # (B, H, T, dv)
-        # Eq. 19: u_t = W^O [o_{t,1}; ...; o_{t,n_h}]
+    def attend_naive(self, q_nope, q_rope, c_kv, k_rope, mask, causal: bool = False):
+        """Decompress the S cached latents to full keys and values and attend: o (B, H, T, d_v).
+
+        mask: None (every key visible), or boolean, True = may attend, broadcastable to (B, H, T, S).
+        causal=True says mask is causal_mask(T, S), which lets the fused kernel skip it for a prompt (T == S)."""
+        B, H, T, _ = q_nope.shape
+        S, dn, dr, dv = c_kv.shape[1], self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim
+        # Eq. 10-11: k^C = W^UK c^KV, v^C = W^UV c^KV for EVERY cached token, recomputed at each step.
+        kv = self.kv_up(c_kv).view(B, S, H, dn + dv).transpose(1, 2)                 # (B, H, S, dn + dv)
+        k_nope, v = kv.split([dn, dv], dim=-1)
+        # Eq. 16-17: q_{t,i} = [q^C_{t,i}; q^R_{t,i}], k_{j,i} = [k^C_{j,i}; k^R_j] (k^R shared by the heads).
+        q_full = torch.cat([q_nope, q_rope], dim=-1)
+        k_full = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)
+        # Eq. 18: o_{t,i} = sum_j softmax_j(q_{t,i}^T k_{j,i} / sqrt(d_h + d^R_h)) v^C_{j,i}
+        return _attention(q_full, k_full, v, self.softmax_scale, mask, causal)
+
+    def attend_absorbed(self, q_nope, q_rope, c_kv, k_rope, mask):
+        """Attend in the latent space without decompressing the cache: o (B, H, T, d_v).
+
+        c_kv (B, S, d_c) and k_rope (B, S, d^R_h) are the keys of every query; or (B, T, K, d_c) and (B, T, K, d^R_h),
+        K keys chosen per query (DSA's top-k selection). mask: None or boolean, True = may attend, broadcastable to
+        (B, H, T, S or K)."""
+        w_uk, w_uv = self.w_uk_uv()                                                  # (H, dn, dc), (H, dv, dc)
+        # Absorb W^UK into the query (V2 §2.1.2): q^C_{t,i}^T (W^UK_i c_j) = (W^UK_i^T q^C_{t,i})^T c_j,
+        # so each head's content query becomes a d_c-vector compared with the cached latents directly.
+        q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                         # (B, H, T, dc)
+        keys = "bsc" if c_kv.dim() == 3 else "btsc"                                  # shared, or one set per query
+        # Eq. 18 in latent space: scores = q_lat . c_kv + q^R . k^R; keys are the cache itself, shared by heads.
+        scores = (torch.einsum(f"bhtc,{keys}->bhts", q_lat, c_kv)
+                  + torch.einsum(f"bhtc,{keys}->bhts", q_rope, k_rope)) * self.softmax_scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        # sum_j p_j W^UV_i c_j = W^UV_i (sum_j p_j c_j): average the latents first, decompress once per query.
+        o_lat = torch.einsum(f"bhts,{keys}->bhtc", torch.softmax(scores, dim=-1), c_kv)   # (B, H, T, dc)
+        # Absorb W^UV into the output side: W^UV_i is applied to one d_c vector per head, then W^O (Eq. 19).
+        return torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)                           # (B, H, T, dv)
+
+    def output(self, o):
+        """Eq. 19: u_t = W^O [o_{t,1}; ...; o_{t,n_h}] for o (B, H, T, d_v) -> (B, T, d)."""
+        B, H, T, dv = o.shape
         return self.out(o.transpose(1, 2).reshape(B, T, H * dv))
+
+
+def _attention(q, k, v, scale: float, mask, causal: bool = False):
+    """softmax(q k^T * scale + mask) v, q/k (..., T or S, D), v (..., S, D_v); mask None or boolean (True = keep).
+
+    float64 (the exactness tests) takes the written-out layers.attend. Otherwise PyTorch's fused kernel:
+    F.scaled_dot_product_attention, with v zero-padded to q's head size where the two differ (MLA: d_h + d^R_h
+    vs d_v) -- its fast CPU kernel (flash attention) wants equal sizes; the padded output columns are exactly zero
+    and are cut off. causal=True (mask is causal_mask(T, S)) with T == S is passed as is_causal, which that kernel
+    handles without reading a T x S mask. transformers' DeepseekV3 pads v the same way for its flash-attention
+    path."""
+    if q.dtype == torch.float64:
+        return attend(q, k, v, scale, mask)
+    T, S, D, Dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+    if Dv < D:
+        v = F.pad(v, (0, D - Dv))
+    if causal and T == S:
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return o[..., :Dv]

@@ -9,7 +9,7 @@ DeepSeek-V3.2 (arXiv 2512.02556; first released as DeepSeek-V3.2-Exp) §2.1 adds
   top-k of its row,  u_t = Attn(h_t, {c_s | I_{t,s} in Top-k(I_{t,:})}).
 
 Details follow the official inference code (github.com/deepseek-ai/DeepSeek-V3.2-Exp, inference/model.py, class
-Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/test_dsa_reference.py):
+Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/test_sparse_attention_dsa_reference.py):
   q^I from the MLA's compressed query c^Q (the indexer reuses W^DQ), k^I = LayerNorm(W^K_I h) ONE key per token
   shared by the indexer heads, RoPE on the first d^R_h features of q^I and k^I, weights w^I = W^w h / sqrt(H^I)
   and the dot products scaled by 1 / sqrt(d^I).
@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import MLA
-from .layers import _check_cache, _check_input, _positive_int, _rope_tables, apply_rope, causal_mask
+from .layers import _check_cache, _positive_int, _rope_tables, apply_rope, causal_mask
 
 
 def _check_topk(index_topk) -> int:
@@ -161,7 +161,7 @@ class DSA(MLA):
       indexer_rope_interleaved  RoPE layout of the indexer (default rotate-half, as transformers)
       max_context       optional longest context; index_topk above it raises (the selection would keep everything)
     Every MLA weight keeps its name, so MLA.state_dict() loads into a DSA (strict=False: the indexer is new), and
-    with index_topk >= context the output equals MLA's (tests/test_dsa.py).
+    with index_topk >= context the output equals MLA's (tests/test_sparse_attention.py).
 
     Paths: "naive" masks the unselected tokens out of the full decompressed attention (what the official prefill
     does); "absorbed" gathers the k selected latents and attends in latent space over those only, so a decode step
@@ -187,27 +187,14 @@ class DSA(MLA):
 
     def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None,
                 return_indices: bool = False):
-        _check_input(x, self.d_model, start_pos)
-        path = self.path if path is None else path
-        if path not in ("auto", "naive", "absorbed"):
-            raise ValueError(f"path must be one of ('auto', 'naive', 'absorbed'), got {path!r}")
+        path = self.check_and_choose_path(x, start_pos, path)
         B, T, _ = x.shape
-        if path == "auto":
-            path = "naive" if T > 1 else "absorbed"
-        H, dn, dr, dv, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, \
-            self.kv_lora_rank
+        dc, dr = self.kv_lora_rank, self.qk_rope_head_dim
         if cache is not None:
             _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr),
                                  "k_index": (B, None, self.indexer.head_dim)}, start_pos, x)
-        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
-        # MLA's projections, V2 Eq. 9-15 (see course_lib.attention.MLA).
-        c_q = x if self.q_down is None else self.q_norm(self.q_down(x))
-        q = self.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2)
-        q_nope, q_rope = q.split([dn, dr], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleaved)
-        c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
-        c_kv = self.kv_norm(c_kv)
-        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)
+        # MLA's projections, V2 Eq. 9-15 (course_lib.attention.MLA.project).
+        c_q, q_nope, q_rope, c_kv, k_rope = self.project(x, start_pos)
         S = start_pos + T
         everything = self.index_topk >= S            # nothing to drop: skip the scoring, attend densely
         if isinstance(cache, GrowingCache):
@@ -225,43 +212,29 @@ class DSA(MLA):
             if cache is not None:
                 cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
         causal = causal_mask(T, S, x.device)
-        if causal is None:
-            causal = torch.ones(1, S, dtype=torch.bool, device=x.device)
         if everything:
             idx = torch.arange(S, device=x.device).expand(B, T, S)
         else:
             idx = select_topk(index_scores, self.index_topk)                        # (B, T, k)
 
-        if path == "naive":
-            # The official prefill: full attention with a -inf mask on the tokens the indexer did not keep.
-            keep = topk_mask(idx, S) & causal                                       # (B, T, S)
-            kv = self.kv_up(c_kv).view(B, S, H, dn + dv).transpose(1, 2)
-            k_nope, v = kv.split([dn, dv], dim=-1)
-            k_full = torch.cat([k_nope, k_rope[:, None].expand(B, H, S, dr)], dim=-1)
-            scores = (torch.cat([q_nope, q_rope], dim=-1) @ k_full.transpose(-2, -1)) * self.softmax_scale
-            scores = scores.masked_fill(~keep[:, None], float("-inf"))
-            o = torch.softmax(scores, dim=-1) @ v                                   # (B, H, T, dv)
-        elif everything:
-            # Dense absorbed MLA (course_lib.attention.MLA's decode path): every latent, no gather.
-            w_uk, w_uv = self.w_uk_uv()
-            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)
-            scores = (q_lat @ c_kv[:, None].transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1))
-            scores = (scores * self.softmax_scale).masked_fill(~causal, float("-inf"))
-            o_lat = torch.softmax(scores, dim=-1) @ c_kv[:, None]
-            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)
+        if everything:
+            # Dense MLA (either path of course_lib.attention.MLA): every latent, no selection.
+            if path == "naive":
+                o = self.attend_naive(q_nope, q_rope, c_kv, k_rope, causal, causal=True)
+            else:
+                o = self.attend_absorbed(q_nope, q_rope, c_kv, k_rope, causal)
+        elif path == "naive":
+            # The official prefill: full attention with the tokens the indexer did not keep masked out.
+            keep = topk_mask(idx, S) if causal is None else topk_mask(idx, S) & causal   # (B, T, S)
+            o = self.attend_naive(q_nope, q_rope, c_kv, k_rope, keep[:, None])
         else:
             # Absorbed MLA over the k gathered latents only: O(k) per query instead of O(S).
-            w_uk, w_uv = self.w_uk_uv()
-            q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                    # (B, H, T, dc)
             c_sel = torch.gather(c_kv[:, None].expand(B, T, S, dc), 2, idx[..., None].expand(-1, -1, -1, dc))
             r_sel = torch.gather(k_rope[:, None].expand(B, T, S, dr), 2, idx[..., None].expand(-1, -1, -1, dr))
-            scores = (torch.einsum("bhtc,btkc->bhtk", q_lat, c_sel)
-                      + torch.einsum("bhtr,btkr->bhtk", q_rope, r_sel)) * self.softmax_scale
-            valid = torch.gather(causal.expand(B, T, S), 2, idx)                    # (B, T, k)
-            scores = scores.masked_fill(~valid[:, None], float("-inf"))
-            o_lat = torch.einsum("bhtk,btkc->bhtc", torch.softmax(scores, dim=-1), c_sel)
-            o = torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)
-        out = self.out(o.transpose(1, 2).reshape(B, T, H * dv))
+            # selected future tokens (when fewer than k are visible) stay masked
+            valid = None if causal is None else torch.gather(causal.expand(B, T, S), 2, idx)   # (B, T, k)
+            o = self.attend_absorbed(q_nope, q_rope, c_sel, r_sel, None if valid is None else valid[:, None])
+        out = self.output(o)
         return (out, idx) if return_indices else out
 
 

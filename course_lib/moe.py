@@ -151,9 +151,16 @@ def sequence_balance_loss(scores: torch.Tensor, indices: torch.Tensor, n_experts
     n_tok, _ = scores.shape
     if n_tok % seq_len:
         raise ValueError(f"seq_len={seq_len} must divide the number of tokens ({n_tok})")
-    losses = [expert_balance_loss(s, i, n_experts, top_k)
-              for s, i in zip(scores.split(seq_len), indices.split(seq_len))]
-    return torch.stack(losses).mean()
+    # The same f_i and P_i as _balance_terms, for all sequences at once (one row per sequence, no Python loop).
+    n_seq = n_tok // seq_len
+    # V3 eq. (18) per sequence: f_{b,i} = N_r / (K_r T) * (slots of sequence b routed to expert i)
+    slots = indices.reshape(n_seq, seq_len * top_k)
+    counts = scores.new_zeros(n_seq, n_experts).scatter_add_(1, slots, scores.new_ones(slots.shape))
+    f = counts * n_experts / (top_k * seq_len)
+    # V3 eqs. (19)-(20) per sequence: P_{b,i} = 1/T sum_{t in b} s'_{i,t}
+    p = (scores / scores.sum(dim=-1, keepdim=True)).reshape(n_seq, seq_len, n_experts).mean(dim=1)
+    # V3 eq. (17) per sequence, then the mean over the sequences
+    return (f * p).sum(dim=-1).mean()
 
 
 @torch.no_grad()
@@ -183,7 +190,8 @@ class MoE(nn.Module):
       seq_aux_loss_alpha (V3 sequence-wise loss weight), dispatch "sparse" | "loop".
 
     After each forward: ``aux_loss`` (scalar; alpha-weighted sum of the configured balance losses, zero
-    if none), ``last_topk_idx`` (B*T, K_r), ``last_load`` (E,) token counts of that forward.
+    if none; also zero in eval mode or under ``torch.no_grad()``, where no gradient step can use it),
+    ``last_topk_idx`` (B*T, K_r), ``last_load`` (E,) token counts of that forward (recorded in every mode).
     In training mode with gamma > 0 the counts also accumulate until ``update_bias()`` is called
     (once per optimiser step; see ``update_biases(model)``).
     """
@@ -277,14 +285,20 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
 
-        # bookkeeping for balance: counts per expert (outside autograd)
+        # bookkeeping for balance: counts per expert (outside autograd); cheap, and read by MaxVio plots and the
+        # aux-loss-free bias update, so it is kept in every mode
         with torch.no_grad():
             load = expert_load(indices, self.n_routed_experts)
             self.last_load = load
             self.last_topk_idx = indices
             if self.training and self.bias_update_speed > 0:
                 self.load_since_update += load.to(self.load_since_update.device)
-        self.aux_loss = self.balance_loss(scores, indices, seq_len)
+        # The balance losses only matter for a gradient step: in eval mode or under no_grad (decoding, evaluation)
+        # they are skipped and aux_loss is a zero scalar.
+        if self.training and torch.is_grad_enabled():
+            self.aux_loss = self.balance_loss(scores, indices, seq_len)
+        else:
+            self.aux_loss = scores.new_zeros(())
         return y.reshape(bsz, seq_len, d)
 
     def balance_loss(self, scores: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -78,6 +78,28 @@ def test_naive_and_absorbed_agree_in_float32():
     assert (naive - absorbed).abs().max() < 1e-5
 
 
+def test_mla_fused_float32_naive_path_matches_written_out_float64():
+    """float32 naive MLA runs torch's SDPA (v padded to the q/k head size; is_causal for a prompt, the mask for a
+    chunk after a cache), float64 the written-out softmax: same weights -> same outputs and gradients."""
+    m64 = make_mla(seed=16)
+    m32 = make_mla(seed=16, dtype=torch.float32)
+    m32.load_state_dict(m64.state_dict())
+    assert m32.qk_head_dim != m32.v_head_dim                                    # the padded case is the one tested
+    x = rand(2, 9, 48, seed=17)
+    full64 = m64(x, path="naive")
+    full32 = m32(x.float(), path="naive")
+    assert (full32.double() - full64).abs().max() < 1e-5
+    with torch.no_grad():                                                       # prompt 4, then a chunk of 5 (T < S)
+        cache = {}
+        chunked = torch.cat([m32(x[:, :4].float(), cache=cache, path="naive"),
+                             m32(x[:, 4:].float(), start_pos=4, cache=cache, path="naive")], dim=1)
+    assert (chunked.double() - full64).abs().max() < 1e-5
+    full64.pow(2).sum().backward()
+    full32.pow(2).sum().backward()
+    for (name, p64), p32 in zip(m64.named_parameters(), m32.parameters()):
+        assert (p32.grad.double() - p64.grad).abs().max() < 1e-4 * (1 + p64.grad.abs().max()), name
+
+
 def test_absorbed_gradients_match_naive():
     """The absorbed path is a re-association of the same products, so training sees the same gradients."""
     grads = []

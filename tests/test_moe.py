@@ -118,6 +118,20 @@ def test_sequence_balance_loss_is_per_sequence():
         sequence_balance_loss(scores, idx, 2, 1, seq_len=3)
 
 
+def test_sequence_balance_loss_equals_expert_loss_per_sequence():
+    """The vectorised per-sequence loss = the mean of expert_balance_loss on each sequence alone (random routing),
+    and the gradient to the affinities agrees too."""
+    g = torch.Generator().manual_seed(4)
+    scores = torch.rand(5 * 7, 6, dtype=torch.float64, generator=g).requires_grad_(True)
+    idx = torch.rand(5 * 7, 6, generator=g).topk(2, dim=-1).indices
+    got = sequence_balance_loss(scores, idx, 6, 2, seq_len=7)
+    want = torch.stack([expert_balance_loss(s, i, 6, 2) for s, i in zip(scores.split(7), idx.split(7))]).mean()
+    torch.testing.assert_close(got, want)
+    g_got, = torch.autograd.grad(got, scores)
+    g_want, = torch.autograd.grad(want, scores)
+    torch.testing.assert_close(g_got, g_want)
+
+
 def test_max_violation():
     assert max_violation(torch.tensor([2.0, 2.0, 2.0])) == pytest.approx(0.0)
     assert max_violation(torch.tensor([6.0, 1.0, 1.0, 0.0])) == pytest.approx(6 / 2 - 1)
@@ -172,6 +186,26 @@ def test_plugin_interface_attributes():
     plain = small_moe()
     plain(x)
     assert plain.aux_loss.item() == 0.0
+
+
+def test_eval_and_no_grad_skip_the_balance_losses_but_not_the_output_or_the_counts():
+    moe = small_moe(aux_loss_alpha=0.01, seq_aux_loss_alpha=0.001, bias_update_speed=0.01)
+    x = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    train_out = moe(x)
+    assert moe.aux_loss.item() > 0
+    train_idx, train_load = moe.last_topk_idx.clone(), moe.last_load.clone()
+    counted = moe.load_since_update.clone()
+    moe.eval()
+    eval_out = moe(x)
+    torch.testing.assert_close(eval_out, train_out.detach())             # the mode does not change the output
+    assert moe.aux_loss.dim() == 0 and moe.aux_loss.item() == 0.0         # documented: zero in eval mode
+    assert torch.equal(moe.last_topk_idx, train_idx) and torch.equal(moe.last_load, train_load)
+    assert torch.equal(moe.load_since_update, counted)                    # eval forwards are not counted
+    moe.train()
+    with torch.no_grad():                                                 # training mode but no gradient step
+        torch.testing.assert_close(moe(x), train_out.detach())
+    assert moe.aux_loss.item() == 0.0
+    assert torch.equal(moe.last_load, train_load)
 
 
 def test_update_bias_in_training_only_and_balances():
