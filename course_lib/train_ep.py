@@ -198,8 +198,8 @@ def train_ep(cfg, steps: int, out, ep: int, batch_size: int = 16, seq_len: int =
         except (RuntimeError, dist.DistBackendError) as err:
             if not info.distributed:
                 raise
-            time.sleep(2.0)                                # let a dead rank's heartbeat go stale (1.5 s)
-            print(parallel.diagnose(beat, info.world, info.rank, stale_s=1.5) + f" ({type(err).__name__})",
+            time.sleep(3.5)                 # let a dead rank's heartbeat go stale (3 s: six missed 0.5 s pulses)
+            print(parallel.diagnose(beat, info.world, info.rank, stale_s=3.0) + f" ({type(err).__name__})",
                   file=sys.stderr, flush=True)
             os._exit(2)                                    # the process group is broken: leave without cleanup
         history = _with(history, done, logs)
