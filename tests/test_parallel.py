@@ -165,3 +165,17 @@ def test_plot_dispatch_draws_one_arrow_per_row():
     ax = plot_dispatch(idx, 8, 2, token_rank=[0, 0, 1])
     arrows = [c for c in ax.get_children() if type(c).__name__ == "Annotation"]
     assert len(arrows) == int(dispatch_rows(idx, 8, 2).sum()) == 4
+
+
+def test_diagnose_names_dead_and_hung_ranks(tmp_path):
+    import time as _time
+    from course_lib.parallel import diagnose
+    now = _time.time()
+    beats = {0: (now, 4, 30), 1: (now - 10, 3, 22), 2: (now, 4, 25), 3: (now, 4, 30)}   # time, step, collectives
+    for r, (t, s, c) in beats.items():
+        (tmp_path / f"rank{r}.json").write_text(json.dumps({"rank": r, "time": t, "step": s, "collectives": c}))
+    msg = diagnose(tmp_path, 5, 0, stale_s=3.0)
+    assert msg.startswith("rank 0: a collective failed or timed out in step 4: ")
+    assert "rank 1 died (no heartbeat for 10 s, last in step 3)" in msg
+    assert "rank 2 is alive but hangs in step 4 (entered 25 collectives, rank 0 30)" in msg
+    assert "rank 3" not in msg and "rank 4 never started" in msg
