@@ -185,6 +185,7 @@ def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_le
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
+        history.setdefault("val_flops", [])      # a checkpoint of an expert-parallel run (train_ep) has no FLOP log
     model.nano_config = cfg
     get_train = batch_fn(corpus, "train", batch_size, seq_len, seed)
     get_val = batch_fn(corpus, "val", batch_size, seq_len, seed + 1)
@@ -230,7 +231,23 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
     p.add_argument("--max-chars", type=int, default=None, help="use only the start of each corpus part (quick runs)")
     p.add_argument("--export", action="store_true", help="also write OUT/hf for transformers (nano_export)")
+    p.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel ranks: run under `torchrun --nproc-per-node N` with --ep N (notebook 10)")
+    p.add_argument("--timeout", type=float, default=60.0, help="with --ep: seconds a collective waits before failing")
     a = p.parse_args(argv)
+    if a.ep < 1:
+        p.error(f"--ep must be a positive int, got {a.ep}")
+    if a.ep > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several processes: the same model, data and step, with experts spread over the ranks (course_lib.train_ep).
+        if a.export:
+            p.error("--export works in one process: export the gathered checkpoint afterwards")
+        from . import train_ep
+        forwarded = ["--ep", str(a.ep), "--preset", a.preset, "--steps", str(a.steps), "--out", a.out,
+                     "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--lr", str(a.lr),
+                     "--seed", str(a.seed), "--eval-every", str(a.eval_every), "--ckpt-every", str(a.ckpt_every),
+                     "--threads", str(a.threads), "--timeout", str(a.timeout)]
+        forwarded += ["--resume"] * a.resume + (["--max-chars", str(a.max_chars)] if a.max_chars else [])
+        return train_ep.main(forwarded)
     if a.preset == "v3":
         p.error("--preset v3 is the published shape, for counting only")
     torch.set_num_threads(a.threads)

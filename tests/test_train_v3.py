@@ -83,3 +83,18 @@ def test_bad_arguments():
         train_v3.train(CFG, 0)
     with pytest.raises(ValueError, match="resume"):
         train_v3.train(CFG, 2, resume=True)
+
+
+def test_cli_with_ep_hands_the_run_to_train_ep(monkeypatch, tmp_path):
+    from course_lib import train_ep
+    seen = {}
+    monkeypatch.setattr(train_ep, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert train_v3.main(["--steps", "5", "--out", str(tmp_path), "--ep", "2", "--resume", "--max-chars", "999"]) == 0
+    argv = seen["argv"]
+    pairs = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--") and not argv[i + 1].startswith("--")}
+    assert pairs["--ep"] == "2" and pairs["--steps"] == "5" and pairs["--out"] == str(tmp_path)
+    assert "--resume" in argv and pairs.get("--max-chars") == "999"
+    with pytest.raises(SystemExit):
+        train_v3.main(["--steps", "5", "--out", str(tmp_path), "--ep", "0"])
+    with pytest.raises(SystemExit):
+        train_v3.main(["--steps", "5", "--out", str(tmp_path), "--ep", "2", "--export"])
