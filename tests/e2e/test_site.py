@@ -38,9 +38,8 @@ WIDGET_AS_TEXT = ("VBox(children=", "HBox(children=", "interactive(children=", "
                   "FloatSlider(value=", "Dropdown(")
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static"}
 
-if not (SITE / "index.html").exists():
-    if e2e_enabled() and os.environ.get("COURSE_SITE_REQUIRED") == "1":
-        raise RuntimeError(f"no website in {SITE}: run `make site` first")
+SITE_BUILT = (SITE / "index.html").exists()
+if not SITE_BUILT and os.environ.get("COURSE_SITE_REQUIRED") != "1":
     pytestmark = [needs_e2e, pytest.mark.skip(reason="no website built: run `make site`")]
 
 
@@ -82,6 +81,7 @@ def parsed(path: Path) -> _Links:
 
 
 def test_site_has_a_page_per_notebook_and_the_reference_pages():
+    assert SITE_BUILT, f"no website in {SITE}: run `make site` first"
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + sorted(
         (ROOT / "notebooks" / "solutions").glob("*.ipynb"))
     missing = [nb.relative_to(ROOT).as_posix() for nb in notebooks
@@ -234,6 +234,8 @@ def glossary_term() -> str:
 
 
 def test_search_finds_a_glossary_term(page_of, server):
+    if not SITE_BUILT:
+        pytest.skip("no website (test_site_has_a_page_per_notebook_and_the_reference_pages fails for it)")
     page, record = page_of
     term = glossary_term()
     page.goto(f"{server}/search.html?q={term}", wait_until="load")
@@ -248,6 +250,8 @@ def test_search_finds_a_glossary_term(page_of, server):
 
 
 def test_cheatsheet_prints_one_page_per_notebook(page_of, server):
+    if not SITE_BUILT:
+        pytest.skip("no website (test_site_has_a_page_per_notebook_and_the_reference_pages fails for it)")
     page, _ = page_of
     page.goto(f"{server}/docs/cheatsheet.html", wait_until="load")
     page.evaluate(JS_MATH)
