@@ -12,7 +12,8 @@ from . import asset_path
 from .model import ByteTokenizer, generate
 from .mtp import MTPModel, speculative_generate
 
-RUN_NAMES = ("nano", "dense_iso_flop", "dense_iso_param", "mha", "no_mtp", "aux_loss")
+RUN_NAMES = ("nano", "dense_iso_flop", "dense_iso_param", "mha", "no_mtp", "aux_loss",
+             "nano_v4")            # the V4-style variant (course_lib.nano_v4): mHC + sliding/CSA/HCA, no MTP
 PROMPTS = {"english": "The parser reads the command line and ", "python": "    def __init__(self, ",
            "arithmetic": "1234+4321=5555\n87*10=", "chinese": "床前明月光，"}
 
