@@ -30,6 +30,11 @@ Scaled-down values (the toy trains on 64-byte windows; V4-Flash's are for up to 
   HCA rate m'       128                             16 (128 would not finish one entry in 64 tokens; 16 gives 4)
   ================  ==============================  ==========================================================
 
+Known limits (stated with the recorded run in notebook 09): the indexer's top-k passes no gradient, so with the LM
+loss alone the CSA indexer keeps its initial weights (V3.2 trains its indexer with a KL loss towards the main
+attention, course_lib.dsa; not added here); course_lib.train_v3's FLOP counter charges V4Attention as full causal
+attention, which overstates its cost.
+
 The configuration uses the field names of transformers' ``DeepseekV4Config`` where it has them (hc_mult,
 hc_sinkhorn_iters, sliding_window, o_groups, o_lora_rank, index_n_heads, index_head_dim, index_topk, layer_types with
 the course's kind names). ``course_lib.train_v3.train(cfg, steps, model=build_model(cfg))`` trains it with V3's recipe.
