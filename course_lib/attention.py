@@ -158,7 +158,7 @@ class MLA(nn.Module):
         c_kv and k_rope are what the cache keeps; c_q is the compressed query (x itself without q_lora_rank)."""
         B, T, _ = x.shape
         H, dn, dr, dc = self.n_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.kv_lora_rank
-        cos, sin = _rope_tables(start_pos, T, dr, self.rope_base, x)
+        cos, sin = self._rope(start_pos, T, x)
         # Eq. 12: c^Q_t = W^DQ h_t (then RMSNorm, V2 §3.1.2); without query compression q_up reads h_t directly.
         c_q = x if self.q_down is None else self.q_norm(self.q_down(x))
         # Eq. 13-14: q^C_t = W^UQ c^Q_t and q^R_t = RoPE(W^QR c^Q_t), one [q^C_i; q^R_i] block per head.
@@ -170,6 +170,18 @@ class MLA(nn.Module):
         c_kv = self.kv_norm(c_kv)                                                    # (B, T, dc)
         k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)     # (B, T, dr)
         return c_q, q_nope, q_rope, c_kv, k_rope
+
+    def _rope(self, start_pos: int, T: int, x: torch.Tensor):
+        """RoPE cos/sin rows start_pos .. start_pos + T - 1 (d^R_h wide), sliced from a table kept between calls and
+        doubled when too short: a decode step needs one row, and rebuilding the table at every step costs more than
+        that row (layers.GQA keeps one the same way)."""
+        end = start_pos + T
+        want = torch.float64 if x.dtype == torch.float64 else torch.float32
+        table = getattr(self, "_rope_table", None)
+        if table is None or table[0].shape[0] < end or table[0].dtype != want or table[0].device != x.device:
+            length = max(end, 2 * table[0].shape[0] if table is not None else 0)
+            table = self._rope_table = _rope_tables(0, length, self.qk_rope_head_dim, self.rope_base, x)
+        return table[0][start_pos:end], table[1][start_pos:end]
 
     def attend_naive(self, q_nope, q_rope, c_kv, k_rope, mask, causal: bool = False):
         """Decompress the S cached latents to full keys and values and attend: o (B, H, T, d_v).

@@ -214,8 +214,11 @@ class GQA(nn.Module):
             y = attend(qg, k[:, :, None], v[:, :, None], 1.0 / math.sqrt(hd), mask).reshape(B, H, T, hd)
         else:
             # The same formula through PyTorch's fused kernel (default scale 1/sqrt(d_h)): faster for float32/bf16
-            # training and decoding. tests/test_attention.py checks it against the written-out path.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=G != H)
+            # training and decoding. tests/test_attention.py checks it against the written-out path. A prompt
+            # (T == S) passes its causal mask as is_causal: the kernel then skips the masked blocks.
+            causal = mask is not None and T == S
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                               enable_gqa=G != H)
         return self.out(y.transpose(1, 2).reshape(B, T, H * hd))
 
     def _rope(self, start_pos: int, T: int, x: torch.Tensor):
