@@ -204,21 +204,27 @@ class MLA(nn.Module):
 
         c_kv (B, S, d_c) and k_rope (B, S, d^R_h) are the keys of every query; or (B, T, K, d_c) and (B, T, K, d^R_h),
         K keys chosen per query (DSA's top-k selection). mask: None or boolean, True = may attend, broadcastable to
-        (B, H, T, S or K)."""
+        (B, H, T, S or K); with per-query keys give it 4 dims."""
         w_uk, w_uv = self.w_uk_uv()                                                  # (H, dn, dc), (H, dv, dc)
         # Absorb W^UK into the query (V2 §2.1.2): q^C_{t,i}^T (W^UK_i c_j) = (W^UK_i^T q^C_{t,i})^T c_j,
         # so each head's content query becomes a d_c-vector compared with the cached latents directly.
-        q_lat = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)                         # (B, H, T, dc)
-        keys = "bsc" if c_kv.dim() == 3 else "btsc"                                  # shared, or one set per query
-        # Eq. 18 in latent space: scores = q_lat . c_kv + q^R . k^R; keys are the cache itself, shared by heads.
-        scores = (torch.einsum(f"bhtc,{keys}->bhts", q_lat, c_kv)
-                  + torch.einsum(f"bhtc,{keys}->bhts", q_rope, k_rope)) * self.softmax_scale
+        q_lat = q_nope @ w_uk                                                        # (B, H, T, dc)
+        per_query = c_kv.dim() == 4
+        if per_query:      # each query t has its own K keys: heads become the rows of t's products, (B, T, H, .)
+            q_lat, q_rope = q_lat.transpose(1, 2), q_rope.transpose(1, 2)
+            mask = None if mask is None else mask.transpose(1, 2)
+        else:              # one set of keys for every head and query: (B, 1, S, .)
+            c_kv, k_rope = c_kv[:, None], k_rope[:, None]
+        # Eq. 18 in latent space: scores = q_lat . c_kv + q^R . k^R; the keys are the cache itself.
+        scores = (q_lat @ c_kv.transpose(-2, -1) + q_rope @ k_rope.transpose(-2, -1)) * self.softmax_scale
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         # sum_j p_j W^UV_i c_j = W^UV_i (sum_j p_j c_j): average the latents first, decompress once per query.
-        o_lat = torch.einsum(f"bhts,{keys}->bhtc", torch.softmax(scores, dim=-1), c_kv)   # (B, H, T, dc)
+        o_lat = torch.softmax(scores, dim=-1) @ c_kv                                 # (B, H, T, dc)
+        if per_query:
+            o_lat = o_lat.transpose(1, 2)
         # Absorb W^UV into the output side: W^UV_i is applied to one d_c vector per head, then W^O (Eq. 19).
-        return torch.einsum("bhtc,hvc->bhtv", o_lat, w_uv)                           # (B, H, T, dv)
+        return o_lat @ w_uv.transpose(1, 2)                                          # (B, H, T, dv)
 
     def output(self, o):
         """Eq. 19: u_t = W^O [o_{t,1}; ...; o_{t,n_h}] for o (B, H, T, d_v) -> (B, T, d)."""

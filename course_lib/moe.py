@@ -261,7 +261,8 @@ class MoE(nn.Module):
         return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted)
 
     def experts_loop(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """The same sum written the obvious way: token by token, expert by expert (slow; for teaching)."""
+        """The same sum written the obvious way: token by token, expert by expert (slow for many tokens; for teaching,
+        and what forward uses for a single token)."""
         rows = []
         for t in range(x.shape[0]):
             y_t = torch.zeros_like(x[t])
@@ -278,7 +279,8 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)
         weights, indices, scores = self.router(flat)
 
-        if self.dispatch == "loop":
+        if self.dispatch == "loop" or flat.shape[0] == 1:
+            # (one token, e.g. a batch-1 decode step: calling its K_r experts directly is cheaper than sorting slots)
             y = self.experts_loop(flat, weights, indices)
         else:
             y = self.experts_sparse(flat, weights, indices)
