@@ -251,6 +251,9 @@ class MoE(nn.Module):
         gates; add each slot back to its token with index_add_.
         """
         n_tok, k = indices.shape
+        if n_tok == 1:
+            # one token (a batch-1 decode step): calling its K_r experts directly is cheaper than sorting slots
+            return self.experts_loop(x, weights, indices)
         flat = indices.reshape(-1)                                       # (N*k,) expert of each slot
         order = flat.argsort(stable=True)                                # slots grouped by expert
         token_of_slot = order // k                                       # which token each sorted slot is
@@ -262,7 +265,7 @@ class MoE(nn.Module):
 
     def experts_loop(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The same sum written the obvious way: token by token, expert by expert (slow for many tokens; for teaching,
-        and what forward uses for a single token)."""
+        and what experts_sparse uses for a single token)."""
         rows = []
         for t in range(x.shape[0]):
             y_t = torch.zeros_like(x[t])
@@ -279,8 +282,7 @@ class MoE(nn.Module):
         flat = x.reshape(-1, d)
         weights, indices, scores = self.router(flat)
 
-        if self.dispatch == "loop" or flat.shape[0] == 1:
-            # (one token, e.g. a batch-1 decode step: calling its K_r experts directly is cheaper than sorting slots)
+        if self.dispatch == "loop":
             y = self.experts_loop(flat, weights, indices)
         else:
             y = self.experts_sparse(flat, weights, indices)
