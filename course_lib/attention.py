@@ -239,8 +239,7 @@ def _attention(q, k, v, scale: float, mask, causal: bool = False):
     F.scaled_dot_product_attention, with v zero-padded to q's head size where the two differ (MLA: d_h + d^R_h
     vs d_v) -- its fast CPU kernel (flash attention) wants equal sizes; the padded output columns are exactly zero
     and are cut off. causal=True (mask is causal_mask(T, S)) with T == S is passed as is_causal, which that kernel
-    handles without reading a T x S mask. transformers' DeepseekV3 pads v the same way for its flash-attention
-    path."""
+    handles without reading a T x S mask."""
     if q.dtype == torch.float64:
         return attend(q, k, v, scale, mask)
     T, S, D, Dv = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
