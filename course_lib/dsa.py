@@ -212,10 +212,8 @@ class DSA(MLA):
             if cache is not None:
                 cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
         causal = causal_mask(T, S, x.device)
-        if everything:
-            idx = torch.arange(S, device=x.device).expand(B, T, S)
-        else:
-            idx = select_topk(index_scores, self.index_topk)                        # (B, T, k)
+        idx = (torch.arange(S, device=x.device).expand(B, T, S) if everything
+               else select_topk(index_scores, self.index_topk))                     # (B, T, k)
 
         if everything:
             # Dense MLA (either path of course_lib.attention.MLA): every latent, no selection.
