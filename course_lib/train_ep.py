@@ -7,8 +7,9 @@
 
 Every rank reads its share of the same global batch (``--batch-size`` rows, split evenly), holds the replicated
 weights (DDP averages their gradients) and n_routed / ep experts of every MoE layer (``course_lib.parallel``).
-The data, model and optimiser come from ``course_lib.train_v3`` (batch_fn, build_model, make_optimizer, the same
-lr and MTP-weight schedules), so with one process this is train_v3's training loop, step for step
+The data, model and optimiser come from ``course_lib.train_parts`` and ``course_lib.nano``, what
+``course_lib.train_v3`` runs (batch_fn, build_model, make_optimizer, the same lr and MTP-weight schedules), so
+with one process this is train_v3's training loop, step for step
 (tests/test_parallel.py checks that a 2-rank run equals a 1-process run on the same global batch).
 
 Outputs in ``--out``: ``log.jsonl`` (one JSON line per step from rank 0: losses, tokens and bytes each rank sent
@@ -35,7 +36,7 @@ from .moe import MoE, update_biases
 from .mtp import MTPModel, lambda_schedule
 from .nano import build_model, get_preset, main_model
 from .train import lr_at
-from .train_v3 import CHECKPOINT, batch_fn, make_optimizer, train_step
+from .train_parts import CHECKPOINT, batch_fn, make_optimizer, train_step
 
 
 def _rows(x, info):
@@ -53,7 +54,7 @@ def _mean(value: float, info) -> float:
 
 
 def ep_step(model, ddp, opt, x, y, lr, lam, info, grad_clip=1.0) -> dict:
-    """One optimiser step on this rank's rows: V3's loss (train_v3.loss_of's terms), backward through DDP and the
+    """One optimiser step on this rank's rows: V3's loss (train_parts.loss_of's terms), backward through DDP and the
     all-to-alls, expert gradients scaled, the global gradient norm clipped, AdamW, then the bias update from the
     global batch's expert loads."""
     model.train()
