@@ -26,11 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .experts import RoutedExperts
+from .experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401 (constants re-exported)
 from .layers import SwiGLU
-
-SCORING_FUNCS = ("sigmoid", "softmax")
-DISPATCH_MODES = ("sparse", "loop")
 
 
 # -------------------------------------------------------------------------------------- Routing
@@ -204,8 +201,8 @@ class MoE(nn.Module):
                  dispatch: str = "sparse"):
         super().__init__()
         hidden = d_model // 2 if moe_intermediate_size is None else moe_intermediate_size
-        _check_config(d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, hidden, scoring_func,
-                      n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha, dispatch)
+        check_moe_config(d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, hidden, scoring_func,
+                         n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha, dispatch)
         self.d_model, self.moe_intermediate_size, self.dispatch = d_model, hidden, dispatch
         self.n_routed_experts, self.n_shared_experts = n_routed_experts, n_shared_experts
         self.num_experts_per_tok, self.scoring_func = num_experts_per_tok, scoring_func
@@ -344,32 +341,3 @@ def update_biases(model: nn.Module) -> None:
     """Call ``update_bias()`` on every MoE layer of ``model`` (once per optimiser step)."""
     for layer in moe_layers(model):
         layer.update_bias()
-
-
-def _check_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n_group, topk_group,
-                  gamma, alpha, seq_alpha, dispatch) -> None:
-    """Bad settings fail early with a one-line message naming the parameter."""
-    if d_model < 1:
-        raise ValueError(f"d_model must be >= 1, got {d_model}")
-    if n_routed < 1:
-        raise ValueError(f"n_routed_experts must be >= 1, got {n_routed}")
-    if n_shared < 0:
-        raise ValueError(f"n_shared_experts must be >= 0, got {n_shared}")
-    if hidden < 1:
-        raise ValueError(f"moe_intermediate_size must be >= 1, got {hidden}")
-    if not 1 <= top_k <= n_routed:
-        raise ValueError(f"num_experts_per_tok must be in 1..n_routed_experts={n_routed}, got {top_k}")
-    if scoring_func not in SCORING_FUNCS:
-        raise ValueError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
-    if n_group < 1 or n_routed % n_group:
-        raise ValueError(f"n_group must be >= 1 and divide n_routed_experts={n_routed}, got {n_group}")
-    if not 1 <= topk_group <= n_group:
-        raise ValueError(f"topk_group must be in 1..n_group={n_group}, got {topk_group}")
-    if topk_group * (n_routed // n_group) < top_k:
-        raise ValueError(f"topk_group={topk_group} groups of {n_routed // n_group} experts hold fewer than "
-                         f"num_experts_per_tok={top_k} experts")
-    for name, value in (("bias_update_speed", gamma), ("aux_loss_alpha", alpha), ("seq_aux_loss_alpha", seq_alpha)):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    if dispatch not in DISPATCH_MODES:
-        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
