@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401 (constants re-exported)
+# The validation and the constants sit with the experts; SCORING_FUNCS and DISPATCH_MODES are re-exported here.
+from .experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401
 from .layers import SwiGLU
 
 
