@@ -23,7 +23,8 @@ class RoutedExperts(nn.Module):
     ``gate_up[e]`` (2h, d) = [W1; W3] of ``layers.SwiGLU`` stacked (gate rows first, then up) and ``down[e]``
     (d, h) = its W2: the layout of transformers' ``DeepseekV3Experts``; both compute ``layers.swiglu``. Stacking
     costs nothing in readability (``expert(e, x)`` runs one expert) and lets one *grouped* matrix multiply run
-    every expert on its own block of rows: the kernel DeepSeek's DeepGEMM provides on GPUs and ``torch.nn.functional.grouped_mm`` on recent PyTorch.
+    every expert on its own block of rows: the kernel DeepSeek's DeepGEMM provides on GPUs and
+    ``torch.nn.functional.grouped_mm`` on recent PyTorch.
     """
 
     def __init__(self, n_experts: int, d_model: int, hidden: int):
