@@ -129,7 +129,8 @@ def _strip_images(output: dict) -> dict:
 
 
 def move_first_slider(page, shot: Path) -> None:
-    """Press → on the first slider of the first course widget: one step; its figure must be redrawn."""
+    """Press → (← when it stands at its maximum) on the first slider of the first course widget: one step; its figure
+    must be redrawn."""
     box = page.locator(".widget-vbox:has(.widget-slider)").first
     box.scroll_into_view_if_needed()
     wait_for("the widget's first figure", lambda: box.locator("img").count() > 0, 60)
@@ -137,7 +138,9 @@ def move_first_slider(page, shot: Path) -> None:
     box.screenshot(path=str(shot.with_name(shot.stem + "_widget_before.png")))
     handle = box.locator(".widget-slider .noUi-handle").first
     handle.focus()
-    page.keyboard.press("ArrowRight")
+    now, top = handle.get_attribute("aria-valuenow"), handle.get_attribute("aria-valuemax")   # noUiSlider's ARIA
+    at_max = now is not None and now == top
+    page.keyboard.press("ArrowLeft" if at_max else "ArrowRight")
 
     def redrawn():
         imgs = box.locator("img")
