@@ -104,13 +104,9 @@ def _ffn_slots(prefix: str, ffn: nn.Module) -> list:
 
 
 def _swiglu_slots(prefix: str, m: nn.Module) -> list:
-    if hasattr(m, "w1"):                     # course_lib.layers.SwiGLU: w1 gate, w3 up, w2 down
-        return [(f"{prefix}.gate_proj.weight", m.w1.weight, ...), (f"{prefix}.up_proj.weight", m.w3.weight, ...),
-                (f"{prefix}.down_proj.weight", m.w2.weight, ...)]
-    h = m.gate_up.weight.shape[0] // 2       # fused [gate; up] rows (course_lib.moe.SwiGLU)
-    return [(f"{prefix}.gate_proj.weight", m.gate_up.weight, slice(0, h)),
-            (f"{prefix}.up_proj.weight", m.gate_up.weight, slice(h, 2 * h)),
-            (f"{prefix}.down_proj.weight", m.down.weight, ...)]
+    # course_lib.layers.SwiGLU: w1 gate, w3 up, w2 down
+    return [(f"{prefix}.gate_proj.weight", m.w1.weight, ...), (f"{prefix}.up_proj.weight", m.w3.weight, ...),
+            (f"{prefix}.down_proj.weight", m.w2.weight, ...)]
 
 
 def _block_slots(prefix: str, block: nn.Module) -> list:
