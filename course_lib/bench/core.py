@@ -66,3 +66,15 @@ def _fmt(c) -> str:
     if isinstance(c, float):
         return f"{c:.4g}"
     return str(c)
+
+
+def parse_contexts(text: str, multiple: int = 1) -> list[int]:
+    """`--contexts 1024,2048` -> [1024, 2048]; each a positive multiple of `multiple`, else a one-line exit."""
+    try:
+        contexts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--contexts must be comma-separated ints, got {text!r}")
+    if any(c <= 0 or c % multiple for c in contexts):
+        kind = "positive" if multiple == 1 else f"positive multiples of {multiple}"
+        raise SystemExit(f"--contexts must be {kind}, got {text!r}")
+    return contexts

@@ -25,7 +25,7 @@ import torch
 
 from ..attention import MHA, MLA
 from ..device import get_device
-from .core import compare, print_table
+from .core import compare, parse_contexts, print_table
 
 V3_HEAD_DIMS = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536)
 
@@ -94,12 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--record", default=None, help="write the results as JSON to this path")
     args = p.parse_args(argv)
-    try:
-        contexts = [int(c) for c in args.contexts.split(",")]
-    except ValueError:
-        raise SystemExit(f"--contexts must be comma-separated ints, got {args.contexts!r}")
-    if any(c <= 0 for c in contexts):
-        raise SystemExit(f"--contexts must be positive, got {args.contexts!r}")
+    contexts = parse_contexts(args.contexts)
     torch.set_num_threads(args.threads)
     device = get_device()
     rows = run(contexts, args.d_model, args.heads, args.batch, args.repeat, device)

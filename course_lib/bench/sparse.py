@@ -25,7 +25,7 @@ import torch
 from ..device import get_device
 from ..dsa import DSA, GrowingCache
 from ..v4_attention import V4Attention, V4Cache
-from .core import compare, print_table
+from .core import compare, parse_contexts, print_table
 
 V32_DIMS = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536)
 V4_DIMS = dict(head_dim=512, rope_dim=64, q_lora_rank=1024, o_lora_rank=1024, window=128)
@@ -124,12 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--record", default=None, help="write the results as JSON to this path")
     args = p.parse_args(argv)
-    try:
-        contexts = [int(c) for c in args.contexts.split(",")]
-    except ValueError:
-        raise SystemExit(f"--contexts must be comma-separated ints, got {args.contexts!r}")
-    if any(c <= 0 or c % 128 for c in contexts):
-        raise SystemExit(f"--contexts must be positive multiples of 128, got {args.contexts!r}")
+    contexts = parse_contexts(args.contexts, multiple=128)
     torch.set_num_threads(args.threads)
     device = get_device()
     rows = run(contexts, args.d_model, args.heads, args.dsa_topk, args.csa_topk, args.repeat, device)
