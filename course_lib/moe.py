@@ -13,7 +13,9 @@ What is here (papers cited next to each formula):
 * ``bias_update`` (V3's aux-loss-free balancing rule) and ``max_violation`` (the MaxVio metric).
 * ``MoE``: N_s shared experts plus N_r fine-grained routed experts, with two dispatch strategies:
   ``"sparse"`` (each expert runs only on its own tokens; the default) and ``"loop"`` (one token at a
-  time, for teaching). Tests prove both equal and prove the layer equal to transformers' DeepseekV3MoE.
+  time, for teaching). Tests prove both equal and prove the layer equal to transformers' DeepseekV3MoE. At
+  inference with a few tokens (N*k <= N_r) "sparse" gathers the chosen experts' weights instead of sorting slots
+  (``RoutedExperts.gathered``): a two-token verify pass then costs about what a one-token decode step does.
 
 Argument names follow transformers' ``DeepseekV3Config`` where one exists; docs/name_map.md maps each weight to the
 paper's symbol, DeepSeek's inference code and transformers' state dict.
@@ -246,9 +248,14 @@ class MoE(nn.Module):
 
         Sort the N*k (token, expert) slots by expert, so each expert's tokens form one contiguous block;
         run the experts on their blocks (one grouped GEMM, or one matmul pair per expert); scale by the
-        gates; add each slot back to its token with index_add_.
+        gates; add each slot back to its token with index_add_. A few tokens at inference take the gathered path.
         """
         n_tok, k = indices.shape
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.experts.gate_up.requires_grad)
+        if n_tok * k <= self.n_routed_experts and not needs_grad:
+            # a few tokens at inference (decode step, speculative verify pass): gather the chosen experts' weights,
+            # one batched matmul per projection -- as many ops for 2 tokens as for 1 (see RoutedExperts.gathered)
+            return (self.experts.gathered(x, indices) * weights.unsqueeze(-1)).sum(dim=1)
         if n_tok == 1:
             # one token (a batch-1 decode step): calling its K_r experts directly is cheaper than sorting slots
             return self.experts_loop(x, weights, indices)

@@ -175,6 +175,50 @@ def test_sparse_dispatch_matches_dense_reference():
         torch.testing.assert_close(moe(flat[t].view(1, 1, 16)).view(16), expected[t])
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_few_token_inference_path_equals_the_training_path(dtype, tol, monkeypatch):
+    """Under no_grad, N*k <= N_r slots (a decode step, a speculative verify pass) take RoutedExperts.gathered; with
+    autograd the same layer takes the sorted path of training. Both must give the same output, token for token."""
+    from course_lib.experts import RoutedExperts
+
+    calls = []
+    gathered = RoutedExperts.gathered
+    monkeypatch.setattr(RoutedExperts, "gathered",
+                        lambda self, x, idx: calls.append(idx.shape) or gathered(self, x, idx))
+    moe = small_moe(n_group=1, topk_group=1).to(dtype)
+    with torch.no_grad():                          # spread the gate so routing differs from token to token
+        moe.gate.weight.mul_(20)
+    for n_tok in (1, 2, 3, 4):                      # 4 tokens x top-2 = 8 slots = N_r: the last size that gathers
+        x = torch.randn(1, n_tok, 16, dtype=dtype, generator=torch.Generator().manual_seed(n_tok))
+        with torch.no_grad():
+            fast = moe(x)
+        assert calls and calls[-1] == (n_tok, 2)
+        calls.clear()
+        trained_path = moe(x.clone().requires_grad_(True)).detach()
+        assert not calls                            # with autograd: the training path, untouched
+        torch.testing.assert_close(fast, trained_path, rtol=tol, atol=tol)
+        # and the teaching loop, expert by expert
+        flat = x.reshape(-1, 16)
+        with torch.no_grad():
+            w, idx, _ = moe.router(flat)
+            loop = moe.experts_loop(flat, w, idx) + moe.shared_experts(flat)
+        torch.testing.assert_close(fast.reshape(-1, 16), loop, rtol=tol, atol=tol)
+    assert len({tuple(r) for r in idx.sort(-1).values.tolist()}) > 1   # the 4 tokens did not all pick the same pair
+    with torch.no_grad():                           # 5 tokens = 10 slots > N_r: the sorted path again
+        moe(torch.randn(1, 5, 16, dtype=dtype))
+    assert not calls
+
+
+def test_gathered_experts_can_fail():
+    """The comparison above detects a wrong expert: gathering expert e+1's weights changes the output."""
+    moe = small_moe()
+    x = torch.randn(3, 16, dtype=torch.float64)
+    idx = torch.tensor([[0, 5], [2, 3], [7, 1]])
+    right = moe.experts.gathered(x, idx)
+    torch.testing.assert_close(right[1, 0], moe.experts.expert(2, x[1]), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(moe.experts.gathered(x, (idx + 1) % 8), right)
+
+
 def test_plugin_interface_attributes():
     moe = small_moe(aux_loss_alpha=0.01, seq_aux_loss_alpha=0.001)
     x = torch.randn(2, 6, 16, dtype=torch.float64)
