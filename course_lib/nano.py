@@ -126,6 +126,12 @@ class NanoConfig:
 # same rule V3 follows (18432 = (8 + 1) * 2048), so an all-dense model of width 144 is the iso-FLOP baseline.
 TINY = NanoConfig(name="nano-tiny")
 
+# Deep: TINY's widths and experts with 8 layers (the first dense), trained the same way. It exists for the decoding
+# measurement of notebook 09 §5: a self-speculative draft runs ONE decoder layer (the MTP module) next to a main step
+# of num_hidden_layers layers, so its relative cost falls with depth (3 layers: ~0.45 of a step, 8: ~0.16; V3's one
+# MTP layer next to 61 is nearly free, V3 §5.4.3).
+DEEP = TINY.replace(name="nano-deep", num_hidden_layers=8)
+
 # The published DeepSeek-V3 shape (course_lib.configs.DEEPSEEK_V3 plus the routing fields of its config.json:
 # n_group 8, topk_group 4, routed_scaling_factor 2.5). For counting parameters only: never build it.
 V3 = NanoConfig(
@@ -141,7 +147,7 @@ V3 = NanoConfig(
     num_experts_per_tok=configs.DEEPSEEK_V3.num_experts_per_tok, n_group=8, topk_group=4,
     routed_scaling_factor=2.5, num_nextn_predict_layers=1, max_position_embeddings=163840)
 
-PRESETS = {"tiny": TINY, "v3": V3}
+PRESETS = {"tiny": TINY, "deep": DEEP, "v3": V3}
 
 
 def get_preset(name: str) -> NanoConfig:

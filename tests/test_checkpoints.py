@@ -56,3 +56,22 @@ def test_mtp_checkpoint_holds_every_key_but_the_shared_embedding_and_head():
     full = dict(model.state_dict())
     full.update({k: v.float() for k, v in state.items()})
     model.load_state_dict(full, strict=True)
+
+
+@pytest.mark.parametrize("name,layers", [("nano_tiny", 3), ("nano_deep", 8)])
+def test_nano_checkpoints_load_strictly_and_round_trip(name, layers):
+    """notebook 09's trained nano-DeepSeeks (transformers' layout): from_transformers raises on a missing, unexpected
+    or mis-shaped tensor; every tensor of the file comes back bit for bit when the model is written again."""
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file
+
+    from course_lib import nano_export
+
+    directory = asset_path("nano", name)
+    if not (directory / "model.safetensors").exists():
+        pytest.skip(f"{name} not built")
+    model = nano_export.from_transformers(directory)
+    assert model.model.cfg.n_layers == layers and len(model.mtp) == 1
+    stored, again = load_file(str(directory / "model.safetensors")), nano_export.state_for_export(model)
+    assert sorted(stored) == sorted(again)
+    assert all(stored[k].dtype == torch.float32 and torch.equal(stored[k], again[k]) for k in stored)

@@ -42,6 +42,25 @@ def test_param_table_counts_the_built_model():
     assert table["activated"] == table["total"] - table["embedding"] - routed + routed * 2 // 8
 
 
+def test_deep_preset_is_tiny_with_more_layers():
+    """nano-deep (notebook 09 §5's decoding model): TINY's widths, experts and MTP module, 8 layers, the first dense;
+    its parameter table grows by exactly five MoE layers."""
+    deep, tiny = nano.get_preset("deep"), nano.TINY
+    assert deep is nano.DEEP and deep.name == "nano-deep"
+    assert (deep.num_hidden_layers, deep.first_k_dense_replace, deep.num_nextn_predict_layers) == (8, 1, 1)
+    assert {k: v for k, v in deep.to_dict().items() if k not in ("name", "num_hidden_layers")} == \
+        {k: v for k, v in tiny.to_dict().items() if k not in ("name", "num_hidden_layers")}
+    torch.manual_seed(0)
+    model = nano.build_model(deep)
+    blocks = list(model.model.blocks)
+    assert len(blocks) == 8 and not isinstance(blocks[0].ffn, MoE) and all(isinstance(b.ffn, MoE) for b in blocks[1:])
+    # one draft runs one decoder layer (the MTP module's block) next to the main model's eight
+    assert len(model.mtp) == 1 and isinstance(model.mtp[0].block.ffn, MoE)
+    moe_layer = sum(p.numel() for p in blocks[1].parameters()) + deep.n_routed_experts   # + the router bias
+    extra = {k: nano.param_table(deep)[k] - nano.param_table(tiny)[k] for k in ("total", "mtp", "embedding")}
+    assert extra == {"total": 5 * moe_layer, "mtp": 0, "embedding": 0}
+
+
 def test_v3_preset_reproduces_published_sizes():
     t = nano.param_table(nano.V3)
     assert abs(t["total"] / 1e9 - configs.DEEPSEEK_V3.published_total) < 0.01 * configs.DEEPSEEK_V3.published_total

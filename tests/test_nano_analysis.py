@@ -41,3 +41,36 @@ def test_figures_draw():
     assert nano_analysis.plot_architecture(nano.TINY) is not None
     runs = nano_analysis.load_runs(("nano",))
     assert nano_analysis.plot_runs(runs) is not None and "val loss" in nano_analysis.runs_table(runs)
+
+
+def test_shipped_deep_model_decodes_exactly_as_greedy():
+    """The 8-layer model notebook 09 §5 claims its speed-up on: self-speculative decoding returns greedy's tokens,
+    in float64 (the exactness claim) and in float32 (how the notebook times it), on a prompt of every domain; its
+    drafts are mostly accepted (a trained MTP module; an untrained one agrees with the main model by chance only)."""
+    import copy
+
+    from course_lib import asset_path, nano_export
+    from course_lib.model import generate
+    from course_lib.mtp import speculative_generate
+
+    directory = asset_path("nano", "nano_deep")
+    if not (directory / "model.safetensors").exists():
+        pytest.skip("nano_deep not built")
+    model = nano_export.from_transformers(directory)
+    assert model.nano_config == nano.DEEP
+    m64 = copy.deepcopy(model).double()
+    corpus = Corpus()
+    drafted = accepted = 0
+    for d in corpus.domains:
+        p = nano_analysis.domain_prompts(corpus, d, 1, 32)[0]
+        for m in (m64, model):
+            spec, stats = speculative_generate(m, p, 48)
+            assert torch.equal(spec, generate(m.model, p, 48, temperature=0)), (d, m.model.embed.weight.dtype)
+        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+    assert accepted / drafted > 0.5
+
+
+def test_deep_run_is_recorded_with_its_config():
+    run = nano_analysis.load_runs(("nano_deep",))["nano_deep"]
+    assert run["config"] == nano.DEEP.to_dict() and run["steps"] == 800
+    assert (run["batch_size"], run["seq_len"], run["threads"]) == (16, 64, 1)

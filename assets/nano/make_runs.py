@@ -1,6 +1,7 @@
-"""Recorded runs for notebook 09 (nano-DeepSeek): the three arms, the three ablations and the V4-style variant
-(course_lib.nano_v4), longer than the notebook can afford. Writes assets/nano/runs/<name>.json and, for the main
-arm, the trained model in transformers' layout (assets/nano/nano_tiny/: config.json + model.safetensors, read with
+"""Recorded runs for notebook 09 (nano-DeepSeek): the three arms, the three ablations, the V4-style variant
+(course_lib.nano_v4) and the 8-layer nano-deep (for the decoding speed-up of §5), longer than the notebook can
+afford. Writes assets/nano/runs/<name>.json and, for nano and nano_deep, the trained model in transformers' layout
+(assets/nano/nano_tiny/ and assets/nano/nano_deep/: config.json + model.safetensors, read with
 course_lib.nano_export.from_transformers).
 
     python assets/nano/make_runs.py                      # all runs (defaults below), one CPU thread each
@@ -28,7 +29,9 @@ ARMS = {
     "aux_loss": nano.TINY.replace(name="aux loss instead of aux-loss-free", bias_update_speed=0.0,
                                   seq_aux_loss_alpha=0.0, aux_loss_alpha=0.003),   # V2 §3.1.2: alpha_1 = 0.003
     "nano_v4": nano_v4.TINY_V4,                 # mHC streams + V4 sliding/CSA/HCA attention, the same MoE, no MTP
+    "nano_deep": nano.DEEP,                     # nano with 8 layers: cheap MTP drafts relative to a step (§5)
 }
+EXPORTS = {"nano": "nano_tiny", "nano_deep": "nano_deep"}    # arms whose trained model is shipped, and where
 
 
 @torch.no_grad()
@@ -82,8 +85,8 @@ def main(argv=None):
         (HERE / "runs" / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: val {hist['val_loss'][-1]:.4f} ({math.exp(hist['val_loss'][-1]):.3f} ppl/byte), "
               f"maxvio {maxvio}, {seconds:.0f} s")
-        if name == "nano":
-            nano_export.to_transformers(model, HERE / "nano_tiny", cfg)
+        if name in EXPORTS:
+            nano_export.to_transformers(model, HERE / EXPORTS[name], cfg)
 
 
 if __name__ == "__main__":
