@@ -164,6 +164,22 @@ def format_spec_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def speculative_goal(results: dict, min_acceptance: float = 0.8, min_speedup: float = 1.3) -> tuple[str, bool, str]:
+    """The issue's goal for self-speculative decoding, judged on the measurement: on the most predictable domain
+    (highest acceptance), acceptance >= min_acceptance, speed-up >= min_speedup and output identical to greedy in
+    float64. Returns (that domain, met, one line saying so)."""
+    if not results:
+        raise ValueError("results must hold at least one domain (from speculative_by_domain)")
+    best = max(results, key=lambda d: results[d]["acceptance"])
+    r = results[best]
+    exact = r["identical_float64"]
+    met = r["acceptance"] >= min_acceptance and r["speedup"] >= min_speedup and exact is True
+    line = (f"most predictable domain: {best}, acceptance {r['acceptance']:.1%}, speed-up {r['speedup']:.2f}x, "
+            f"identical to greedy (fp64): {exact}; goal (>= {min_acceptance:.0%} and >= {min_speedup:g}x, exact): "
+            f"{'met' if met else 'NOT met'}")
+    return best, met, line
+
+
 # --------------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def sample_text(model: MTPModel, prompt: str, new: int = 120, temperature: float = 0.8, seed: int = 0) -> str:

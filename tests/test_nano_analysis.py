@@ -74,3 +74,18 @@ def test_deep_run_is_recorded_with_its_config():
     run = nano_analysis.load_runs(("nano_deep",))["nano_deep"]
     assert run["config"] == nano.DEEP.to_dict() and run["steps"] == 800
     assert (run["batch_size"], run["seq_len"], run["threads"]) == (16, 64, 1)
+
+
+def test_speculative_goal_is_judged_from_the_numbers():
+    def res(**best):
+        base = dict(acceptance=0.6, speedup=1.0, identical_float64=True)
+        return {"english": dict(base), "chinese": {**base, **best}}
+    best, met, line = nano_analysis.speculative_goal(res(acceptance=0.9, speedup=1.35))
+    assert (best, met) == ("chinese", True) and line.endswith(": met")
+    for bad in (dict(acceptance=0.9, speedup=1.29), dict(acceptance=0.79, speedup=2.0),
+                dict(acceptance=0.9, speedup=1.5, identical_float64=False),
+                dict(acceptance=0.9, speedup=1.5, identical_float64=None)):
+        best, met, line = nano_analysis.speculative_goal(res(**bad))
+        assert best == "chinese" and not met and line.endswith("NOT met")
+    with pytest.raises(ValueError, match="results"):
+        nano_analysis.speculative_goal({})
