@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import fused_mhc
 from .layers import MHA, RMSNorm, SwiGLU
 
 RESIDUALS = ("plain", "hc", "mhc")
@@ -148,10 +149,13 @@ class HyperConnection(nn.Module):
     constrained=False (HC):  A = A~, C = C~, B = B~ with tanh on the dynamic part as in Zhu et al. 2025; the
     static part starts at S^pre = 1/n, S^post = 1, S^res = I, so at initialisation HC is a plain residual
     connection on every stream.
+
+    fused=True runs mHC through ``course_lib.fused_mhc`` (a C kernel: the same numbers up to rounding, several times
+    faster at notebook 08's size) where it can, and through the PyTorch code below otherwise.
     """
 
     def __init__(self, d_model: int, n_streams: int = 4, sinkhorn_iters: int = 20, eps: float = 1e-6,
-                 rms_eps: float = 1e-6, constrained: bool = True, init_std: float = 0.02):
+                 rms_eps: float = 1e-6, constrained: bool = True, init_std: float = 0.02, fused: bool = False):
         super().__init__()
         self.d_model = _positive_int("d_model", d_model)
         self.n_streams = n = _positive_int("n_streams", n_streams)
@@ -159,6 +163,7 @@ class HyperConnection(nn.Module):
         self.eps = _non_negative("eps", eps)
         self.rms_eps = _non_negative("rms_eps", rms_eps)
         self.constrained = bool(constrained)
+        self.fused = bool(fused)
         self.fn = nn.Parameter(torch.randn((2 + n) * n, n * d_model) * init_std)
         self.base = nn.Parameter(torch.zeros((2 + n) * n))
         self.scale = nn.Parameter(torch.ones(3))
@@ -174,6 +179,11 @@ class HyperConnection(nn.Module):
             raise ValueError(f"streams must have shape (batch, time, {self.n_streams}, {self.d_model}), "
                              f"got {tuple(streams.shape)}")
         n = self.n_streams
+        if self.fused and self.constrained and fused_mhc.supported(streams):
+            layer_input, mix, post = fused_mhc.mhc_pre(streams, self.fn, self.base, self.scale, self.sinkhorn_iters,
+                                                       self.eps, self.rms_eps)
+            self.last_mix = mix.detach()
+            return layer_input, mix, post
         # X^_l = RMSNorm(vec(X_l)) (no weight);  raw = alpha * (X^_l W) + S
         flat = _at_least_float32(streams.flatten(2))
         flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.rms_eps)
@@ -246,29 +256,41 @@ class StreamBlock(nn.Module):
     """Pre-norm transformer block (attention, then SwiGLU) whose two residual connections are plain, HC or mHC.
 
     plain: x = x + Attn(norm(x)); x = x + FFN(norm(x)), on (B, T, d).
-    hc / mhc: each sub-layer F is wrapped as X = B X + C F(norm(A X)), on (B, T, n, d) (V4's decoder layer)."""
+    hc / mhc: each sub-layer F is wrapped as X = B X + C F(norm(A X)), on (B, T, n, d) (V4's decoder layer).
+    fused=True: the hyper-connections' own work runs in course_lib.fused_mhc's kernels (see HyperConnection)."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, residual: str = "mhc", n_streams: int = 4,
-                 sinkhorn_iters: int = 20, max_seq_len: int = 256):
+                 sinkhorn_iters: int = 20, max_seq_len: int = 256, fused: bool = False):
         super().__init__()
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
-        self.residual = residual
+        self.residual, self.fused = residual, bool(fused)
         self.attn_norm, self.ffn_norm = RMSNorm(d_model), RMSNorm(d_model)
         self.attn = MHA(d_model, n_heads, max_seq_len=max_seq_len)
         self.ffn = SwiGLU(d_model, ffn_hidden)
         if residual != "plain":
-            kw = dict(n_streams=n_streams, sinkhorn_iters=sinkhorn_iters, constrained=residual == "mhc")
+            kw = dict(n_streams=n_streams, sinkhorn_iters=sinkhorn_iters, constrained=residual == "mhc", fused=fused)
             self.attn_hc, self.ffn_hc = HyperConnection(d_model, **kw), HyperConnection(d_model, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.residual == "plain":
             x = x + self.attn(self.attn_norm(x))
             return x + self.ffn(self.ffn_norm(x))
+        if self.fused and fused_mhc.supported(x):
+            # the same steps through the fused kernels; the attention's write-back and the FFN's read-in share one call
+            inp, mix, post = self.attn_hc(x)
+            out = self.attn(self.attn_norm(inp))
+            if self.ffn_hc.constrained:
+                x, inp, mix, post = fused_mhc.combine_then_pre(x, out, mix, post, self.ffn_hc)
+            else:
+                x = fused_mhc.combine(x, out, mix, post)
+                inp, mix, post = self.ffn_hc(x)
+            return fused_mhc.combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
+        combine = HyperConnection.combine
         inp, mix, post = self.attn_hc(x)
-        x = HyperConnection.combine(x, self.attn(self.attn_norm(inp)), mix, post)
+        x = combine(x, self.attn(self.attn_norm(inp)), mix, post)
         inp, mix, post = self.ffn_hc(x)
-        return HyperConnection.combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
+        return combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
 
 
 class StreamLM(nn.Module):
@@ -276,11 +298,11 @@ class StreamLM(nn.Module):
 
     residual "plain" uses one stream and no hyper-connections; "hc" and "mhc" copy the embedding into n streams
     (as transformers' DeepseekV4Model does) and collapse them with ``HyperHead`` at the end.
-    forward(idx, targets=None) -> (logits, loss or None)."""
+    fused=True: hyper-connections through course_lib.fused_mhc. forward(idx, targets=None) -> (logits, loss or None)."""
 
     def __init__(self, vocab_size: int = 256, d_model: int = 32, n_layers: int = 24, n_heads: int = 4,
                  residual: str = "mhc", n_streams: int = 4, sinkhorn_iters: int = 20, ffn_hidden: int | None = None,
-                 max_seq_len: int = 256):
+                 max_seq_len: int = 256, fused: bool = False):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
                             ("n_heads", n_heads), ("n_streams", n_streams)):
@@ -291,7 +313,7 @@ class StreamLM(nn.Module):
         ffn_hidden = ffn_hidden or int(math.ceil(8 * d_model / 3 / 16) * 16)
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(StreamBlock(d_model, n_heads, ffn_hidden, residual, n_streams, sinkhorn_iters,
-                                                max_seq_len) for _ in range(n_layers))
+                                                max_seq_len, fused) for _ in range(n_layers))
         self.hc_head = HyperHead(d_model, n_streams) if residual != "plain" else None
         self.norm = RMSNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)

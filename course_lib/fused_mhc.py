@@ -1,0 +1,272 @@
+"""mHC with fused kernels: the arithmetic of ``course_lib.mhc`` in a few C calls instead of ~150 PyTorch operations.
+
+Why this exists. Written with PyTorch operations (``mhc.HyperConnection``), one mHC connection is a long chain of tiny
+operations: the norm and projection of the n streams, two sigmoids, 2 x 20 Sinkhorn normalisations of an n x n matrix
+per token, the read-out and the write-back, and as many again in the backward pass. At the width of notebook 08
+(d = 32) each of them does almost no arithmetic and costs a few microseconds of dispatch, so an mHC block is about 5x
+slower than a plain residual block although it adds far fewer FLOPs than that. Large models meet the same problem
+(memory traffic instead of dispatch) and answer it with fused kernels: the mHC paper (Xie et al., arXiv 2512.24880)
+reports about 6.7% extra training time at n = 4 with them. Here the fusion is ``csrc/mhc_fused.c``; the projection of
+the streams (one matrix product forward, two backward) stays in PyTorch, whose matmul is hard to beat.
+
+What is fused (``python -m course_lib.bench v4`` measures it; about 1.6x a plain block at d = 32, 1.2x at d = 256,
+against about 4.7x and 2.1x with PyTorch operations, one CPU thread):
+
+* ``MHCPre``: r = rsqrt(mean(x^2) + eps_rms); [A~, C~, B~] = alpha * r * (x W^T) + S; A = sigmoid(A~) + eps,
+  C = 2 sigmoid(C~), B = Sinkhorn-Knopp(B~); layer_input = sum_j A_j x_j. Sinkhorn runs on row and column scaling
+  vectors (B = diag(u) K diag(v)), and the forward keeps their history so the backward can undo the steps in reverse.
+* ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
+* ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node.
+
+The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; about a second) into a cache
+folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder). Without a compiler, on
+other devices (CUDA) or dtypes (bfloat16), ``supported`` says no and ``course_lib.mhc`` uses its PyTorch code, which
+gives the same numbers up to rounding: tests/test_fused_mhc.py compares the two (float64 to 1e-11, float32 to 2e-5,
+gradients included) and runs torch.autograd.gradcheck on the three Functions.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "mhc_fused.c"
+MAX_STREAMS = 8                                          # MAXN in the C file
+_CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
+           "-fno-signed-zeros"]
+_VARIANTS = {torch.float32: ["-DREAL=float", "-DEXP=expf", "-DSQRT=sqrtf"], torch.float64: []}
+_libs: dict = {}
+_failure: str | None = None
+
+
+def _cache_dirs():
+    if os.environ.get("COURSE_LIB_KERNEL_CACHE"):
+        yield Path(os.environ["COURSE_LIB_KERNEL_CACHE"])
+    yield Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "inside-deepseek"
+    yield Path(tempfile.gettempdir()) / "inside-deepseek-kernels"
+
+
+def _compile(dtype: torch.dtype) -> Path:
+    """Compile the kernel for one dtype (once: the file name carries a hash of source, flags and machine)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise RuntimeError("no C compiler found (install gcc or clang, or set CC)")
+    flags = _CFLAGS + _VARIANTS[dtype]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, platform.machine(),
+                                                          platform.system()]).encode()).hexdigest()[:16]
+    name = f"mhc_fused_{str(dtype).split('.')[-1]}_{key}{'.dll' if os.name == 'nt' else '.so'}"
+    last_error = None
+    for folder in _cache_dirs():
+        target = folder / name
+        if target.exists():
+            return target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            proc = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True,
+                                  text=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            os.replace(tmp, target)                       # atomic: a parallel build never sees half a file
+            return target
+        except OSError as err:                            # folder not writable: try the next one
+            last_error = err
+    raise RuntimeError(f"could not write the compiled kernel anywhere: {last_error}")
+
+
+def _load(dtype: torch.dtype):
+    global _failure
+    if dtype in _libs:
+        return _libs[dtype]
+    if _failure is not None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(_compile(dtype)))
+    except Exception as err:                              # no compiler, sandboxed, ...: fall back to PyTorch
+        _failure = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None
+    real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+    i, p = ctypes.c_int, ctypes.c_void_p
+    lib.mhc_pre_forward.argtypes = [i, i, i, i, real, real] + [p] * 10
+    lib.mhc_pre_forward.restype = None
+    lib.mhc_pre_backward.argtypes = [i, i, i, i, real] + [p] * 13
+    lib.mhc_pre_backward.restype = None
+    lib.mhc_chunk_size.argtypes = []
+    lib.mhc_chunk_size.restype = ctypes.c_int
+    lib.mhc_chunk_floats.argtypes = [i, i]
+    lib.mhc_chunk_floats.restype = ctypes.c_long
+    lib.mhc_combine_forward.argtypes = [i, i, i] + [p] * 5
+    lib.mhc_combine_forward.restype = None
+    lib.mhc_combine_backward.argtypes = [i, i, i] + [p] * 9
+    lib.mhc_combine_backward.restype = None
+    lib.chunk = lib.mhc_chunk_size()
+    _libs[dtype] = lib
+    return lib
+
+
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the fused kernels can run here for this dtype (builds them on the first call)."""
+    return dtype in _VARIANTS and _load(dtype) is not None
+
+
+def why_unavailable() -> str | None:
+    """The reason the kernels could not be built (None when they were, or were not tried yet)."""
+    return _failure
+
+
+def supported(streams: torch.Tensor) -> bool:
+    """True when ``streams`` (B, T, n, d) can take the fused path: CPU, float32/float64, n <= 8, kernels built."""
+    return (streams.device.type == "cpu" and streams.dtype in _VARIANTS and streams.dim() == 4
+            and streams.shape[-2] <= MAX_STREAMS and available(streams.dtype))
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()                                   # ctypes passes an int as a c_void_p
+
+
+def _offsets(buffer: torch.Tensor, *sizes: int) -> list:
+    """Addresses of consecutive parts of a flat buffer: its start, then the start of each next part (`sizes` elements on)."""
+    at, step, out = buffer.data_ptr(), buffer.element_size(), []
+    for size in (0, *sizes):
+        at += size * step
+        out.append(at)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the two steps, by hand
+# Plain functions on contiguous tensors of any leading shape (the kernels only see N = the number of tokens); the
+# autograd Functions below chain them, so MHCCombinePre runs a combine and the next pre step as one autograd node.
+# Outputs are allocated in their final shapes: a Function that returns views pays for autograd's view tracking.
+def _pre_forward(X, fn, base, scale, iters: int, eps: float, rms_eps: float):
+    """X (..., n, d) -> (layer_input (..., d), B (..., n, n), C (..., n)), saved."""
+    lib = _load(X.dtype)
+    *lead, n, d = X.shape
+    N = X.numel() // (n * d)
+    proj = X.view(N, n * d) @ fn.t()                      # the one big product: PyTorch's matmul does it best
+    layer_input, mix, post = X.new_empty(*lead, d), X.new_empty(*lead, n, n), X.new_empty(*lead, n)
+    # kept for the backward, in one buffer: r (N) | the sigmoids (N, 2n) | Sinkhorn's history per chunk of tokens
+    saved = X.new_empty(N * (1 + 2 * n) + -(-N // lib.chunk) * lib.mhc_chunk_floats(n, iters))
+    r, sig, work = _offsets(saved, N, N * 2 * n)
+    lib.mhc_pre_forward(N, n, d, iters, eps, rms_eps, _ptr(X), _ptr(proj), _ptr(base), _ptr(scale),
+                        _ptr(layer_input), _ptr(mix), _ptr(post), r, sig, work)
+    return (layer_input, mix, post), (X, fn, proj, scale, saved)
+
+
+def _pre_backward(saved_tensors, iters: int, eps: float, g_in, g_mix, g_post):
+    """Gradients of _pre_forward: (gX (..., n, d), gW, gS, g_alpha)."""
+    X, fn, proj, scale, saved = saved_tensors
+    *lead, n, d = X.shape
+    N, m = proj.shape
+    r, sig, work = _offsets(saved, N, N * 2 * n)
+    g_in = X.new_zeros(*lead, d) if g_in is None else g_in.contiguous()
+    g_mix = X.new_zeros(*lead, n, n) if g_mix is None else g_mix.contiguous()
+    g_post = X.new_zeros(*lead, n) if g_post is None else g_post.contiguous()
+    gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty(N, m), X.new_empty(3), X.new_empty(m)
+    _load(X.dtype).mhc_pre_backward(N, n, d, iters, eps, _ptr(X), _ptr(proj), _ptr(scale), r, sig, work,
+                                    _ptr(g_in), _ptr(g_mix), _ptr(g_post), _ptr(gX), _ptr(g_proj), _ptr(g_scale),
+                                    _ptr(g_base))
+    gX.view(N, n * d).addmm_(g_proj, fn)                  # + the path through proj = X W^T
+    return gX, g_proj.t() @ X.view(N, n * d), g_base, g_scale
+
+
+def _combine_forward(X, f, mix, post):
+    n, d = X.shape[-2:]
+    out = torch.empty_like(X)
+    _load(X.dtype).mhc_combine_forward(X.numel() // (n * d), n, d, _ptr(X), _ptr(f), _ptr(mix), _ptr(post),
+                                       _ptr(out))
+    return out
+
+
+def _combine_backward(X, f, mix, post, G):
+    n, d = X.shape[-2:]
+    gX, gf, gmix, gpost = torch.empty_like(X), torch.empty_like(f), torch.empty_like(mix), torch.empty_like(post)
+    _load(X.dtype).mhc_combine_backward(X.numel() // (n * d), n, d, _ptr(X), _ptr(f), _ptr(mix), _ptr(post),
+                                        _ptr(G.contiguous()), _ptr(gX), _ptr(gf), _ptr(gmix), _ptr(gpost))
+    return gX, gf, gmix, gpost
+
+
+class MHCPre(torch.autograd.Function):
+    """(X (..., n, d), W (m, n d), S (m), alpha (3)) -> layer_input (..., d), B (..., n, n), C (..., n)."""
+
+    @staticmethod
+    def forward(ctx, X, fn, base, scale, iters: int, eps: float, rms_eps: float):
+        outputs, saved = _pre_forward(X.contiguous(), fn.contiguous(), base.contiguous(), scale.contiguous(), iters,
+                                      eps, rms_eps)
+        ctx.save_for_backward(*saved)
+        ctx.iters, ctx.eps = iters, eps
+        return outputs
+
+    @staticmethod
+    def backward(ctx, g_in, g_mix, g_post):
+        return (*_pre_backward(ctx.saved_tensors, ctx.iters, ctx.eps, g_in, g_mix, g_post), None, None, None)
+
+
+class MHCCombine(torch.autograd.Function):
+    """(X (..., n, d), F (..., d), B (..., n, n), C (..., n)) -> B X + C F, per token."""
+
+    @staticmethod
+    def forward(ctx, X, f, mix, post):
+        inputs = tuple(t.contiguous() for t in (X, f, mix, post))
+        ctx.save_for_backward(*inputs)
+        return _combine_forward(*inputs)
+
+    @staticmethod
+    def backward(ctx, G):
+        return _combine_backward(*ctx.saved_tensors, G)
+
+
+class MHCCombinePre(torch.autograd.Function):
+    """A combine and the next connection's pre step as one autograd node (half the per-node overhead):
+    (X, F, B, C, W', S', alpha') -> X' = B X + C F, then X' -> layer_input', B', C' as MHCPre."""
+
+    @staticmethod
+    def forward(ctx, X, f, mix, post, fn, base, scale, iters: int, eps: float, rms_eps: float):
+        inputs = tuple(t.contiguous() for t in (X, f, mix, post))
+        X2 = _combine_forward(*inputs)
+        (inp, mix2, post2), saved = _pre_forward(X2, fn.contiguous(), base.contiguous(), scale.contiguous(), iters,
+                                                 eps, rms_eps)
+        ctx.save_for_backward(*inputs, *saved)
+        ctx.iters, ctx.eps = iters, eps
+        return X2, inp, mix2, post2
+
+    @staticmethod
+    def backward(ctx, g_X2, g_in, g_mix, g_post):
+        *inputs, X2, fn, proj, scale, saved = ctx.saved_tensors
+        gX2, g_fn, g_base, g_scale = _pre_backward((X2, fn, proj, scale, saved), ctx.iters, ctx.eps, g_in, g_mix,
+                                                   g_post)
+        if g_X2 is not None:
+            gX2 += g_X2                                   # X' also feeds the next combine
+        return (*_combine_backward(*inputs, gX2), g_fn, g_base, g_scale, None, None, None)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def mhc_pre(streams: torch.Tensor, fn, base, scale, iters: int, eps: float, rms_eps: float):
+    """HyperConnection's mHC forward on (B, T, n, d) streams through the fused kernel (same outputs, same shapes)."""
+    dt = streams.dtype
+    return MHCPre.apply(streams, _as(fn, dt), _as(base, dt), _as(scale, dt), iters, eps, rms_eps)
+
+
+def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor):
+    """X_{l+1} = B_l X_l + C_l F_l through the fused kernel (streams (B, T, n, d), layer_output (B, T, d))."""
+    dt = streams.dtype
+    return MHCCombine.apply(streams, _as(layer_output, dt), _as(mix, dt), _as(post, dt))
+
+
+def combine_then_pre(streams, layer_output, mix, post, hc):
+    """combine(...) followed by hc's mHC pre step (hc: a constrained mhc.HyperConnection), as one autograd node.
+    Returns (new streams, layer_input, B, C) and records hc.last_mix like HyperConnection.forward."""
+    dt = streams.dtype
+    out = MHCCombinePre.apply(streams, _as(layer_output, dt), _as(mix, dt), _as(post, dt), _as(hc.fn, dt),
+                              _as(hc.base, dt), _as(hc.scale, dt), hc.sinkhorn_iters, hc.eps, hc.rms_eps)
+    hc.last_mix = out[2].detach()
+    return out

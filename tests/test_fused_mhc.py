@@ -1,0 +1,122 @@
+"""course_lib.fused_mhc: the C kernels give the numbers of course_lib.mhc's PyTorch code, gradients included."""
+import shutil
+
+import pytest
+import torch
+
+from course_lib import fused_mhc, mhc
+
+HAVE_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+pytestmark = pytest.mark.skipif(not HAVE_COMPILER, reason="no C compiler: the fused kernels cannot be built here")
+
+
+def test_kernels_build_where_a_compiler_exists():
+    # a broken build must fail here, not quietly fall back to the PyTorch path
+    assert fused_mhc.available(torch.float32) and fused_mhc.available(torch.float64), fused_mhc.why_unavailable()
+
+
+def _hc(d, n, iters, dtype, seed=0, scale_fn=30.0):
+    torch.manual_seed(seed)
+    hc = mhc.HyperConnection(d, n, iters).to(dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():                       # large logits, so Sinkhorn has real work to do
+        hc.fn.mul_(scale_fn)
+        hc.base.copy_(torch.randn(hc.base.shape, generator=g))
+        hc.scale.copy_(torch.rand(3, generator=g) + 0.5)
+    return hc
+
+
+def _run(hc, x, fused):
+    """Forward through pre + combine with a made-up layer output, then backward; returns outputs and gradients."""
+    hc.fused = fused
+    x = x.detach().clone().requires_grad_()
+    hc.zero_grad(set_to_none=True)
+    inp, mix, post = hc(x)
+    f = torch.sin(inp * 3)                      # a stand-in for the sub-layer, so the gradient reaches inp
+    combine = fused_mhc.combine if fused else mhc.HyperConnection.combine
+    out = combine(x, f, mix, post)
+    w = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view_as(out)
+    ((out * w).sum() + (mix * mix).sum() + post.sum()).backward()
+    return [inp, mix, post, out], [x.grad, hc.fn.grad, hc.base.grad, hc.scale.grad]
+
+
+@pytest.mark.parametrize("n,d,iters,tokens", [(4, 32, 20, (8, 32)), (4, 5, 1, (3, 50)), (2, 16, 3, (1, 7)),
+                                              (8, 12, 20, (2, 130))])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol):
+    # token counts that are not a multiple of the kernel's chunk (128), odd widths, 2 to 8 streams
+    hc = _hc(d, n, iters, dtype)
+    x = torch.randn(*tokens, n, d, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    outs_ref, grads_ref = _run(hc, x, fused=False)
+    outs, grads = _run(hc, x, fused=True)
+    for got, ref in zip(outs + grads, outs_ref + grads_ref):
+        torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
+
+
+def test_gradcheck_of_the_three_autograd_functions():
+    g = torch.Generator().manual_seed(0)
+    n, d, m = 3, 4, 2 * 3 + 9
+    X = torch.randn(2, 5, n, d, dtype=torch.float64, generator=g, requires_grad=True)
+    fn = (torch.randn(m, n * d, dtype=torch.float64, generator=g) * 0.7).requires_grad_()
+    base = torch.randn(m, dtype=torch.float64, generator=g, requires_grad=True)
+    scale = (torch.rand(3, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    f = torch.randn(2, 5, d, dtype=torch.float64, generator=g, requires_grad=True)
+    mix = torch.rand(2, 5, n, n, dtype=torch.float64, generator=g, requires_grad=True)
+    post = torch.rand(2, 5, n, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: fused_mhc.MHCPre.apply(*a, 4, 1e-6, 1e-6), (X, fn, base, scale))
+    assert torch.autograd.gradcheck(fused_mhc.MHCCombine.apply, (X, f, mix, post))
+    assert torch.autograd.gradcheck(lambda *a: fused_mhc.MHCCombinePre.apply(*a, 4, 1e-6, 1e-6),
+                                    (X, f, mix, post, fn, base, scale))
+
+
+@pytest.mark.parametrize("residual", ["mhc", "hc"])
+def test_stream_lm_fused_equals_pytorch(residual):
+    # whole model, float64: the same loss, the same gradient for every parameter, the same recorded mixing matrices
+    torch.manual_seed(0)
+    ref = mhc.StreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16).double()
+    fused = mhc.StreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16, fused=True).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for model in (ref, fused):
+        _, loss = model(x, x)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-12, rtol=0)
+    for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-10, rtol=1e-9, msg=name)
+    for a, b in zip(mhc.mixing_matrices(ref), mhc.mixing_matrices(fused)):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
+
+
+def test_float32_training_follows_the_pytorch_path():
+    runs = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = mhc.StreamLM(64, 16, 4, 2, "mhc", 4, 20, max_seq_len=16, fused=fused)
+        gen = torch.Generator().manual_seed(0)
+        batch = lambda step: (torch.randint(0, 64, (4, 16), generator=gen),) * 2
+        runs.append(mhc.train(model, batch, 6, lr=3e-3, progress=False)["loss"])
+    assert max(abs(a - b) for a, b in zip(*runs)) < 1e-4, runs
+
+
+def test_unsupported_inputs_take_the_pytorch_path():
+    hc = _hc(8, 4, 5, torch.float32)
+    hc.fused = True
+    x = torch.randn(2, 3, 4, 8)
+    assert fused_mhc.supported(x)
+    assert not fused_mhc.supported(x.bfloat16())                  # no bfloat16 kernel
+    assert not fused_mhc.supported(torch.randn(2, 3, 9, 8))       # more streams than the kernel's MAXN
+    out = hc.to(torch.bfloat16)(x.bfloat16())                     # runs, through PyTorch
+    assert out[0].dtype == torch.bfloat16
+
+
+def test_fused_pre_records_the_mixing_matrix_like_the_pytorch_path():
+    hc = _hc(8, 4, 20, torch.float64)
+    x = torch.randn(2, 3, 4, 8, dtype=torch.float64)
+    hc.fused = False
+    _, mix_ref, _ = hc(x)
+    hc.fused = True
+    _, mix, _ = hc(x)
+    torch.testing.assert_close(hc.last_mix, mix_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(mix.sum(-1), torch.ones(2, 3, 4, dtype=torch.float64), atol=1e-4, rtol=0)
