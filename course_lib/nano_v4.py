@@ -30,10 +30,10 @@ Scaled-down values (the toy trains on 64-byte windows; V4-Flash's are for up to 
   HCA rate m'       128                             16 (128 would not finish one entry in 64 tokens; 16 gives 4)
   ================  ==============================  ==========================================================
 
-Known limits (stated with the recorded run in notebook 09): the indexer's top-k passes no gradient, so with the LM
-loss alone the CSA indexer keeps its initial weights (V3.2 trains its indexer with a KL loss towards the main
-attention, course_lib.dsa; not added here); course_lib.train_v3's FLOP counter charges V4Attention as full causal
-attention, which overstates its cost.
+The CSA indexer's top-k passes no gradient, so it learns from its own loss: V3.2's KL towards the main attention
+(V4Attention._indexer_loss), added to aux_loss in training; its inputs are detached, so that loss trains only the
+indexer. Known limit: course_lib.train_v3's FLOP counter charges V4Attention as full causal attention, which
+overstates the model's training FLOPs by about 4% at 64 tokens (attention is about 7% of them).
 
 The configuration uses the field names of transformers' ``DeepseekV4Config`` where it has them (hc_mult,
 hc_sinkhorn_iters, sliding_window, o_groups, o_lora_rank, index_n_heads, index_head_dim, index_topk, layer_types with
@@ -219,6 +219,8 @@ class NanoV4(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         aux = [b.ffn.aux_loss for b in self.blocks if getattr(b.ffn, "aux_loss", None) is not None]
+        # CSA's indexer learns only from its KL loss towards the main attention (V4Attention._indexer_loss)
+        aux += [b.attn.index_loss for b in self.blocks if b.attn.index_loss is not None]
         aux_loss = torch.stack(aux).sum() if aux else logits.new_zeros(())
         return ModelOutput(logits, loss, hidden, aux_loss)
 

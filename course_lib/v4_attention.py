@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dsa import indexer_kl_loss
 from .layers import RMSNorm, _check_input, _positive_int, _rope_tables, apply_rope
 
 KINDS = ("sliding", "csa", "hca")
@@ -184,11 +185,14 @@ class V4Indexer(nn.Module):
                               self.compressor.rate)
         return s.masked_fill(~vis, float("-inf"))
 
-    def forward(self, x, q_res, start_pos: int = 0, state: CompressorState | None = None):
-        """Selected entries (B, T, min(k, N)), -1 where a query has fewer than k visible entries."""
-        s = self.scores(x, q_res, start_pos, state)
+    def select(self, s):
+        """The top-k entries of scores s (B, T, N): (B, T, min(k, N)), -1 where a query sees fewer than k."""
         idx = s.topk(min(self.topk, s.shape[-1]), dim=-1).indices
         return torch.where(torch.gather(s, -1, idx) == float("-inf"), torch.full_like(idx, -1), idx)
+
+    def forward(self, x, q_res, start_pos: int = 0, state: CompressorState | None = None):
+        """Selected entries (B, T, min(k, N)), -1 where a query has fewer than k visible entries."""
+        return self.select(self.scores(x, q_res, start_pos, state))
 
 
 # --------------------------------------------------------------------------------------------- cache
@@ -220,7 +224,8 @@ class V4Attention(nn.Module):
 
     Parameters (transformers' names in brackets): q_down [q_a_proj], q_norm [q_a_norm], q_up [q_b_proj],
     kv [kv_proj], kv_norm, o_a (o_groups blocks) [o_a_proj], o_b [o_b_proj], sinks, compressor, indexer.
-    forward(x, start_pos=0, cache=None) -> (B, T, d_model); cache: a V4Cache, updated in place.
+    forward(x, start_pos=0, cache=None) -> (B, T, d_model); cache: a V4Cache, updated in place. In training (CSA,
+    no cache) it also sets ``index_loss``, the indexer's KL loss: add it to the loss to train the indexer.
     """
 
     def __init__(self, d_model: int, n_heads: int, head_dim: int = 64, rope_dim: int = 16, q_lora_rank: int = 64,
@@ -251,12 +256,30 @@ class V4Attention(nn.Module):
         self.o_b = nn.Linear(o_groups * o_lora_rank, d_model, bias=False)
         self.sinks = nn.Parameter(torch.zeros(n_heads))
         self.compressor = self.indexer = None
+        self.index_loss = None     # CSA in training: the indexer's KL loss of the last forward (see forward)
         if kind != "sliding":
             self.compressor = Compressor(d_model, head_dim, compress_rate, kind == "csa", rope_dim, rope_base,
                                          norm_eps)
         if kind == "csa":
             self.indexer = V4Indexer(d_model, q_lora_rank, index_n_heads, index_head_dim, compress_rate, index_topk,
                                      rope_dim, rope_base, norm_eps)
+
+    def _indexer_loss(self, index_scores, q, entries, q_pos):
+        """How CSA's indexer learns (training only). Top-k passes no gradient, so like V3.2 (§2.1.1, Eq. 3) the
+        indexer is trained towards the main attention: the target p_{t,:} is the main attention over every visible
+        compressed entry, summed over heads and L1-normalised (no gradient), and L^I = KL(p_{t,:} || softmax(I_{t,:}))
+        averaged over the queries that see an entry. The indexer's inputs are detached, so L^I trains only the
+        indexer and the language-model loss only the rest (V3.2's sparse stage). This is V3.2's recipe applied to
+        compressed entries; we could not read how V4 itself trains its indexer."""
+        with torch.no_grad():
+            vis = visible_entries(q_pos, entries.shape[1], self.compressor.rate)            # (T, N)
+            logits = torch.einsum("bhtd,bnd->bhtn", q, entries) * self.head_dim ** -0.5
+            p = torch.softmax(logits.masked_fill(~vis, float("-inf")), dim=-1).nan_to_num(0.0).sum(dim=1)
+            target = p / p.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+        rows = vis.any(dim=-1)
+        if not bool(rows.any()):
+            return index_scores.new_zeros(())
+        return indexer_kl_loss(index_scores[:, rows], target[:, rows])
 
     def forward(self, x, start_pos: int = 0, cache: V4Cache | None = None):
         _check_input(x, self.d_model, start_pos)
@@ -268,6 +291,8 @@ class V4Attention(nn.Module):
             raise ValueError("start_pos must be 0 without a cache (compressed windows count from position 0)")
         B, T, _ = x.shape
         H, D, r = self.n_heads, self.head_dim, self.rope_dim
+        train_indexer = self.kind == "csa" and self.training and torch.is_grad_enabled() and cache is None
+        self.index_loss = None
         q_res = self.q_norm(self.q_down(x))
         q = self.q_up(q_res).view(B, T, H, D).transpose(1, 2)
         q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + self.eps)       # per-head RMSNorm, no weight
@@ -295,10 +320,16 @@ class V4Attention(nn.Module):
                 sel_keys = entries[:, None].expand(B, T, N, D)
                 ok = visible_entries(q_pos, N, self.compressor.rate).expand(B, T, N)
             else:                                      # CSA: gather the indexer's top-k, O(k) instead of O(S / m)
-                idx = self.indexer(x, q_res, start_pos, cache.index if cache is not None else None)   # (B, T, k)
+                if train_indexer:                      # detached inputs: only the KL loss below trains the indexer
+                    index_scores = self.indexer.scores(x.detach(), q_res.detach(), start_pos)
+                    idx = self.indexer.select(index_scores)
+                else:
+                    idx = self.indexer(x, q_res, start_pos, cache.index if cache is not None else None)  # (B, T, k)
                 ok = idx >= 0
                 sel_keys = torch.gather(entries[:, None].expand(B, T, N, D), 2,
                                         idx.clamp_min(0)[..., None].expand(-1, -1, -1, D))
+            if train_indexer:
+                self.index_loss = self._indexer_loss(index_scores, q, entries, q_pos)
             sel_scores = torch.einsum("bhtd,btkd->bhtk", q, sel_keys) * D ** -0.5
             scores = torch.cat([scores, sel_scores.masked_fill(~ok[:, None], float("-inf"))], dim=-1)
         # Attention sink: one extra logit per head in the softmax, its probability mass discarded.

@@ -285,3 +285,58 @@ def test_csa_with_rate_one_and_no_selection_reduces_to_hca_with_rate_one():
     with torch.no_grad():
         assert torch.allclose(csa.compressor(x), hca.compressor(x), atol=1e-12)
         assert torch.allclose(csa(x), hca(x), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- CSA indexer training
+def _csa(seed=0):
+    torch.manual_seed(seed)
+    return V4Attention(32, 4, head_dim=16, rope_dim=4, q_lora_rank=16, window=4, kind="csa", compress_rate=4,
+                       index_n_heads=2, index_head_dim=8, index_topk=2)
+
+
+def test_csa_index_loss_trains_only_the_indexer_and_only_in_training():
+    att = _csa()
+    x = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(1))
+    out = att(x)
+    loss = att.index_loss
+    assert loss is not None and loss.dim() == 0 and loss.item() >= 0
+    indexer = {id(p) for p in att.indexer.parameters()}
+    grads = torch.autograd.grad(loss, list(att.parameters()), allow_unused=True)
+    for p, g in zip(att.parameters(), grads):          # the KL reaches the indexer and nothing else
+        assert (g is not None and g.abs().sum() > 0) == (id(p) in indexer)
+    grads = torch.autograd.grad(out.sum(), list(att.indexer.parameters()), allow_unused=True)
+    assert all(g is None for g in grads)                # and the output never reaches the indexer (top-k)
+    att.eval()
+    att(x)
+    assert att.index_loss is None
+    att.train()
+    with torch.no_grad():
+        att(x)
+    assert att.index_loss is None
+
+
+def test_csa_indexer_learns_the_main_attention_from_its_kl_loss():
+    att = _csa()
+    x = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.Adam(att.indexer.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        att(x)
+        losses.append(att.index_loss.item())
+        opt.zero_grad()
+        att.index_loss.backward()
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_nano_v4_adds_the_index_loss_to_aux_loss_in_training():
+    from course_lib import nano_v4
+
+    torch.manual_seed(0)
+    model = nano_v4.build_model(nano_v4.TINY_V4)
+    x = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    out = model(x, x)
+    kl = sum(b.attn.index_loss for b in model.blocks if b.attn.index_loss is not None)
+    moe = sum(b.ffn.aux_loss for b in model.blocks if getattr(b.ffn, "aux_loss", None) is not None)
+    assert kl.item() > 0
+    torch.testing.assert_close(out.aux_loss, moe + kl)
