@@ -41,7 +41,7 @@ SOURCE = Path(__file__).with_name("csrc") / "mhc_fused.c"
 MAX_STREAMS = 8                                          # MAXN in the C file
 _CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
            "-fno-signed-zeros"]
-_VARIANTS = {torch.float32: ["-DREAL=float", "-DEXP=expf", "-DSQRT=sqrtf"], torch.float64: []}
+_VARIANTS = {torch.float32: ["-DSINGLE"], torch.float64: []}
 _libs: dict = {}
 _failure: str | None = None
 
@@ -94,9 +94,9 @@ def _load(dtype: torch.dtype):
         return None
     real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
     i, p = ctypes.c_int, ctypes.c_void_p
-    lib.mhc_pre_forward.argtypes = [i, i, i, i, real, real] + [p] * 10
+    lib.mhc_pre_forward.argtypes = [i, i, i, i, real, real] + [p] * 8
     lib.mhc_pre_forward.restype = None
-    lib.mhc_pre_backward.argtypes = [i, i, i, i, real] + [p] * 13
+    lib.mhc_pre_backward.argtypes = [i, i, i, i, real] + [p] * 11
     lib.mhc_pre_backward.restype = None
     lib.mhc_chunk_size.argtypes = []
     lib.mhc_chunk_size.restype = ctypes.c_int
@@ -106,6 +106,8 @@ def _load(dtype: torch.dtype):
     lib.mhc_combine_forward.restype = None
     lib.mhc_combine_backward.argtypes = [i, i, i] + [p] * 9
     lib.mhc_combine_backward.restype = None
+    lib.mhc_exp.argtypes = [ctypes.c_long, p, p]
+    lib.mhc_exp.restype = None
     lib.chunk = lib.mhc_chunk_size()
     _libs[dtype] = lib
     return lib
@@ -131,15 +133,6 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()                                   # ctypes passes an int as a c_void_p
 
 
-def _offsets(buffer: torch.Tensor, *sizes: int) -> list:
-    """Addresses of consecutive parts of a flat buffer: its start, then the start of each next part (`sizes` elements on)."""
-    at, step, out = buffer.data_ptr(), buffer.element_size(), []
-    for size in (0, *sizes):
-        at += size * step
-        out.append(at)
-    return out
-
-
 # ------------------------------------------------------------------------------------------ the two steps, by hand
 # Plain functions on contiguous tensors of any leading shape (the kernels only see N = the number of tokens); the
 # autograd Functions below chain them, so MHCCombinePre runs a combine and the next pre step as one autograd node.
@@ -151,11 +144,10 @@ def _pre_forward(X, fn, base, scale, iters: int, eps: float, rms_eps: float):
     N = X.numel() // (n * d)
     proj = X.view(N, n * d) @ fn.t()                      # the one big product: PyTorch's matmul does it best
     layer_input, mix, post = X.new_empty(*lead, d), X.new_empty(*lead, n, n), X.new_empty(*lead, n)
-    # kept for the backward, in one buffer: r (N) | the sigmoids (N, 2n) | Sinkhorn's history per chunk of tokens
-    saved = X.new_empty(N * (1 + 2 * n) + -(-N // lib.chunk) * lib.mhc_chunk_floats(n, iters))
-    r, sig, work = _offsets(saved, N, N * 2 * n)
+    # kept for the backward, per chunk of tokens: r, the sigmoids, the softmax and Sinkhorn's history
+    saved = X.new_empty(-(-N // lib.chunk) * lib.mhc_chunk_floats(n, iters))
     lib.mhc_pre_forward(N, n, d, iters, eps, rms_eps, _ptr(X), _ptr(proj), _ptr(base), _ptr(scale),
-                        _ptr(layer_input), _ptr(mix), _ptr(post), r, sig, work)
+                        _ptr(layer_input), _ptr(mix), _ptr(post), _ptr(saved))
     return (layer_input, mix, post), (X, fn, proj, scale, saved)
 
 
@@ -164,12 +156,11 @@ def _pre_backward(saved_tensors, iters: int, eps: float, g_in, g_mix, g_post):
     X, fn, proj, scale, saved = saved_tensors
     *lead, n, d = X.shape
     N, m = proj.shape
-    r, sig, work = _offsets(saved, N, N * 2 * n)
     g_in = X.new_zeros(*lead, d) if g_in is None else g_in.contiguous()
     g_mix = X.new_zeros(*lead, n, n) if g_mix is None else g_mix.contiguous()
     g_post = X.new_zeros(*lead, n) if g_post is None else g_post.contiguous()
     gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty(N, m), X.new_empty(3), X.new_empty(m)
-    _load(X.dtype).mhc_pre_backward(N, n, d, iters, eps, _ptr(X), _ptr(proj), _ptr(scale), r, sig, work,
+    _load(X.dtype).mhc_pre_backward(N, n, d, iters, eps, _ptr(X), _ptr(proj), _ptr(scale), _ptr(saved),
                                     _ptr(g_in), _ptr(g_mix), _ptr(g_post), _ptr(gX), _ptr(g_proj), _ptr(g_scale),
                                     _ptr(g_base))
     gX.view(N, n * d).addmm_(g_proj, fn)                  # + the path through proj = X W^T

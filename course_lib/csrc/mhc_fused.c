@@ -9,30 +9,69 @@
  *
  * Layouts (row-major, contiguous): X (N, n, d) streams; proj (N, m) = X_flat W^T with m = 2n + n*n columns
  * [pre (n) | post (n) | res (n*n): flat index j*n + i holds B~_ij, transformers' "comb" layout]; base (m);
- * scale (3) = (alpha_pre, alpha_post, alpha_res). fused_mhc.py compiles the file twice: -DREAL=float (expf, sqrtf)
- * and -DREAL=double (exp, sqrt).
+ * scale (3) = (alpha_pre, alpha_post, alpha_res). fused_mhc.py compiles the file twice: with -DSINGLE (float,
+ * exp_f32 below, sqrtf) and without (double, libm's exp and sqrt).
  *
- * Speed: the Sinkhorn iterations run on CHUNK tokens at once with the token index innermost, so each of the 40
- * normalisations is a handful of loops the compiler turns into SIMD instructions, and each one rescales a vector
- * instead of rewriting the matrix (see sinkhorn below: the same numbers up to rounding).
+ * Speed: the work on the small per-token quantities (the 2n sigmoids, the softmax, the 40 Sinkhorn steps, their
+ * gradients) runs on CHUNK tokens at once with the token index innermost, so each step is a loop over 128
+ * independent tokens that the compiler turns into SIMD instructions. Sinkhorn rescales a vector per step instead of
+ * rewriting the matrix (see sinkhorn below: the same numbers up to rounding). Loops in that layout always run over
+ * the whole CHUNK (the tail of the last chunk holds zeros, whose results are never read): a trip count known at
+ * compile time needs no remainder loop. `restrict` promises the compiler that the arrays do not overlap, so it needs
+ * no run-time overlap checks either. Only the work on the d-long vectors (the norm, the read-out, the write-back)
+ * runs token by token, vectorised along d.
  */
 #include <math.h>
 #include <string.h>
 
-#ifndef REAL
-#define REAL double
+#ifdef SINGLE
+typedef float real;
+#define EXP exp_f32
+#define SQRT sqrtf
+#else
+typedef double real;
 #define EXP exp
 #define SQRT sqrt
 #endif
-typedef REAL real;
 
 #define MAXN 8          /* at most 8 streams (V4 uses 4) */
-#define CHUNK 128       /* tokens per Sinkhorn batch */
+#define CHUNK 128       /* tokens per batch of the per-token work (64 and 256 were slower) */
 
 /* Per-chunk arrays keep the token index innermost: v[e * CHUNK + t] is entry e (e.g. e = i*n + j) of token t. */
 #define AT(v, e, t) (v)[(e) * CHUNK + (t)]
 
-/* Sinkhorn-Knopp (mHC paper; V4 section 2.2) on nt <= CHUNK tokens, from K = p + eps (p: the column softmax):
+#ifdef SINGLE
+/* exp in float32 that the compiler can vectorise (libm's expf is one function call per number: a quarter of the
+ * pre step's time when it ran token by token). Cody & Waite's range reduction: x = k ln2 + r with k = round(x / ln2)
+ * and |r| <= ln2 / 2, so exp(x) = 2^k exp(r). ln2 is split in two parts, the first with few significant bits, so
+ * that k * ln2_hi is exact and r keeps its accuracy. exp(r) comes from a polynomial (the coefficients of Cephes'
+ * expf, S. L. Moshier), 2^k is written straight into the exponent bits of a float. About 1 ulp: tests/test_fused_mhc.py
+ * checks a relative error below 3e-7 against exp in float64. Results below FLT_MIN (x < -87.3) are 0, results above
+ * 2.2e38 (x > 88.3) are inf: they only feed sigmoids and softmaxes, where both are exact enough. NaN stays NaN. */
+static inline float exp_f32(float x) {
+    float xc = x > -87.3f ? x : -87.3f;              /* clamp, so k fits the exponent (NaN goes to -87.3 here) */
+    xc = xc < 88.3f ? xc : 88.3f;
+    float k = floorf(xc * 1.44269504f + 0.5f);      /* round(x / ln2); (int) of a rounded sum stops gcc 12's
+                                                        vectoriser, floorf is one instruction with SSE4.1 or NEON */
+    float r = fmaf(k, -0.693359375f, xc);            /* ln2 = 0.693359375 - 2.12194440e-4; fmaf, because with */
+    r = fmaf(k, 2.12194440e-4f, r);                  /* -fassociative-math x - k a + k b may become x - k (a - b) */
+    float q = 1.9875691500e-4f;                      /* exp(r) = 1 + r + r^2 q(r), q of degree 5 */
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    float e = q * (r * r) + r + 1.0f;
+    union { int i; float f; } two_k;                 /* 2^k: biased exponent k + 127, zero mantissa */
+    two_k.i = ((int)k + 127) << 23;
+    float y = e * two_k.f;
+    y = x < -87.3f ? 0.0f : y;
+    y = x > 88.3f ? INFINITY : y;
+    return x == x ? y : x;                           /* x != x only for NaN */
+}
+#endif
+
+/* Sinkhorn-Knopp (mHC paper; V4 section 2.2) on a chunk of tokens, from K = p + eps (p: the column softmax):
  *   T_r, then (T_c, T_r) iters-1 times; T divides each row / column by (its sum + eps).
  * Every step only rescales rows or columns, so the matrix stays diag(u) K diag(v) and a step updates one vector:
  *   T_r:  w = K v,    u_i <- u_i / (u_i w_i + eps)        (u_i w_i is row i's sum)
@@ -40,23 +79,24 @@ typedef REAL real;
  * n^2 multiply-adds per step instead of rewriting all n^2 entries twice; at the end B = diag(u) K diag(v).
  * hist keeps, per step, the vector before the update and w or a (2n values per token): what the backward needs.
  * uv receives the final u and v. */
-static void sinkhorn(int n, int nt, int iters, real eps, const real *p, real *hist, real *uv, real *B) {
+static void sinkhorn(int n, int iters, real eps, const real *restrict p, real *restrict hist, real *restrict uv,
+                     real *restrict B) {
     real K[MAXN * MAXN * CHUNK], *u = uv, *v = uv + n * CHUNK;
     for (int e = 0; e < n * n; e++)
-        for (int t = 0; t < nt; t++) AT(K, e, t) = AT(p, e, t) + eps;
+        for (int t = 0; t < CHUNK; t++) AT(K, e, t) = AT(p, e, t) + eps;
     for (int e = 0; e < 2 * n; e++)
-        for (int t = 0; t < nt; t++) AT(uv, e, t) = 1;
+        for (int t = 0; t < CHUNK; t++) AT(uv, e, t) = 1;
     for (int k = 0; k < 2 * iters - 1; k++) {
         int rows = (k % 2 == 0);                     /* step 0 is T_r, then T_c, T_r, ... */
         real *vec = rows ? u : v, *other = rows ? v : u;
         real *old = hist + (long)k * 2 * n * CHUNK, *mv = old + n * CHUNK;
         for (int a = 0; a < n; a++) {
-            for (int t = 0; t < nt; t++) AT(mv, a, t) = 0;
+            for (int t = 0; t < CHUNK; t++) AT(mv, a, t) = 0;
             for (int b = 0; b < n; b++) {
                 int e = rows ? a * n + b : b * n + a;
-                for (int t = 0; t < nt; t++) AT(mv, a, t) += AT(K, e, t) * AT(other, b, t);
+                for (int t = 0; t < CHUNK; t++) AT(mv, a, t) += AT(K, e, t) * AT(other, b, t);
             }
-            for (int t = 0; t < nt; t++) {
+            for (int t = 0; t < CHUNK; t++) {
                 AT(old, a, t) = AT(vec, a, t);
                 AT(vec, a, t) = AT(vec, a, t) / (AT(vec, a, t) * AT(mv, a, t) + eps);
             }
@@ -64,26 +104,26 @@ static void sinkhorn(int n, int nt, int iters, real eps, const real *p, real *hi
     }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++)
-            for (int t = 0; t < nt; t++) AT(B, i * n + j, t) = AT(u, i, t) * AT(K, i * n + j, t) * AT(v, j, t);
+            for (int t = 0; t < CHUNK; t++) AT(B, i * n + j, t) = AT(u, i, t) * AT(K, i * n + j, t) * AT(v, j, t);
 }
 
 /* Backward of sinkhorn: G (gradient wrt B) in, gK (gradient wrt K, i.e. wrt p) out. Steps are undone in reverse,
  * restoring u and v from hist. For a T_r step u' = u / c, c = u w + eps, w = K v:
  *   du'/du = eps / c^2,   du'/dw = -u^2 / c^2,   and w = K v sends g_w to v (K^T g_w) and to K (g_w v^T).
  * T_c is the same with rows and columns swapped. */
-static void sinkhorn_backward(int n, int nt, int iters, real eps, const real *p, const real *hist, const real *uv,
-                              const real *G, real *gK) {
+static void sinkhorn_backward(int n, int iters, real eps, const real *restrict p, const real *restrict hist,
+                              const real *restrict uv, const real *restrict G, real *restrict gK) {
     real K[MAXN * MAXN * CHUNK], u[MAXN * CHUNK], v[MAXN * CHUNK], gu[MAXN * CHUNK], gv[MAXN * CHUNK];
     real gmv[MAXN * CHUNK];
     memcpy(u, uv, sizeof(real) * n * CHUNK);
     memcpy(v, uv + n * CHUNK, sizeof(real) * n * CHUNK);
     for (int e = 0; e < n * n; e++)
-        for (int t = 0; t < nt; t++) AT(K, e, t) = AT(p, e, t) + eps;
+        for (int t = 0; t < CHUNK; t++) AT(K, e, t) = AT(p, e, t) + eps;
     for (int e = 0; e < n; e++)
-        for (int t = 0; t < nt; t++) { AT(gu, e, t) = 0; AT(gv, e, t) = 0; }
+        for (int t = 0; t < CHUNK; t++) { AT(gu, e, t) = 0; AT(gv, e, t) = 0; }
     for (int i = 0; i < n; i++)                      /* B_ij = u_i K_ij v_j */
         for (int j = 0; j < n; j++)
-            for (int t = 0; t < nt; t++) {
+            for (int t = 0; t < CHUNK; t++) {
                 int e = i * n + j;
                 AT(gK, e, t) = AT(G, e, t) * AT(u, i, t) * AT(v, j, t);
                 AT(gu, i, t) += AT(G, e, t) * AT(K, e, t) * AT(v, j, t);
@@ -94,7 +134,7 @@ static void sinkhorn_backward(int n, int nt, int iters, real eps, const real *p,
         real *vec = rows ? u : v, *other = rows ? v : u, *gvec = rows ? gu : gv, *gother = rows ? gv : gu;
         const real *old = hist + (long)k * 2 * n * CHUNK, *mv = old + n * CHUNK;
         for (int a = 0; a < n; a++)
-            for (int t = 0; t < nt; t++) {
+            for (int t = 0; t < CHUNK; t++) {
                 real o = AT(old, a, t), c = o * AT(mv, a, t) + eps, ic2 = 1 / (c * c);
                 AT(gmv, a, t) = -AT(gvec, a, t) * o * o * ic2;
                 AT(gvec, a, t) *= eps * ic2;
@@ -103,7 +143,7 @@ static void sinkhorn_backward(int n, int nt, int iters, real eps, const real *p,
         for (int a = 0; a < n; a++)
             for (int b = 0; b < n; b++) {
                 int e = rows ? a * n + b : b * n + a;
-                for (int t = 0; t < nt; t++) {
+                for (int t = 0; t < CHUNK; t++) {
                     AT(gother, b, t) += AT(K, e, t) * AT(gmv, a, t);
                     AT(gK, e, t) += AT(gmv, a, t) * AT(other, b, t);
                 }
@@ -111,59 +151,83 @@ static void sinkhorn_backward(int n, int nt, int iters, real eps, const real *p,
     }
 }
 
-/* Column softmax of B~ for nt tokens: logits come from raw (N, m) rows t0.., entry (i, j) at column 2n + j*n + i. */
-static void column_softmax(int n, int m, int nt, const real *raw, real *p) {
-    for (int j = 0; j < n; j++)
-        for (int t = 0; t < nt; t++) {
-            const real *l = raw + (long)t * m + 2 * n + j * n;
-            real mx = l[0], s = 0;
-            for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-            for (int i = 0; i < n; i++) { AT(p, i * n + j, t) = EXP(l[i] - mx); s += AT(p, i * n + j, t); }
-            for (int i = 0; i < n; i++) AT(p, i * n + j, t) /= s;
-        }
+/* Column softmax of B~ on a chunk: raw holds the m logits of each token in chunk layout, entry (i, j) of B~ in
+ * row 2n + j*n + i; p_ij = exp(B~_ij - max_i B~_ij) / sum_i exp(B~_ij - max_i B~_ij). */
+static void column_softmax(int n, const real *restrict raw, real *restrict p) {
+    real mx[CHUNK], s[CHUNK];
+    for (int j = 0; j < n; j++) {
+        const real *l = raw + (2 * n + j * n) * CHUNK;      /* AT(l, i, t) = B~_ij of token t */
+        for (int t = 0; t < CHUNK; t++) { mx[t] = AT(l, 0, t); s[t] = 0; }
+        for (int i = 1; i < n; i++)
+            for (int t = 0; t < CHUNK; t++) mx[t] = AT(l, i, t) > mx[t] ? AT(l, i, t) : mx[t];
+        for (int i = 0; i < n; i++)
+            for (int t = 0; t < CHUNK; t++) { AT(p, i * n + j, t) = EXP(AT(l, i, t) - mx[t]); s[t] += AT(p, i * n + j, t); }
+        for (int i = 0; i < n; i++)
+            for (int t = 0; t < CHUNK; t++) AT(p, i * n + j, t) /= s[t];
+    }
 }
 
-static real sigm(real x) { return (real)1 / ((real)1 + EXP(-x)); }
-
-/* The forward keeps, per chunk of CHUNK tokens, what the backward needs of Sinkhorn: the softmax p (n^2), each
- * step's hist (2n) and the final u, v (2n) per token. Numbers per chunk (fused_mhc.py allocates chunks * this): */
+/* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n),
+ * the softmax p (n^2), each Sinkhorn step's hist (2n) and the final u, v (2n), all in chunk layout. Numbers per
+ * chunk (fused_mhc.py allocates chunks * this): */
 int mhc_chunk_size(void) { return CHUNK; }
 
 long mhc_chunk_floats(int n, int iters) {
-    return ((long)n * n + (2L * iters - 1) * 2 * n + 2L * n) * CHUNK;
+    return (1L + 2L * n + (long)n * n + (2L * iters - 1) * 2 * n + 2L * n) * CHUNK;
+}
+
+/* Where each saved array starts in a chunk's part of work. */
+static void chunk_parts(int n, int iters, const real *chunk, const real **r, const real **sig, const real **p,
+                        const real **hist, const real **uv) {
+    *r = chunk;
+    *sig = *r + CHUNK;
+    *p = *sig + 2 * n * CHUNK;
+    *hist = *p + n * n * CHUNK;
+    *uv = *hist + (2L * iters - 1) * 2 * n * CHUNK;
 }
 
 /* Forward of one connection, per token:
  *   r = rsqrt(mean(x^2) + rms_eps);  raw = alpha_g * r * proj + base;
  *   A = sigmoid(raw_pre) + eps;  C = 2 sigmoid(raw_post);  B = Sinkhorn(raw_res);  layer_input = sum_j A_j x_j.
- * Writes layer_input (N, d), mix (N, n, n) = B, post (N, n) = C, and for the backward r (N), sig (N, 2n) (the two
- * sigmoids) and work (Sinkhorn's steps, see mhc_chunk_floats). */
-void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *X, const real *proj,
-                     const real *base, const real *scale, real *layer_input, real *mix, real *post, real *r_out,
-                     real *sig, real *work) {
+ * Writes layer_input (N, d), mix (N, n, n) = B, post (N, n) = C, and for the backward work (see mhc_chunk_floats). */
+void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *restrict X,
+                     const real *restrict proj, const real *restrict base, const real *restrict scale,
+                     real *restrict layer_input, real *restrict mix, real *restrict post, real *restrict work) {
     int m = 2 * n + n * n;
-    real raw[CHUNK * MAXN * (MAXN + 2)], B[MAXN * MAXN * CHUNK];
+    real raw[MAXN * (MAXN + 2) * CHUNK], B[MAXN * MAXN * CHUNK];
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        real *p = work + (t0 / CHUNK) * mhc_chunk_floats(n, iters), *hist = p + n * n * CHUNK;
-        real *uv = hist + (2L * iters - 1) * 2 * n * CHUNK;
+        real *chunk = work + (t0 / CHUNK) * mhc_chunk_floats(n, iters);
+        const real *r_, *sig_, *p_, *hist_, *uv_;
+        chunk_parts(n, iters, chunk, &r_, &sig_, &p_, &hist_, &uv_);
+        real *r = (real *)r_, *sig = (real *)sig_, *p = (real *)p_, *hist = (real *)hist_, *uv = (real *)uv_;
+        if (nt < CHUNK) {                            /* a last, partial chunk: zeros in the tail */
+            memset(raw, 0, sizeof raw);
+            for (int t = nt; t < CHUNK; t++) r[t] = 0;
+        }
         for (int t = 0; t < nt; t++) {
             const real *x = X + (long)(t0 + t) * n * d, *pr = proj + (long)(t0 + t) * m;
             real ss = 0;
             for (int c = 0; c < n * d; c++) ss += x[c] * x[c];
-            real r = (real)1 / SQRT(ss / (n * d) + rms_eps);
-            r_out[t0 + t] = r;
-            real *rw = raw + t * m, *sg = sig + (long)(t0 + t) * 2 * n;
-            for (int c = 0; c < m; c++) rw[c] = scale[c < n ? 0 : (c < 2 * n ? 1 : 2)] * (r * pr[c]) + base[c];
-            for (int j = 0; j < 2 * n; j++) sg[j] = sigm(rw[j]);
-            for (int j = 0; j < n; j++) post[(long)(t0 + t) * n + j] = 2 * sg[n + j];
-            real *out = layer_input + (long)(t0 + t) * d;
-            for (int c = 0; c < d; c++) out[c] = (sg[0] + eps) * x[c];
-            for (int j = 1; j < n; j++)
-                for (int c = 0; c < d; c++) out[c] += (sg[j] + eps) * x[j * d + c];
+            r[t] = (real)1 / SQRT(ss / (n * d) + rms_eps);
+            for (int c = 0; c < m; c++)              /* raw, into chunk layout */
+                AT(raw, c, t) = scale[c < n ? 0 : (c < 2 * n ? 1 : 2)] * (r[t] * pr[c]) + base[c];
         }
-        column_softmax(n, m, nt, raw, p);
-        sinkhorn(n, nt, iters, eps, p, hist, uv, B);
+        for (int j = 0; j < 2 * n; j++)              /* A = sigmoid + eps and C = 2 sigmoid need these */
+            for (int t = 0; t < CHUNK; t++) AT(sig, j, t) = (real)1 / ((real)1 + EXP(-AT(raw, j, t)));
+        for (int t = 0; t < nt; t++) {
+            const real *x = X + (long)(t0 + t) * n * d;
+            real *out = layer_input + (long)(t0 + t) * d;
+            for (int j = 0; j < n; j++) post[(long)(t0 + t) * n + j] = 2 * AT(sig, n + j, t);
+            real a0 = AT(sig, 0, t) + eps;
+            for (int c = 0; c < d; c++) out[c] = a0 * x[c];
+            for (int j = 1; j < n; j++) {
+                real aj = AT(sig, j, t) + eps;
+                for (int c = 0; c < d; c++) out[c] += aj * x[j * d + c];
+            }
+        }
+        column_softmax(n, raw, p);
+        sinkhorn(n, iters, eps, p, hist, uv, B);
         for (int t = 0; t < nt; t++)
             for (int e = 0; e < n * n; e++) mix[(long)(t0 + t) * n * n + e] = AT(B, e, t);
     }
@@ -173,54 +237,88 @@ void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, con
  * WITHOUT the path through proj (the caller adds g_proj W with one matrix multiply), g_proj (N, m), and g_scale (3),
  * g_base (m) summed over the tokens. Sinkhorn's steps, kept by the forward in work, are undone by sinkhorn_backward;
  * the column softmax p:  dL/dz = p (g - sum(g p)). */
-void mhc_pre_backward(int N, int n, int d, int iters, real eps, const real *X, const real *proj, const real *scale,
-                      const real *r_in, const real *sig, const real *work, const real *g_in, const real *g_mix,
-                      const real *g_post, real *gX, real *g_proj, real *g_scale, real *g_base) {
+void mhc_pre_backward(int N, int n, int d, int iters, real eps, const real *restrict X, const real *restrict proj,
+                      const real *restrict scale, const real *restrict work, const real *restrict g_in,
+                      const real *restrict g_mix, const real *restrict g_post, real *restrict gX,
+                      real *restrict g_proj, real *restrict g_scale, real *restrict g_base) {
     int m = 2 * n + n * n;
-    real G[MAXN * MAXN * CHUNK], gK[MAXN * MAXN * CHUNK];
-    double gs[3] = {0, 0, 0};
-    for (int c = 0; c < m; c++) g_base[c] = 0;
+    real G[MAXN * MAXN * CHUNK], gK[MAXN * MAXN * CHUNK], graw[MAXN * (MAXN + 2) * CHUNK];
+    real prT[MAXN * (MAXN + 2) * CHUNK], gr[CHUNK];
+    double gs[3] = {0, 0, 0}, gb[MAXN * (MAXN + 2)];      /* sums over all tokens: double, chunk sums added in */
+    for (int c = 0; c < m; c++) gb[c] = 0;
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        const real *p = work + (t0 / CHUNK) * mhc_chunk_floats(n, iters), *hist = p + n * n * CHUNK;
-        const real *uv = hist + (2L * iters - 1) * 2 * n * CHUNK;
-        for (int t = 0; t < nt; t++)
-            for (int e = 0; e < n * n; e++) AT(G, e, t) = g_mix[(long)(t0 + t) * n * n + e];
-        sinkhorn_backward(n, nt, iters, eps, p, hist, uv, G, gK);
-        for (int t = 0; t < nt; t++) {
+        const real *r, *sig, *p, *hist, *uv;
+        chunk_parts(n, iters, work + (t0 / CHUNK) * mhc_chunk_floats(n, iters), &r, &sig, &p, &hist, &uv);
+        if (nt < CHUNK) {                            /* a last, partial chunk: zero gradients in the tail */
+            memset(G, 0, sizeof G);
+            memset(prT, 0, sizeof prT);
+            memset(graw, 0, sizeof graw);
+        }
+        for (int t = 0; t < nt; t++) {               /* into chunk layout */
             long tt = t0 + t;
-            const real *x = X + tt * n * d, *gi = g_in + tt * d, *pr = proj + tt * m, *sg = sig + tt * 2 * n;
-            real r = r_in[tt], graw[MAXN * (MAXN + 2)];
-            real *gx = gX + tt * n * d;
-            for (int j = 0; j < n; j++) {            /* layer_input = sum_j A_j x_j,  A_j = sigmoid + eps */
-                real gA = 0;
-                for (int c = 0; c < d; c++) { gA += gi[c] * x[j * d + c]; gx[j * d + c] = (sg[j] + eps) * gi[c]; }
-                graw[j] = gA * sg[j] * (1 - sg[j]);
-                graw[n + j] = g_post[tt * n + j] * 2 * sg[n + j] * (1 - sg[n + j]);
+            for (int e = 0; e < n * n; e++) AT(G, e, t) = g_mix[tt * n * n + e];
+            for (int c = 0; c < m; c++) AT(prT, c, t) = proj[tt * m + c];
+            for (int j = 0; j < n; j++) AT(graw, n + j, t) = g_post[tt * n + j];
+        }
+        sinkhorn_backward(n, iters, eps, p, hist, uv, G, gK);
+        for (int t = 0; t < nt; t++) {               /* layer_input = sum_j A_j x_j,  A_j = sigmoid + eps */
+            const real *x = X + (long)(t0 + t) * n * d, *gi = g_in + (long)(t0 + t) * d;
+            real *gx = gX + (long)(t0 + t) * n * d;
+            for (int j = 0; j < n; j++) {
+                real gA = 0, aj = AT(sig, j, t) + eps;
+                for (int c = 0; c < d; c++) { gA += gi[c] * x[j * d + c]; gx[j * d + c] = aj * gi[c]; }
+                AT(graw, j, t) = gA;                 /* dL/dA_j; times the sigmoid's slope below */
             }
-            for (int j = 0; j < n; j++) {            /* softmax over each column i of B~ */
-                real sj = 0;
-                for (int i = 0; i < n; i++) sj += AT(gK, i * n + j, t) * AT(p, i * n + j, t);
-                for (int i = 0; i < n; i++) graw[2 * n + j * n + i] = AT(p, i * n + j, t) * (AT(gK, i * n + j, t) - sj);
+        }
+        for (int j = 0; j < n; j++)                  /* sigmoid' = s (1 - s); C = 2 sigmoid */
+            for (int t = 0; t < CHUNK; t++) {
+                real sa = AT(sig, j, t), sc = AT(sig, n + j, t);
+                AT(graw, j, t) *= sa * (1 - sa);
+                AT(graw, n + j, t) *= 2 * sc * (1 - sc);
             }
-            real gr = 0;                             /* raw = alpha_g * r * proj + base */
-            for (int c = 0; c < m; c++) {
-                int g = c < n ? 0 : (c < 2 * n ? 1 : 2);
-                g_base[c] += graw[c];
-                gs[g] += (double)graw[c] * r * pr[c];
-                g_proj[tt * m + c] = graw[c] * scale[g] * r;
-                gr += graw[c] * scale[g] * pr[c];
+        for (int j = 0; j < n; j++) {                /* softmax over each column j of B~ */
+            real sj[CHUNK];
+            for (int t = 0; t < CHUNK; t++) sj[t] = 0;
+            for (int i = 0; i < n; i++)
+                for (int t = 0; t < CHUNK; t++) sj[t] += AT(gK, i * n + j, t) * AT(p, i * n + j, t);
+            for (int i = 0; i < n; i++)
+                for (int t = 0; t < CHUNK; t++)
+                    AT(graw, 2 * n + j * n + i, t) = AT(p, i * n + j, t) * (AT(gK, i * n + j, t) - sj[t]);
+        }
+        for (int t = 0; t < CHUNK; t++) gr[t] = 0;   /* raw = alpha_g * r * proj + base */
+        for (int c = 0; c < m; c++) {
+            int g = c < n ? 0 : (c < 2 * n ? 1 : 2);
+            real sb = 0, ss = 0;                     /* this chunk's sums (the tail's graw is 0) */
+            for (int t = 0; t < CHUNK; t++) {
+                sb += AT(graw, c, t);
+                ss += AT(graw, c, t) * r[t] * AT(prT, c, t);
+                gr[t] += AT(graw, c, t) * scale[g] * AT(prT, c, t);
             }
-            real k3 = -gr * r * r * r / (n * d);     /* r = (mean(x^2) + rms_eps)^(-1/2): dr/dx = -r^3 x / (n d) */
+            gb[c] += sb;
+            gs[g] += ss;
+        }
+        for (int t = 0; t < nt; t++) {
+            real rt = r[t];
+            real *gp = g_proj + (long)(t0 + t) * m, *gx = gX + (long)(t0 + t) * n * d;
+            const real *x = X + (long)(t0 + t) * n * d;
+            for (int c = 0; c < m; c++) gp[c] = AT(graw, c, t) * scale[c < n ? 0 : (c < 2 * n ? 1 : 2)] * rt;
+            real k3 = -gr[t] * rt * rt * rt / (n * d);   /* r = (mean(x^2) + rms_eps)^(-1/2): dr/dx = -r^3 x / (n d) */
             for (int c = 0; c < n * d; c++) gx[c] += k3 * x[c];
         }
     }
+    for (int c = 0; c < m; c++) g_base[c] = (real)gb[c];
     for (int g = 0; g < 3; g++) g_scale[g] = (real)gs[g];
 }
 
+/* Apply EXP to n numbers: lets tests/test_fused_mhc.py check the float32 exp against torch. */
+void mhc_exp(long n, const real *restrict x, real *restrict y) {
+    for (long i = 0; i < n; i++) y[i] = EXP(x[i]);
+}
+
 /* X_{l+1} = B X + C F per token:  out_i = sum_j B_ij x_j + C_i f   (X (N, n, d), f (N, d)). */
-void mhc_combine_forward(int N, int n, int d, const real *X, const real *f, const real *mix, const real *post,
-                         real *out) {
+void mhc_combine_forward(int N, int n, int d, const real *restrict X, const real *restrict f,
+                         const real *restrict mix, const real *restrict post, real *restrict out) {
     for (long t = 0; t < N; t++) {
         const real *x = X + t * n * d, *B = mix + t * n * n, *ft = f + t * d;
         for (int i = 0; i < n; i++) {
@@ -234,8 +332,9 @@ void mhc_combine_forward(int N, int n, int d, const real *X, const real *f, cons
 }
 
 /* Its backward:  gx_j = sum_i B_ij g_i,  gf = sum_i C_i g_i,  gB_ij = <g_i, x_j>,  gC_i = <g_i, f>. */
-void mhc_combine_backward(int N, int n, int d, const real *X, const real *f, const real *mix, const real *post,
-                          const real *G, real *gX, real *gf, real *gmix, real *gpost) {
+void mhc_combine_backward(int N, int n, int d, const real *restrict X, const real *restrict f,
+                          const real *restrict mix, const real *restrict post, const real *restrict G,
+                          real *restrict gX, real *restrict gf, real *restrict gmix, real *restrict gpost) {
     for (long t = 0; t < N; t++) {
         const real *x = X + t * n * d, *B = mix + t * n * n, *ft = f + t * d, *g = G + t * n * d;
         const real *C = post + t * n;
