@@ -142,7 +142,7 @@ def _pre_forward(X, fn, base, scale, iters: int, eps: float, rms_eps: float):
     lib = _load(X.dtype)
     *lead, n, d = X.shape
     N = X.numel() // (n * d)
-    proj = X.view(N, n * d) @ fn.t()                      # the one big product: PyTorch's matmul does it best
+    proj = fn @ X.view(N, n * d).t()                      # the one big product (m, N): PyTorch's matmul does it best
     layer_input, mix, post = X.new_empty(*lead, d), X.new_empty(*lead, n, n), X.new_empty(*lead, n)
     # kept for the backward, per chunk of tokens: r, the sigmoids, the softmax and Sinkhorn's history
     saved = X.new_empty(-(-N // lib.chunk) * lib.mhc_chunk_floats(n, iters))
@@ -155,16 +155,16 @@ def _pre_backward(saved_tensors, iters: int, eps: float, g_in, g_mix, g_post):
     """Gradients of _pre_forward: (gX (..., n, d), gW, gS, g_alpha)."""
     X, fn, proj, scale, saved = saved_tensors
     *lead, n, d = X.shape
-    N, m = proj.shape
+    m, N = proj.shape
     g_in = X.new_zeros(*lead, d) if g_in is None else g_in.contiguous()
     g_mix = X.new_zeros(*lead, n, n) if g_mix is None else g_mix.contiguous()
     g_post = X.new_zeros(*lead, n) if g_post is None else g_post.contiguous()
-    gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty(N, m), X.new_empty(3), X.new_empty(m)
+    gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty(m, N), X.new_empty(3), X.new_empty(m)
     _load(X.dtype).mhc_pre_backward(N, n, d, iters, eps, _ptr(X), _ptr(proj), _ptr(scale), _ptr(saved),
                                     _ptr(g_in), _ptr(g_mix), _ptr(g_post), _ptr(gX), _ptr(g_proj), _ptr(g_scale),
                                     _ptr(g_base))
-    gX.view(N, n * d).addmm_(g_proj, fn)                  # + the path through proj = X W^T
-    return gX, g_proj.t() @ X.view(N, n * d), g_base, g_scale
+    gX.view(N, n * d).addmm_(g_proj.t(), fn)             # + the path through proj = W X^T
+    return gX, g_proj @ X.view(N, n * d), g_base, g_scale
 
 
 def _combine_forward(X, f, mix, post):

@@ -7,8 +7,8 @@
  * course_lib/fused_mhc.py compiles this file with the system's C compiler and calls it through ctypes;
  * tests/test_fused_mhc.py checks it against the PyTorch version in course_lib/mhc.py.
  *
- * Layouts (row-major, contiguous): X (N, n, d) streams; proj (N, m) = X_flat W^T with m = 2n + n*n columns
- * [pre (n) | post (n) | res (n*n): flat index j*n + i holds B~_ij, transformers' "comb" layout]; base (m);
+ * Layouts (row-major, contiguous): X (N, n, d) streams; proj (m, N) = W X_flat^T (W: (m, n d)) with m = 2n + n*n
+ * rows [pre (n) | post (n) | res (n*n): row j*n + i holds B~_ij, transformers' "comb" layout]; base (m);
  * scale (3) = (alpha_pre, alpha_post, alpha_res). fused_mhc.py compiles the file twice: with -DSINGLE (float,
  * exp_f32 below, sqrtf) and without (double, libm's exp and sqrt).
  *
@@ -220,12 +220,15 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
             for (int t = nt; t < CHUNK; t++) r[t] = 0;
         }
         for (int t = 0; t < nt; t++) {
-            const real *x = X + (long)(t0 + t) * n * d, *pr = proj + (long)(t0 + t) * m;
+            const real *x = X + (long)(t0 + t) * n * d;
             real ss = 0;
             for (int c = 0; c < n * d; c++) ss += x[c] * x[c];
             r[t] = (real)1 / SQRT(ss / (n * d) + rms_eps);
-            for (int c = 0; c < m; c++)              /* raw, into chunk layout */
-                AT(raw, c, t) = scale[c < n ? 0 : (c < 2 * n ? 1 : 2)] * (r[t] * pr[c]) + base[c];
+        }
+        for (int c = 0; c < m; c++) {                /* proj is (m, N): already token-innermost */
+            real alpha = scale[c < n ? 0 : (c < 2 * n ? 1 : 2)];
+            const real *pc = proj + (long)c * N + t0;
+            for (int t = 0; t < nt; t++) AT(raw, c, t) = alpha * (r[t] * pc[t]) + base[c];
         }
         for (int j = 0; j < 2 * n; j++)              /* A = sigmoid + eps and C = 2 sigmoid need these */
             for (int t = 0; t < CHUNK; t++) AT(sig, j, t) = (real)1 / ((real)1 + EXP(-AT(raw, j, t)));
@@ -250,16 +253,15 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
 }
 
 /* Backward of pre_forward. Gradients in: g_in (N, d), g_mix (N, n, n), g_post (N, n). Out: gX (N, n, d) WITHOUT
- * the path through proj (the caller adds g_proj W with one matrix multiply), g_proj (N, m), and g_scale (3),
- * g_base (m) summed over the tokens. Sinkhorn's steps, kept by the forward in work, are undone by sinkhorn_backward;
+ * the path through proj (the caller adds g_proj^T W with one matrix multiply, and gets g_W = g_proj X_flat with
+ * another), g_proj (m, N), and g_scale (3), g_base (m) summed over the tokens. Sinkhorn's steps, kept by the forward in work, are undone by sinkhorn_backward;
  * the column softmax p:  dL/dz = p (g - sum(g p)). */
-INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj,
-                         const real *restrict scale, real *restrict work, const real *restrict g_in,
+INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj, const real *restrict scale, real *restrict work, const real *restrict g_in,
                          const real *restrict g_mix, const real *restrict g_post, real *restrict gX,
                          real *restrict g_proj, real *restrict g_scale, real *restrict g_base) {
     int m = 2 * n + n * n;
     real G[MAXN * MAXN * CHUNK], gK[MAXN * MAXN * CHUNK], graw[MAXN * (MAXN + 2) * CHUNK];
-    real prT[MAXN * (MAXN + 2) * CHUNK], gr[CHUNK];
+    real gr[CHUNK];
     double gs[3] = {0, 0, 0}, gb[MAXN * (MAXN + 2)];      /* sums over all tokens: double, chunk sums added in */
     for (int c = 0; c < m; c++) gb[c] = 0;
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
@@ -268,22 +270,20 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
         chunk_parts(n, iters, r, &sig, &p, &hist, &uv);
         if (nt < CHUNK) {                            /* a last, partial chunk: zero gradients in the tail */
             memset(G, 0, sizeof G);
-            memset(prT, 0, sizeof prT);
             memset(graw, 0, sizeof graw);
         }
         for (int t = 0; t < nt; t++) {               /* into chunk layout */
             long tt = t0 + t;
             for (int e = 0; e < n * n; e++) AT(G, e, t) = g_mix[tt * n * n + e];
-            for (int c = 0; c < m; c++) AT(prT, c, t) = proj[tt * m + c];
             for (int j = 0; j < n; j++) AT(graw, n + j, t) = g_post[tt * n + j];
         }
         sinkhorn_backward(n, iters, eps, p, hist, uv, G, gK);
         for (int t = 0; t < nt; t++) {               /* layer_input = sum_j A_j x_j,  A_j = sigmoid + eps */
             const real *x = X + (long)(t0 + t) * n * d, *gi = g_in + (long)(t0 + t) * d;
-            real *gx = gX + (long)(t0 + t) * n * d, a[MAXN], gA[MAXN];
-            for (int j = 0; j < n; j++) { a[j] = AT(sig, j, t) + eps; gA[j] = 0; }
+            real gA[MAXN];
+            for (int j = 0; j < n; j++) gA[j] = 0;
             for (int c = 0; c < d; c++)              /* vectorised along c: n dot products at once */
-                for (int j = 0; j < n; j++) { gA[j] += gi[c] * x[j * d + c]; gx[j * d + c] = a[j] * gi[c]; }
+                for (int j = 0; j < n; j++) gA[j] += gi[c] * x[j * d + c];
             for (int j = 0; j < n; j++) AT(graw, j, t) = gA[j];   /* dL/dA_j; times the sigmoid's slope below */
         }
         for (int j = 0; j < n; j++)                  /* sigmoid' = s (1 - s); C = 2 sigmoid */
@@ -302,22 +302,25 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
         for (int t = 0; t < CHUNK; t++) gr[t] = 0;   /* raw = alpha_g * r * proj + base */
         for (int c = 0; c < m; c++) {
             int g = c < n ? 0 : (c < 2 * n ? 1 : 2);
-            real sb = 0, ss = 0;                     /* this chunk's sums (the tail's graw is 0) */
-            for (int t = 0; t < CHUNK; t++) {
+            const real *pc = proj + (long)c * N + t0;
+            real *gpc = g_proj + (long)c * N + t0, sb = 0, ss = 0;   /* this chunk's sums */
+            for (int t = 0; t < nt; t++) {
                 sb += AT(graw, c, t);
-                ss += AT(graw, c, t) * r[t] * AT(prT, c, t);
-                gr[t] += AT(graw, c, t) * scale[g] * AT(prT, c, t);
+                ss += AT(graw, c, t) * r[t] * pc[t];
+                gr[t] += AT(graw, c, t) * scale[g] * pc[t];
+                gpc[t] = AT(graw, c, t) * scale[g] * r[t];
             }
             gb[c] += sb;
             gs[g] += ss;
         }
-        for (int t = 0; t < nt; t++) {
-            real rt = r[t];
-            real *gp = g_proj + (long)(t0 + t) * m, *gx = gX + (long)(t0 + t) * n * d;
-            const real *x = X + (long)(t0 + t) * n * d;
-            for (int c = 0; c < m; c++) gp[c] = AT(graw, c, t) * scale[c < n ? 0 : (c < 2 * n ? 1 : 2)] * rt;
+        for (int t = 0; t < nt; t++) {               /* gX = A_j g_in + (dr/dx) g_r */
+            const real *x = X + (long)(t0 + t) * n * d, *gi = g_in + (long)(t0 + t) * d;
+            real *gx = gX + (long)(t0 + t) * n * d, rt = r[t];
             real k3 = -gr[t] * rt * rt * rt / (n * d);   /* r = (mean(x^2) + rms_eps)^(-1/2): dr/dx = -r^3 x / (n d) */
-            for (int c = 0; c < n * d; c++) gx[c] += k3 * x[c];
+            for (int j = 0; j < n; j++) {
+                real aj = AT(sig, j, t) + eps;
+                for (int c = 0; c < d; c++) gx[j * d + c] = aj * gi[c] + k3 * x[j * d + c];
+            }
         }
     }
     for (int c = 0; c < m; c++) g_base[c] = (real)gb[c];
