@@ -9,8 +9,9 @@ slower than a plain residual block although it adds far fewer FLOPs than that. L
 reports about 6.7% extra training time at n = 4 with them. Here the fusion is ``csrc/mhc_fused.c``; the projection of
 the streams (one matrix product forward, two backward) stays in PyTorch, whose matmul is hard to beat.
 
-What is fused (``python -m course_lib.bench v4`` measures it; about 1.6x a plain block at d = 32, 1.2x at d = 256,
-against about 4.7x and 2.1x with PyTorch operations, one CPU thread):
+What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.43-1.59x in three
+runs), 1.2x at d = 256, against about 5x and 2x with PyTorch operations, one CPU thread, n = 4 streams as V4; the
+kernels are compiled once per n = 1..8 with n fixed, fast for n <= 4, slow (scalar) for n >= 5, see the C file):
 
 * ``MHCPre``: r = rsqrt(mean(x^2) + eps_rms); [A~, C~, B~] = alpha * r * (x W^T) + S; A = sigmoid(A~) + eps,
   C = 2 sigmoid(C~), B = Sinkhorn-Knopp(B~); layer_input = sum_j A_j x_j. Sinkhorn runs on row and column scaling
@@ -18,7 +19,7 @@ against about 4.7x and 2.1x with PyTorch operations, one CPU thread):
 * ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
 * ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node.
 
-The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; about a second) into a cache
+The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; about 6 s per dtype) into a cache
 folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder). Without a compiler, on
 other devices (CUDA) or dtypes (bfloat16), ``supported`` says no and ``course_lib.mhc`` uses its PyTorch code, which
 gives the same numbers up to rounding: tests/test_fused_mhc.py compares the two (float64 to 1e-11, float32 to 2e-5,
@@ -54,11 +55,24 @@ def _cache_dirs():
 
 
 def _compile(dtype: torch.dtype) -> Path:
-    """Compile the kernel for one dtype (once: the file name carries a hash of source, flags and machine)."""
+    """Compile the kernel for one dtype (once: the file name carries a hash of source, flags and machine).
+    -march=native lets the compiler use this CPU's widest vector instructions; a compiler that rejects it gets a
+    second try without it (slower code, same numbers)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not compiler:
         raise RuntimeError("no C compiler found (install gcc or clang, or set CC)")
-    flags = _CFLAGS + _VARIANTS[dtype]
+    native = _CFLAGS + _VARIANTS[dtype]
+    try:
+        return _build(compiler, native, dtype)
+    except _CompilerError:
+        return _build(compiler, [f for f in native if f != "-march=native"], dtype)
+
+
+class _CompilerError(RuntimeError):
+    pass
+
+
+def _build(compiler: str, flags: list, dtype: torch.dtype) -> Path:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags, platform.machine(),
                                                           platform.system()]).encode()).hexdigest()[:16]
     name = f"mhc_fused_{str(dtype).split('.')[-1]}_{key}{'.dll' if os.name == 'nt' else '.so'}"
@@ -73,7 +87,7 @@ def _compile(dtype: torch.dtype) -> Path:
             proc = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp), "-lm"], capture_output=True,
                                   text=True, timeout=120)
             if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                raise _CompilerError(f"{compiler} failed: {proc.stderr.strip().splitlines()[-1:]}")
             os.replace(tmp, target)                       # atomic: a parallel build never sees half a file
             return target
         except OSError as err:                            # folder not writable: try the next one

@@ -15,6 +15,18 @@ def test_kernels_build_where_a_compiler_exists():
     assert fused_mhc.available(torch.float32) and fused_mhc.available(torch.float64), fused_mhc.why_unavailable()
 
 
+def test_a_compiler_that_rejects_march_native_gets_a_build_without_it(tmp_path, monkeypatch):
+    real_cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    fake = tmp_path / "cc_without_native"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {real_cc} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("COURSE_LIB_KERNEL_CACHE", str(tmp_path / "cache"))
+    built = fused_mhc._compile(torch.float64)
+    assert built.exists() and built.parent == tmp_path / "cache"
+    assert len(list((tmp_path / "cache").iterdir())) == 1          # only the build without -march=native
+
+
 def _exp(lib, x):
     y = torch.empty_like(x)
     lib.mhc_exp(x.numel(), x.data_ptr(), y.data_ptr())

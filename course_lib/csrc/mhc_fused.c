@@ -35,7 +35,7 @@ typedef double real;
 #endif
 
 #define MAXN 8          /* at most 8 streams (V4 uses 4) */
-#if defined(__GNUC__)   /* gcc and clang: always inline, so that the n = 4 copy sees n as a constant (see WITH_N) */
+#if defined(__GNUC__)   /* gcc and clang: always inline, so that each copy sees its n as a constant (see WITH_N) */
 #define INLINE static inline __attribute__((always_inline))
 #else
 #define INLINE static inline
@@ -377,12 +377,17 @@ INLINE void combine_backward(int n, int N, int d, const real *restrict X, const 
     }
 }
 
-/* The exported kernels. With n = 4 (V4's and the mHC paper's number of streams) they run the code above with n as
- * a compile-time constant: the compiler then unrolls the short loops over the streams and vectorises along the
- * tokens or along d, keeping a token's values in registers (about 2x faster per call than with n as a variable,
- * which keeps them in memory). Other n run the same code with n as a variable: correct, slower. A copy for every
- * n = 1..8 would triple the compile time (about 6 s instead of 2 s per dtype). */
-#define WITH_N(kernel, ...) if (n == 4) kernel(4, __VA_ARGS__); else kernel(n, __VA_ARGS__);
+/* The exported kernels run the code above with n as a compile-time constant, one copy for each n = 1..MAXN: the
+ * compiler then unrolls the short loops over the streams and vectorises along the tokens or along d, keeping a
+ * token's values in registers. With n as a variable it cannot vectorise those loops (with n = 4: about 5x slower per
+ * call). The price: about 6 s of compiling per dtype, once. Measured for n <= 4; for n >= 5 (n^2 >= 25 products per
+ * step) gcc 12 no longer unrolls the loops and these kernels run scalar: correct, but several times slower than
+ * loops with the token index innermost (n = 8, 256 tokens: about 2.6 ms per pre backward call). */
+#define WITH_N(kernel, ...) switch (n) {                                                      \
+    case 1: kernel(1, __VA_ARGS__); break;  case 2: kernel(2, __VA_ARGS__); break;                \
+    case 3: kernel(3, __VA_ARGS__); break;  case 4: kernel(4, __VA_ARGS__); break;                \
+    case 5: kernel(5, __VA_ARGS__); break;  case 6: kernel(6, __VA_ARGS__); break;                \
+    case 7: kernel(7, __VA_ARGS__); break;  default: kernel(MAXN, __VA_ARGS__); break; }
 
 void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *X, const real *proj,
                      const real *base, const real *scale, real *layer_input, real *mix, real *post, real *work) {
