@@ -9,7 +9,7 @@ slower than a plain residual block although it adds far fewer FLOPs than that. L
 reports about 6.7% extra training time at n = 4 with them. Here the fusion is ``csrc/mhc_fused.c``; the projection of
 the streams (one matrix product forward, two backward) stays in PyTorch, whose matmul is hard to beat.
 
-What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.43-1.59x in three
+What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.41-1.62x in six
 runs), 1.2x at d = 256, against about 5x and 2x with PyTorch operations, one CPU thread, n = 4 streams as V4; the
 kernels are compiled once per n = 1..8 with n fixed, fast for n <= 4, slow (scalar) for n >= 5, see the C file):
 
