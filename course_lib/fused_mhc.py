@@ -9,9 +9,9 @@ slower than a plain residual block although it adds far fewer FLOPs than that. L
 reports about 6.7% extra training time at n = 4 with them. Here the fusion is ``csrc/mhc_fused.c``; the projection of
 the streams (one matrix product forward, two backward) stays in PyTorch, whose matmul is hard to beat.
 
-What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.41-1.62x in six
-runs), 1.2x at d = 256, against about 5x and 2x with PyTorch operations, one CPU thread, n = 4 streams as V4; the
-kernels are compiled once per n = 1..8 with n fixed, fast for n <= 4, slow (scalar) for n >= 5, see the C file):
+What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.41-1.62x in
+nine runs), 1.2x at d = 256, against about 5x and 2x with PyTorch operations, one CPU thread, n = 4 streams as V4;
+the kernels are compiled with n = 4 fixed, which is what makes them fast; any other n runs slower, see the C file):
 
 * ``MHCPre``: r = rsqrt(mean(x^2) + eps_rms); [A~, C~, B~] = alpha * r * (x W^T) + S; A = sigmoid(A~) + eps,
   C = 2 sigmoid(C~), B = Sinkhorn-Knopp(B~); layer_input = sum_j A_j x_j. Sinkhorn runs on row and column scaling
@@ -19,7 +19,7 @@ kernels are compiled once per n = 1..8 with n fixed, fast for n <= 4, slow (scal
 * ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
 * ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node.
 
-The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; about 6 s per dtype) into a cache
+The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; a second or two per dtype) into a cache
 folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder). Without a compiler, on
 other devices (CUDA) or dtypes (bfloat16), ``supported`` says no and ``course_lib.mhc`` uses its PyTorch code, which
 gives the same numbers up to rounding: tests/test_fused_mhc.py compares the two (float64 to 1e-11, float32 to 2e-5,

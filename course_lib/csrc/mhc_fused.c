@@ -377,17 +377,12 @@ INLINE void combine_backward(int n, int N, int d, const real *restrict X, const 
     }
 }
 
-/* The exported kernels run the code above with n as a compile-time constant, one copy for each n = 1..MAXN: the
- * compiler then unrolls the short loops over the streams and vectorises along the tokens or along d, keeping a
- * token's values in registers. With n as a variable it cannot vectorise those loops (with n = 4: about 5x slower per
- * call). The price: about 6 s of compiling per dtype, once. Measured for n <= 4; for n >= 5 (n^2 >= 25 products per
- * step) gcc 12 no longer unrolls the loops and these kernels run scalar: correct, but several times slower than
- * loops with the token index innermost (n = 8, 256 tokens: about 2.6 ms per pre backward call). */
-#define WITH_N(kernel, ...) switch (n) {                                                      \
-    case 1: kernel(1, __VA_ARGS__); break;  case 2: kernel(2, __VA_ARGS__); break;                \
-    case 3: kernel(3, __VA_ARGS__); break;  case 4: kernel(4, __VA_ARGS__); break;                \
-    case 5: kernel(5, __VA_ARGS__); break;  case 6: kernel(6, __VA_ARGS__); break;                \
-    case 7: kernel(7, __VA_ARGS__); break;  default: kernel(MAXN, __VA_ARGS__); break; }
+/* The exported kernels run the code above with n = 4 (V4's hc_mult) as a compile-time constant: the compiler then
+ * unrolls the short loops over the streams and vectorises along the tokens or along d, keeping a token's values in
+ * registers (with n as a variable it cannot: with n = 4 about 5x slower per call). Any other n runs the same code
+ * with n as a variable: correct, tested, slower. One copy per n would make every n fast but compile for much
+ * longer (about 6 s per dtype instead of under 2 s), for sizes the course does not use. */
+#define WITH_N(kernel, ...) { if (n == 4) kernel(4, __VA_ARGS__); else kernel(n, __VA_ARGS__); }
 
 void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *X, const real *proj,
                      const real *base, const real *scale, real *layer_input, real *mix, real *post, real *work) {
