@@ -33,3 +33,40 @@ def e2e_enabled() -> bool:
 
 
 needs_e2e = pytest.mark.skipif(not e2e_enabled(), reason="end-to-end check: run `make check-e2e`")
+
+
+def notebook_client(nb, **kwargs):
+    """An nbclient.NotebookClient whose waits for kernel messages poll in short steps.
+
+    Why: with widgets in play, the asynchronous client's `get_msg(timeout=T)` sometimes returns a reply that has
+    already arrived only when T runs out (jupyter/nbclient#312). Our cell timeout is 600 s, so a notebook that runs in
+    40 s alone took 10 minutes in two CI runs, with the kernel idle and the client waiting. Polling every half second
+    up to the same deadline picks such a reply up at the next step; the timeouts themselves are unchanged."""
+    import queue
+    import time
+
+    from nbclient import NotebookClient
+
+    def poll_in_steps(channel, step: float = 0.5):
+        wait_once = channel.get_msg
+
+        async def get_msg(timeout=None):
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+                try:
+                    return await wait_once(timeout=left)
+                except queue.Empty:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+
+        channel.get_msg = get_msg
+
+    class ShortPollClient(NotebookClient):
+        async def async_start_new_kernel_client(self, **kw):
+            started = await super().async_start_new_kernel_client(**kw)
+            for channel in (self.kc.shell_channel, self.kc.iopub_channel):
+                poll_in_steps(channel)
+            return started
+
+    return ShortPollClient(nb, **kwargs)

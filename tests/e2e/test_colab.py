@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import nbtext
-from e2ecommon import ROOT, needs_e2e
+from e2ecommon import ROOT, needs_e2e, notebook_client
 
 from course_lib.checks.core import PASS_MARK
 
@@ -42,10 +42,9 @@ def _pip_uninstall_course() -> None:
 
 def _execute(path: Path, env: dict):
     import nbformat
-    from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+    notebook_client(nb, timeout=600, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
     return nb
 

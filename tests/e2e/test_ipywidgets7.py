@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import nbtext
-from e2ecommon import ROOT, all_notebooks, needs_e2e, rel
+from e2ecommon import ROOT, all_notebooks, needs_e2e, notebook_client, rel
 
 pytestmark = needs_e2e
 CELL_TIMEOUT_S = float(os.environ.get("COURSE_E2E_CELL_TIMEOUT", 600))   # generous: a shared CI core is slow
@@ -60,7 +60,6 @@ def test_this_is_colabs_ipywidgets():
 @pytest.mark.parametrize("source", _widget_notebooks(), ids=rel)
 def test_widget_cells_run_live_under_ipywidgets7(source: Path):
     import nbformat
-    from nbclient import NotebookClient
 
     nb = nbformat.read(source, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -68,7 +67,7 @@ def test_widget_cells_run_live_under_ipywidgets7(source: Path):
     nb.cells = code[:last + 1] + [nbformat.v4.new_code_cell(PROBE)]
     env = {k: v for k, v in os.environ.items() if k not in ("COURSE_WIDGETS", "COURSE_NETBLOCK", "PYTHONPATH")}
     env["PYTHONHASHSEED"] = "0"
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=True,
+    client = notebook_client(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(source.parent)}})
     client.execute(env=env)
 
