@@ -19,11 +19,11 @@ the kernels are compiled with n = 4 fixed, which is what makes them fast; any ot
 * ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
 * ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node.
 
-The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; a second or two per dtype) into a cache
-folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder). Without a compiler, on
-other devices (CUDA) or dtypes (bfloat16), ``supported`` says no and ``course_lib.mhc`` uses its PyTorch code, which
-gives the same numbers up to rounding: tests/test_fused_mhc.py compares the two (float64 to 1e-11, float32 to 2e-5,
-gradients included) and runs torch.autograd.gradcheck on the three Functions.
+The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; a second or two per dtype)
+into a cache folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder).
+Without a compiler, on other devices (CUDA) or dtypes (bfloat16), ``supported`` says no and ``course_lib.mhc`` uses
+its PyTorch code, which gives the same numbers up to rounding: tests/test_fused_mhc.py compares the two (float64 to
+1e-11, float32 to 2e-5, gradients included) and runs torch.autograd.gradcheck on the three Functions.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "mhc_fused.c"
 MAX_STREAMS = 8                                          # MAXN in the C file
-_CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
-           "-fno-signed-zeros"]
+_CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
+           "-fassociative-math", "-fno-signed-zeros"]
 _VARIANTS = {torch.float32: ["-DSINGLE"], torch.float64: []}
 _libs: dict = {}
 _failure: str | None = None

@@ -165,7 +165,7 @@ def format_spec_table(results: dict) -> str:
 
 
 def speculative_goal(results: dict, min_acceptance: float = 0.8, min_speedup: float = 1.3) -> tuple[str, bool, str]:
-    """The issue's goal for self-speculative decoding, judged on the measurement: on the most predictable domain
+    """Notebook 09's goal for self-speculative decoding, judged on the measurement: on the most predictable domain
     (highest acceptance), acceptance >= min_acceptance, speed-up >= min_speedup and output identical to greedy in
     float64. Returns (that domain, met, one line saying so)."""
     if not results:

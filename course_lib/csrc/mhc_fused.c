@@ -179,7 +179,10 @@ INLINE void column_softmax(int n, const real *restrict raw, real *restrict p) {
         for (int i = 1; i < n; i++)
             for (int t = 0; t < CHUNK; t++) mx[t] = AT(l, i, t) > mx[t] ? AT(l, i, t) : mx[t];
         for (int i = 0; i < n; i++)
-            for (int t = 0; t < CHUNK; t++) { AT(p, i * n + j, t) = EXP(AT(l, i, t) - mx[t]); s[t] += AT(p, i * n + j, t); }
+            for (int t = 0; t < CHUNK; t++) {
+                AT(p, i * n + j, t) = EXP(AT(l, i, t) - mx[t]);
+                s[t] += AT(p, i * n + j, t);
+            }
         for (int i = 0; i < n; i++)
             for (int t = 0; t < CHUNK; t++) AT(p, i * n + j, t) /= s[t];
     }
@@ -254,9 +257,10 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
 
 /* Backward of pre_forward. Gradients in: g_in (N, d), g_mix (N, n, n), g_post (N, n). Out: gX (N, n, d) WITHOUT
  * the path through proj (the caller adds g_proj^T W with one matrix multiply, and gets g_W = g_proj X_flat with
- * another), g_proj (m, N), and g_scale (3), g_base (m) summed over the tokens. Sinkhorn's steps, kept by the forward in work, are undone by sinkhorn_backward;
- * the column softmax p:  dL/dz = p (g - sum(g p)). */
-INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj, const real *restrict scale, real *restrict work, const real *restrict g_in,
+ * another), g_proj (m, N), and g_scale (3), g_base (m) summed over the tokens. Sinkhorn's steps, kept by the
+ * forward in work, are undone by sinkhorn_backward; the column softmax p:  dL/dz = p (g - sum(g p)). */
+INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj,
+                         const real *restrict scale, real *restrict work, const real *restrict g_in,
                          const real *restrict g_mix, const real *restrict g_post, real *restrict gX,
                          real *restrict g_proj, real *restrict g_scale, real *restrict g_base) {
     int m = 2 * n + n * n;
