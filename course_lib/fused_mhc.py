@@ -9,15 +9,19 @@ slower than a plain residual block although it adds far fewer FLOPs than that. L
 reports about 6.7% extra training time at n = 4 with them. Here the fusion is ``csrc/mhc_fused.c``; the projection of
 the streams (one matrix product forward, two backward) stays in PyTorch, whose matmul is hard to beat.
 
-What is fused (``python -m course_lib.bench v4`` measures it; about 1.5x a plain block at d = 32 (1.41-1.62x in
-nine runs), 1.2x at d = 256, against about 5x and 2x with PyTorch operations, one CPU thread, n = 4 streams as V4;
-the kernels are compiled with n = 4 fixed, which is what makes them fast; any other n runs slower, see the C file):
+What is fused (``python -m course_lib.bench v4`` measures it, one CPU thread, n = 4 streams as V4: at d = 32 one
+block costs about 1.45x a plain block and notebook 08's 24-block model about 1.47x per training step, 1.2x at
+d = 256, against about 5x and 2x with PyTorch operations; the kernels are compiled with n = 4 fixed, which is what
+makes them fast; any other n runs slower, see the C file):
 
 * ``MHCPre``: r = rsqrt(mean(x^2) + eps_rms); [A~, C~, B~] = alpha * r * (x W^T) + S; A = sigmoid(A~) + eps,
   C = 2 sigmoid(C~), B = Sinkhorn-Knopp(B~); layer_input = sum_j A_j x_j. Sinkhorn runs on row and column scaling
-  vectors (B = diag(u) K diag(v)), and the forward keeps their history so the backward can undo the steps in reverse.
+  vectors (B = diag(u) K diag(v)). The forward keeps only r, the sigmoids and the softmax (1 + 2n + n^2 numbers per
+  token); the backward runs Sinkhorn's steps again and undoes them in reverse: recomputation, as the mHC paper does
+  at scale, because keeping 2n numbers per step and token would write and read back ~0.35 MB per connection here.
 * ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
-* ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node.
+* ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node. Inside a model
+  (``mhc.StreamLM``) every write-back is merged with the next read-in, across blocks too: 2 nodes per block.
 
 The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; a second or two per dtype)
 into a cache folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder).
@@ -41,7 +45,7 @@ import torch
 SOURCE = Path(__file__).with_name("csrc") / "mhc_fused.c"
 MAX_STREAMS = 8                                          # MAXN in the C file
 _CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
-           "-fassociative-math", "-fno-signed-zeros"]
+           "-fassociative-math", "-fno-signed-zeros", "-ffp-contract=fast"]
 _VARIANTS = {torch.float32: ["-DSINGLE"], torch.float64: []}
 _libs: dict = {}
 _failure: str | None = None
@@ -110,12 +114,14 @@ def _load(dtype: torch.dtype):
     i, p = ctypes.c_int, ctypes.c_void_p
     lib.mhc_pre_forward.argtypes = [i, i, i, i, real, real] + [p] * 8
     lib.mhc_pre_forward.restype = None
-    lib.mhc_pre_backward.argtypes = [i, i, i, i, real] + [p] * 11
+    lib.mhc_pre_backward.argtypes = [i, i, i, i, real] + [p] * 13
     lib.mhc_pre_backward.restype = None
     lib.mhc_chunk_size.argtypes = []
     lib.mhc_chunk_size.restype = ctypes.c_int
-    lib.mhc_chunk_floats.argtypes = [i, i]
+    lib.mhc_chunk_floats.argtypes = [i]
     lib.mhc_chunk_floats.restype = ctypes.c_long
+    lib.mhc_scratch_floats.argtypes = [i, i]
+    lib.mhc_scratch_floats.restype = ctypes.c_long
     lib.mhc_combine_forward.argtypes = [i, i, i] + [p] * 5
     lib.mhc_combine_forward.restype = None
     lib.mhc_combine_backward.argtypes = [i, i, i] + [p] * 9
@@ -143,57 +149,69 @@ def supported(streams: torch.Tensor) -> bool:
             and streams.shape[-2] <= MAX_STREAMS and available(streams.dtype))
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()                                   # ctypes passes an int as a c_void_p
-
-
 # ------------------------------------------------------------------------------------------ the two steps, by hand
-# Plain functions on contiguous tensors of any leading shape (the kernels only see N = the number of tokens); the
-# autograd Functions below chain them, so MHCCombinePre runs a combine and the next pre step as one autograd node.
+# Plain functions on contiguous (..., n, d) tensors (the kernels only see N = the number of tokens); the autograd
+# Functions below chain them, so MHCCombinePre runs a combine and the next pre step as one autograd node.
+# They run three times per block and step, and at notebook 08's size each Python statement here costs about as much
+# as a microsecond of kernel time, so they are kept lean: pointers go straight to ctypes, the per-chunk size of the
+# saved work is looked up once, and the last gradient that meets X is added inside the kernel.
 # Outputs are allocated in their final shapes: a Function that returns views pays for autograd's view tracking.
-def _pre_forward(X, fn, base, scale, iters: int, eps: float, rms_eps: float):
+_sizes: dict = {}             # (n, iters) -> numbers saved per chunk of tokens, numbers in the backward's buffer
+
+
+def _size(lib, n: int, iters: int):
+    size = _sizes.get((n, iters))
+    if size is None:
+        size = _sizes[n, iters] = (lib.mhc_chunk_floats(n), lib.mhc_scratch_floats(n, iters))
+    return size
+
+
+def _pre_forward(lib, X, fn, base, scale, iters: int, eps: float, rms_eps: float):
     """X (..., n, d) -> (layer_input (..., d), B (..., n, n), C (..., n)), saved."""
-    lib = _load(X.dtype)
-    *lead, n, d = X.shape
+    lead, (n, d) = X.shape[:-2], X.shape[-2:]
     N = X.numel() // (n * d)
-    proj = fn @ X.view(N, n * d).t()                      # the one big product (m, N): PyTorch's matmul does it best
-    layer_input, mix, post = X.new_empty(*lead, d), X.new_empty(*lead, n, n), X.new_empty(*lead, n)
-    # kept for the backward, per chunk of tokens: r, the sigmoids, the softmax and Sinkhorn's history
-    saved = X.new_empty(-(-N // lib.chunk) * lib.mhc_chunk_floats(n, iters))
-    lib.mhc_pre_forward(N, n, d, iters, eps, rms_eps, _ptr(X), _ptr(proj), _ptr(base), _ptr(scale),
-                        _ptr(layer_input), _ptr(mix), _ptr(post), _ptr(saved))
+    proj = torch.mm(fn, X.view(N, n * d).t())            # the one big product (m, N): PyTorch's matmul does it best
+    layer_input, mix, post = X.new_empty((*lead, d)), X.new_empty((*lead, n, n)), X.new_empty((*lead, n))
+    # kept for the backward, per chunk of tokens: r, the sigmoids and the softmax (Sinkhorn's steps are run again)
+    saved = X.new_empty(-(-N // lib.chunk) * _size(lib, n, iters)[0])
+    lib.mhc_pre_forward(N, n, d, iters, eps, rms_eps, X.data_ptr(), proj.data_ptr(), base.data_ptr(),
+                        scale.data_ptr(), layer_input.data_ptr(), mix.data_ptr(), post.data_ptr(), saved.data_ptr())
     return (layer_input, mix, post), (X, fn, proj, scale, saved)
 
 
-def _pre_backward(saved_tensors, iters: int, eps: float, g_in, g_mix, g_post):
-    """Gradients of _pre_forward: (gX (..., n, d), gW, gS, g_alpha)."""
-    X, fn, proj, scale, saved = saved_tensors
-    *lead, n, d = X.shape
+def _pre_backward(lib, X, fn, proj, scale, saved, iters: int, eps: float, g_in, g_mix, g_post, g_extra=None):
+    """Gradients of _pre_forward: (gX (..., n, d), gW, gS, g_alpha); g_extra (..., n, d), if given, is added to gX."""
+    lead, (n, d) = X.shape[:-2], X.shape[-2:]
     m, N = proj.shape
-    g_in = X.new_zeros(*lead, d) if g_in is None else g_in.contiguous()
-    g_mix = X.new_zeros(*lead, n, n) if g_mix is None else g_mix.contiguous()
-    g_post = X.new_zeros(*lead, n) if g_post is None else g_post.contiguous()
-    gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty(m, N), X.new_empty(3), X.new_empty(m)
-    _load(X.dtype).mhc_pre_backward(N, n, d, iters, eps, _ptr(X), _ptr(proj), _ptr(scale), _ptr(saved),
-                                    _ptr(g_in), _ptr(g_mix), _ptr(g_post), _ptr(gX), _ptr(g_proj), _ptr(g_scale),
-                                    _ptr(g_base))
+    g_in = X.new_zeros((*lead, d)) if g_in is None else g_in.contiguous()
+    g_mix = X.new_zeros((*lead, n, n)) if g_mix is None else g_mix.contiguous()
+    g_post = X.new_zeros((*lead, n)) if g_post is None else g_post.contiguous()
+    g_extra = None if g_extra is None else g_extra.contiguous()     # a name keeps a copy alive during the call
+    gX, g_proj, g_scale, g_base = torch.empty_like(X), X.new_empty((m, N)), X.new_empty(3), X.new_empty(m)
+    hist = X.new_empty(_size(lib, n, iters)[1])          # Sinkhorn's steps for one chunk at a time
+    lib.mhc_pre_backward(N, n, d, iters, eps, X.data_ptr(), proj.data_ptr(), scale.data_ptr(), saved.data_ptr(),
+                         hist.data_ptr(), g_in.data_ptr(), g_mix.data_ptr(), g_post.data_ptr(),
+                         0 if g_extra is None else g_extra.data_ptr(),            # 0: NULL, nothing to add
+                         gX.data_ptr(), g_proj.data_ptr(), g_scale.data_ptr(), g_base.data_ptr())
     gX.view(N, n * d).addmm_(g_proj.t(), fn)             # + the path through proj = W X^T
-    return gX, g_proj @ X.view(N, n * d), g_base, g_scale
+    return gX, torch.mm(g_proj, X.view(N, n * d)), g_base, g_scale
 
 
-def _combine_forward(X, f, mix, post):
+def _combine_forward(lib, X, f, mix, post):
     n, d = X.shape[-2:]
     out = torch.empty_like(X)
-    _load(X.dtype).mhc_combine_forward(X.numel() // (n * d), n, d, _ptr(X), _ptr(f), _ptr(mix), _ptr(post),
-                                       _ptr(out))
+    lib.mhc_combine_forward(X.numel() // (n * d), n, d, X.data_ptr(), f.data_ptr(), mix.data_ptr(), post.data_ptr(),
+                            out.data_ptr())
     return out
 
 
-def _combine_backward(X, f, mix, post, G):
+def _combine_backward(lib, X, f, mix, post, G):
     n, d = X.shape[-2:]
+    G = G.contiguous()
     gX, gf, gmix, gpost = torch.empty_like(X), torch.empty_like(f), torch.empty_like(mix), torch.empty_like(post)
-    _load(X.dtype).mhc_combine_backward(X.numel() // (n * d), n, d, _ptr(X), _ptr(f), _ptr(mix), _ptr(post),
-                                        _ptr(G.contiguous()), _ptr(gX), _ptr(gf), _ptr(gmix), _ptr(gpost))
+    lib.mhc_combine_backward(X.numel() // (n * d), n, d, X.data_ptr(), f.data_ptr(), mix.data_ptr(),
+                             post.data_ptr(), G.data_ptr(), gX.data_ptr(), gf.data_ptr(), gmix.data_ptr(),
+                             gpost.data_ptr())
     return gX, gf, gmix, gpost
 
 
@@ -202,15 +220,17 @@ class MHCPre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, X, fn, base, scale, iters: int, eps: float, rms_eps: float):
-        outputs, saved = _pre_forward(X.contiguous(), fn.contiguous(), base.contiguous(), scale.contiguous(), iters,
-                                      eps, rms_eps)
+        ctx.lib = lib = _load(X.dtype)
+        outputs, saved = _pre_forward(lib, X.contiguous(), fn.contiguous(), base.contiguous(), scale.contiguous(),
+                                      iters, eps, rms_eps)
         ctx.save_for_backward(*saved)
         ctx.iters, ctx.eps = iters, eps
         return outputs
 
     @staticmethod
     def backward(ctx, g_in, g_mix, g_post):
-        return (*_pre_backward(ctx.saved_tensors, ctx.iters, ctx.eps, g_in, g_mix, g_post), None, None, None)
+        return (*_pre_backward(ctx.lib, *ctx.saved_tensors, ctx.iters, ctx.eps, g_in, g_mix, g_post),
+                None, None, None)
 
 
 class MHCCombine(torch.autograd.Function):
@@ -218,13 +238,14 @@ class MHCCombine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, X, f, mix, post):
-        inputs = tuple(t.contiguous() for t in (X, f, mix, post))
+        ctx.lib = lib = _load(X.dtype)
+        inputs = X.contiguous(), f.contiguous(), mix.contiguous(), post.contiguous()
         ctx.save_for_backward(*inputs)
-        return _combine_forward(*inputs)
+        return _combine_forward(lib, *inputs)
 
     @staticmethod
     def backward(ctx, G):
-        return _combine_backward(*ctx.saved_tensors, G)
+        return _combine_backward(ctx.lib, *ctx.saved_tensors, G)
 
 
 class MHCCombinePre(torch.autograd.Function):
@@ -233,32 +254,42 @@ class MHCCombinePre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, X, f, mix, post, fn, base, scale, iters: int, eps: float, rms_eps: float):
-        inputs = tuple(t.contiguous() for t in (X, f, mix, post))
-        X2 = _combine_forward(*inputs)
-        (inp, mix2, post2), saved = _pre_forward(X2, fn.contiguous(), base.contiguous(), scale.contiguous(), iters,
-                                                 eps, rms_eps)
+        ctx.lib = lib = _load(X.dtype)
+        inputs = X.contiguous(), f.contiguous(), mix.contiguous(), post.contiguous()
+        X2 = _combine_forward(lib, *inputs)
+        (inp, mix2, post2), saved = _pre_forward(lib, X2, fn.contiguous(), base.contiguous(), scale.contiguous(),
+                                                 iters, eps, rms_eps)
         ctx.save_for_backward(*inputs, *saved)
         ctx.iters, ctx.eps = iters, eps
         return X2, inp, mix2, post2
 
     @staticmethod
     def backward(ctx, g_X2, g_in, g_mix, g_post):
-        *inputs, X2, fn, proj, scale, saved = ctx.saved_tensors
-        gX2, g_fn, g_base, g_scale = _pre_backward((X2, fn, proj, scale, saved), ctx.iters, ctx.eps, g_in, g_mix,
-                                                   g_post)
-        if g_X2 is not None:
-            gX2 += g_X2                                   # X' also feeds the next combine
-        return (*_combine_backward(*inputs, gX2), g_fn, g_base, g_scale, None, None, None)
+        X, f, mix, post, *saved = ctx.saved_tensors
+        # X' feeds the next combine as well (its gradient g_X2): the kernel adds that in
+        gX2, g_fn, g_base, g_scale = _pre_backward(ctx.lib, *saved, ctx.iters, ctx.eps, g_in, g_mix, g_post, g_X2)
+        return (*_combine_backward(ctx.lib, X, f, mix, post, gX2), g_fn, g_base, g_scale, None, None, None)
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def mhc_pre(streams: torch.Tensor, fn, base, scale, iters: int, eps: float, rms_eps: float):
-    """HyperConnection's mHC forward on (B, T, n, d) streams through the fused kernel (same outputs, same shapes)."""
+def _check(hc, streams: torch.Tensor):
+    # the kernels trust the shapes they are given: a mismatch must stop here, not read past an array
+    if streams.shape[-2:] != (hc.n_streams, hc.d_model):
+        raise ValueError(f"streams must have shape (..., {hc.n_streams}, {hc.d_model}), got {tuple(streams.shape)}")
+
+
+def pre(hc, streams: torch.Tensor):
+    """hc's mHC read-in step (hc: a constrained mhc.HyperConnection) on (B, T, n, d) streams through the fused
+    kernel: (layer_input, B, C), as HyperConnection.forward returns them; records hc.last_mix the same way."""
+    _check(hc, streams)
     dt = streams.dtype
-    return MHCPre.apply(streams, _as(fn, dt), _as(base, dt), _as(scale, dt), iters, eps, rms_eps)
+    out = MHCPre.apply(streams, _as(hc.fn, dt), _as(hc.base, dt), _as(hc.scale, dt), hc.sinkhorn_iters, hc.eps,
+                       hc.rms_eps)
+    hc.last_mix = out[1].detach()
+    return out
 
 
 def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor):
@@ -270,6 +301,7 @@ def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor
 def combine_then_pre(streams, layer_output, mix, post, hc):
     """combine(...) followed by hc's mHC pre step (hc: a constrained mhc.HyperConnection), as one autograd node.
     Returns (new streams, layer_input, B, C) and records hc.last_mix like HyperConnection.forward."""
+    _check(hc, streams)
     dt = streams.dtype
     out = MHCCombinePre.apply(streams, _as(layer_output, dt), _as(mix, dt), _as(post, dt), _as(hc.fn, dt),
                               _as(hc.base, dt), _as(hc.scale, dt), hc.sinkhorn_iters, hc.eps, hc.rms_eps)

@@ -180,10 +180,7 @@ class HyperConnection(nn.Module):
                              f"got {tuple(streams.shape)}")
         n = self.n_streams
         if self.fused and self.constrained and fused_mhc.supported(streams):
-            layer_input, mix, post = fused_mhc.mhc_pre(streams, self.fn, self.base, self.scale, self.sinkhorn_iters,
-                                                       self.eps, self.rms_eps)
-            self.last_mix = mix.detach()
-            return layer_input, mix, post
+            return fused_mhc.pre(self, streams)
         # X^_l = RMSNorm(vec(X_l)) (no weight);  raw = alpha * (X^_l W) + S
         flat = _at_least_float32(streams.flatten(2))
         flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.rms_eps)
@@ -278,12 +275,13 @@ class StreamBlock(nn.Module):
             return x + self.ffn(self.ffn_norm(x))
         if self.fused and fused_mhc.supported(x):
             # the same steps through the fused kernels; the attention's write-back and the FFN's read-in share one call
-            inp, mix, post = self.attn_hc(x)
-            out = self.attn(self.attn_norm(inp))
-            if self.ffn_hc.constrained:
-                x, inp, mix, post = fused_mhc.combine_then_pre(x, out, mix, post, self.ffn_hc)
-            else:
-                x = fused_mhc.combine(x, out, mix, post)
+            if self.attn_hc.constrained:                  # mHC: three kernel calls (autograd nodes) per block
+                inp, mix, post = fused_mhc.pre(self.attn_hc, x)
+                x, inp, mix, post = fused_mhc.combine_then_pre(x, self.attn(self.attn_norm(inp)), mix, post,
+                                                               self.ffn_hc)
+            else:                                         # HC: A, B, C from the PyTorch code, write-backs fused
+                inp, mix, post = self.attn_hc(x)
+                x = fused_mhc.combine(x, self.attn(self.attn_norm(inp)), mix, post)
                 inp, mix, post = self.ffn_hc(x)
             return fused_mhc.combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
         combine = HyperConnection.combine
@@ -327,13 +325,31 @@ class StreamLM(nn.Module):
         x = self.embed(idx)
         if self.hc_head is not None:
             x = x.unsqueeze(2).expand(-1, -1, self.n_streams, -1).contiguous()
-        for block in self.blocks:
-            x = block(x)
+        if self.residual == "mhc" and self.blocks[0].fused and fused_mhc.supported(x):
+            x = _fused_stack(self.blocks, x)
+        else:
+            for block in self.blocks:
+                x = block(x)
         if self.hc_head is not None:
             x = self.hc_head(x)
         logits = self.head(self.norm(x))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+
+def _fused_stack(blocks, x: torch.Tensor) -> torch.Tensor:
+    """StreamBlocks with mHC through the fused kernels, each write-back merged with the next read-in, also across
+    blocks: 2 kernel calls (autograd nodes) per block where a block on its own needs 3 (its first read-in has no
+    write-back before it). The same operations as calling the blocks one after the other."""
+    inp, mix, post = fused_mhc.pre(blocks[0].attn_hc, x)
+    for i, block in enumerate(blocks):
+        x, inp, mix, post = fused_mhc.combine_then_pre(x, block.attn(block.attn_norm(inp)), mix, post, block.ffn_hc)
+        out = block.ffn(block.ffn_norm(inp))
+        if i + 1 < len(blocks):
+            x, inp, mix, post = fused_mhc.combine_then_pre(x, out, mix, post, blocks[i + 1].attn_hc)
+        else:
+            x = fused_mhc.combine(x, out, mix, post)
+    return x
 
 
 def mixing_matrices(model: nn.Module) -> list[torch.Tensor]:

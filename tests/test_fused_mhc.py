@@ -78,7 +78,7 @@ def _run(hc, x, fused):
                                               (8, 12, 20, (2, 130))])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
 def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol):
-    # token counts that are not a multiple of the kernel's chunk (128), odd widths, 2 to 8 streams
+    # token counts that are not a multiple of the kernel's chunk (64), odd widths, 2 to 8 streams
     hc = _hc(d, n, iters, dtype)
     x = torch.randn(*tokens, n, d, dtype=dtype, generator=torch.Generator().manual_seed(2))
     outs_ref, grads_ref = _run(hc, x, fused=False)
@@ -154,3 +154,41 @@ def test_fused_pre_records_the_mixing_matrix_like_the_pytorch_path():
     _, mix, _ = hc(x)
     torch.testing.assert_close(hc.last_mix, mix_ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(mix.sum(-1), torch.ones(2, 3, 4, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_the_forward_keeps_the_same_numbers_whatever_the_sinkhorn_iterations():
+    # Sinkhorn's steps are run again in the backward, so what the forward saves must not grow with the iterations
+    # (it kept 2n numbers per step and token before: ~0.35 MB per connection at notebook 08's size)
+    x = torch.randn(2, 70, 4, 8)
+    saved = []
+    for iters in (1, 20, 50):
+        inp, _, _ = fused_mhc.pre(_hc(8, 4, iters, torch.float32), x)
+        saved.append(sum(t.numel() for t in inp.grad_fn.saved_tensors))
+    assert saved[0] == saved[1] == saved[2], saved
+
+
+def test_fused_steps_reject_streams_of_another_shape():
+    # n * d equal (2 * 16 = 4 * 8): the kernels would read past the projection's rows, so the check must stop it
+    hc = _hc(8, 4, 5, torch.float32)
+    with pytest.raises(ValueError, match=r"streams must have shape \(\.\.\., 4, 8\)"):
+        fused_mhc.pre(hc, torch.randn(2, 3, 2, 16))
+    with pytest.raises(ValueError, match=r"streams must have shape"):
+        fused_mhc.combine_then_pre(torch.randn(2, 3, 2, 16), torch.randn(2, 3, 16), torch.rand(2, 3, 2, 2),
+                                   torch.rand(2, 3, 2), hc)
+
+
+def test_stream_lm_merges_write_back_and_read_in_across_blocks():
+    # inside StreamLM a block's last write-back and the next block's read-in are one autograd node: 2 per block + 1
+    torch.manual_seed(0)
+    model = mhc.StreamLM(64, 16, 3, 2, "mhc", 4, 5, max_seq_len=8, fused=True)
+    _, loss = model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
+    names, stack, seen = [], [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    counts = {k: names.count(k) for k in ("MHCPreBackward", "MHCCombinePreBackward", "MHCCombineBackward")}
+    assert counts == {"MHCPreBackward": 1, "MHCCombinePreBackward": 5, "MHCCombineBackward": 1}, counts

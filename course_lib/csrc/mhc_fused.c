@@ -13,7 +13,7 @@
  * exp_f32 below, sqrtf) and without (double, libm's exp and sqrt).
  *
  * Speed: the work on the small per-token quantities (the 2n sigmoids, the softmax, the 40 Sinkhorn steps, their
- * gradients) runs on CHUNK tokens at once with the token index innermost, so each step is a loop over 128
+ * gradients) runs on CHUNK tokens at once with the token index innermost, so each step is a loop over 64
  * independent tokens that the compiler turns into SIMD instructions. Sinkhorn rescales a vector per step instead of
  * rewriting the matrix (see sinkhorn below: the same numbers up to rounding). Loops in that layout always run over
  * the whole CHUNK (the tail of the last chunk holds zeros, whose results are never read): a trip count known at
@@ -40,7 +40,7 @@ typedef double real;
 #else
 #define INLINE static inline
 #endif
-#define CHUNK 128       /* tokens per batch of the per-token work (64 and 256 were slower) */
+#define CHUNK 64        /* tokens per batch of the per-token work (32 and 128 were slower) */
 
 /* Per-chunk arrays keep the token index innermost: v[e * CHUNK + t] is entry e (e.g. e = i*n + j) of token t. */
 #define AT(v, e, t) (v)[(e) * CHUNK + (t)]
@@ -82,8 +82,11 @@ static inline float exp_f32(float x) {
  *   T_r:  w = K v,    u_i <- u_i / (u_i w_i + eps)        (u_i w_i is row i's sum)
  *   T_c:  a = K^T u,  v_j <- v_j / (v_j a_j + eps)        (v_j a_j is column j's sum)
  * n^2 multiply-adds per step instead of rewriting all n^2 entries twice; at the end B = diag(u) K diag(v).
- * hist keeps, per step, the vector before the update and w or a (2n values per token): what the backward needs.
- * uv receives the final u and v. */
+ * hist, unless NULL, receives per step the vector before the update and q = 1 / (u_i w_i + eps) (or its column
+ * twin): 2n values per token, all the backward needs (it never divides: the division's derivative is -q^2).
+ * uv receives the final u and v; B, unless NULL, the matrix. The forward passes hist = NULL and keeps only p: the
+ * backward runs these steps again into a small buffer (a few microseconds) rather than have the forward write
+ * (2 iters - 1) 2n numbers per token to memory and read them back (most of the memory mHC would otherwise add). */
 INLINE void sinkhorn(int n, int iters, real eps, const real *restrict p, real *restrict hist, real *restrict uv,
                      real *restrict B) {
     real K[MAXN * MAXN * CHUNK], *u = uv, *v = uv + n * CHUNK;
@@ -95,16 +98,28 @@ INLINE void sinkhorn(int n, int iters, real eps, const real *restrict p, real *r
         int rows = (k % 2 == 0);                     /* step 0 is T_r, then T_c, T_r, ... */
         int sa = rows ? n : 1, sb = rows ? 1 : n;    /* entry (a, b) of K (T_r) or of K^T (T_c): K[a sa + b sb] */
         real *vec = rows ? u : v, *other = rows ? v : u;
-        real *old = hist + (long)k * 2 * n * CHUNK, *mv = old + n * CHUNK;
-        for (int t = 0; t < CHUNK; t++)              /* vectorised along t, the loops over a and b unrolled */
-            for (int a = 0; a < n; a++) {
-                real w = 0;
-                for (int b = 0; b < n; b++) w += AT(K, a * sa + b * sb, t) * AT(other, b, t);
-                AT(mv, a, t) = w;
-                AT(old, a, t) = AT(vec, a, t);
-                AT(vec, a, t) = AT(vec, a, t) / (AT(vec, a, t) * w + eps);
-            }
+        if (hist) {
+            real *old = hist + (long)k * 2 * n * CHUNK, *inv = old + n * CHUNK;
+            for (int t = 0; t < CHUNK; t++)          /* vectorised along t, the loops over a and b unrolled */
+                for (int a = 0; a < n; a++) {
+                    real w = 0;
+                    for (int b = 0; b < n; b++) w += AT(K, a * sa + b * sb, t) * AT(other, b, t);
+                    real q = 1 / (AT(vec, a, t) * w + eps);
+                    AT(inv, a, t) = q;
+                    AT(old, a, t) = AT(vec, a, t);
+                    AT(vec, a, t) *= q;
+                }
+        } else {                                     /* the same step, nothing kept */
+            for (int t = 0; t < CHUNK; t++)
+                for (int a = 0; a < n; a++) {
+                    real w = 0;
+                    for (int b = 0; b < n; b++) w += AT(K, a * sa + b * sb, t) * AT(other, b, t);
+                    AT(vec, a, t) *= 1 / (AT(vec, a, t) * w + eps);
+                }
+        }
     }
+    if (!B)
+        return;
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++)
             for (int t = 0; t < CHUNK; t++) AT(B, i * n + j, t) = AT(u, i, t) * AT(K, i * n + j, t) * AT(v, j, t);
@@ -127,8 +142,8 @@ INLINE void step_backward(int n, int rows, const real *restrict K, const real *r
 }
 
 /* Backward of sinkhorn: G (gradient wrt B) in, gK (gradient wrt K, i.e. wrt p) out. Steps are undone in reverse,
- * restoring u and v from hist. For a T_r step u' = u / c, c = u w + eps, w = K v:
- *   du'/du = eps / c^2,   du'/dw = -u^2 / c^2,   and w = K v sends g_w to v (K^T g_w) and to K (g_w v^T).
+ * restoring u and v from hist. For a T_r step u' = u / c, c = u w + eps, w = K v, with q = 1 / c kept by the forward:
+ *   du'/du = eps q^2,   du'/dw = -u^2 q^2,   and w = K v sends g_w to v (K^T g_w) and to K (g_w v^T).
  * T_c is the same with rows and columns swapped. */
 INLINE void sinkhorn_backward(int n, int iters, real eps, const real *restrict p, const real *restrict hist,
                               const real *restrict uv, const real *restrict G, real *restrict gK) {
@@ -156,10 +171,10 @@ INLINE void sinkhorn_backward(int n, int iters, real eps, const real *restrict p
     for (int k = 2 * iters - 2; k >= 0; k--) {
         int rows = (k % 2 == 0);
         real *vec = rows ? u : v, *other = rows ? v : u, *gvec = rows ? gu : gv, *gother = rows ? gv : gu;
-        const real *old = hist + (long)k * 2 * n * CHUNK, *mv = old + n * CHUNK;
+        const real *old = hist + (long)k * 2 * n * CHUNK, *inv = old + n * CHUNK;
         for (int t = 0; t < CHUNK; t++)              /* vectorised along t, the loops over a and b unrolled */
             for (int a = 0; a < n; a++) {
-                real o = AT(old, a, t), c = o * AT(mv, a, t) + eps, ic2 = 1 / (c * c);
+                real o = AT(old, a, t), ic2 = AT(inv, a, t) * AT(inv, a, t);
                 AT(gmv, a, t) = -AT(gvec, a, t) * o * o * ic2;
                 AT(gvec, a, t) *= eps * ic2;
                 AT(vec, a, t) = o;                   /* back to the value before this step */
@@ -188,21 +203,19 @@ INLINE void column_softmax(int n, const real *restrict raw, real *restrict p) {
     }
 }
 
-/* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n),
- * the softmax p (n^2), each Sinkhorn step's hist (2n) and the final u, v (2n), all in chunk layout. Numbers per
- * chunk (fused_mhc.py allocates chunks * this): */
+/* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n)
+ * and the softmax p (n^2), in chunk layout; Sinkhorn's steps are run again in the backward. Numbers per chunk
+ * (fused_mhc.py allocates chunks * this), and the size of the backward's buffer for Sinkhorn's history: */
 int mhc_chunk_size(void) { return CHUNK; }
 
-long mhc_chunk_floats(int n, int iters) {
-    return (1L + 2L * n + (long)n * n + (2L * iters - 1) * 2 * n + 2L * n) * CHUNK;
-}
+long mhc_chunk_floats(int n) { return (1L + 2L * n + (long)n * n) * CHUNK; }
+
+long mhc_scratch_floats(int n, int iters) { return (2L * iters - 1) * 2 * n * CHUNK; }
 
 /* Where each saved array starts in a chunk's part of work (r is at its start). */
-static void chunk_parts(int n, int iters, real *r, real **sig, real **p, real **hist, real **uv) {
+static void chunk_parts(int n, real *r, real **sig, real **p) {
     *sig = r + CHUNK;
     *p = *sig + 2 * n * CHUNK;
-    *hist = *p + n * n * CHUNK;
-    *uv = *hist + (2L * iters - 1) * 2 * n * CHUNK;
 }
 
 /* Forward of one connection, per token:
@@ -216,8 +229,8 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
     real raw[MAXN * (MAXN + 2) * CHUNK], B[MAXN * MAXN * CHUNK];
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n, iters), *sig, *p, *hist, *uv;
-        chunk_parts(n, iters, r, &sig, &p, &hist, &uv);
+        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, uv[2 * MAXN * CHUNK];
+        chunk_parts(n, r, &sig, &p);
         if (nt < CHUNK) {                            /* a last, partial chunk: zeros in the tail */
             memset(raw, 0, sizeof raw);
             for (int t = nt; t < CHUNK; t++) r[t] = 0;
@@ -249,20 +262,23 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
             }
         }
         column_softmax(n, raw, p);
-        sinkhorn(n, iters, eps, p, hist, uv, B);
+        sinkhorn(n, iters, eps, p, NULL, uv, B);
         for (int t = 0; t < nt; t++)
             for (int e = 0; e < n * n; e++) mix[(long)(t0 + t) * n * n + e] = AT(B, e, t);
     }
 }
 
-/* Backward of pre_forward. Gradients in: g_in (N, d), g_mix (N, n, n), g_post (N, n). Out: gX (N, n, d) WITHOUT
- * the path through proj (the caller adds g_proj^T W with one matrix multiply, and gets g_W = g_proj X_flat with
- * another), g_proj (m, N), and g_scale (3), g_base (m) summed over the tokens. Sinkhorn's steps, kept by the
- * forward in work, are undone by sinkhorn_backward; the column softmax p:  dL/dz = p (g - sum(g p)). */
+/* Backward of pre_forward. Gradients in: g_in (N, d), g_mix (N, n, n), g_post (N, n), and g_extra (N, n, d) or
+ * NULL: the gradient X gets from elsewhere (MHCCombinePre: X also feeds the next write-back), added into gX in the
+ * same pass instead of by one more PyTorch operation. Out: gX (N, n, d) WITHOUT the path through proj (the caller
+ * adds g_proj^T W with one matrix multiply, and gets g_W = g_proj X_flat with another), g_proj (m, N), and
+ * g_scale (3), g_base (m) summed over the tokens. Per chunk, Sinkhorn's steps are run again from the saved p into
+ * hist (mhc_scratch_floats numbers) and undone by sinkhorn_backward; the column softmax p: dL/dz = p (g - sum(g p)). */
 INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj,
-                         const real *restrict scale, real *restrict work, const real *restrict g_in,
-                         const real *restrict g_mix, const real *restrict g_post, real *restrict gX,
-                         real *restrict g_proj, real *restrict g_scale, real *restrict g_base) {
+                         const real *restrict scale, real *restrict work, real *restrict hist,
+                         const real *restrict g_in, const real *restrict g_mix, const real *restrict g_post,
+                         const real *restrict g_extra, real *restrict gX, real *restrict g_proj,
+                         real *restrict g_scale, real *restrict g_base) {
     int m = 2 * n + n * n;
     real G[MAXN * MAXN * CHUNK], gK[MAXN * MAXN * CHUNK], graw[MAXN * (MAXN + 2) * CHUNK];
     real gr[CHUNK];
@@ -270,8 +286,8 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
     for (int c = 0; c < m; c++) gb[c] = 0;
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n, iters), *sig, *p, *hist, *uv;
-        chunk_parts(n, iters, r, &sig, &p, &hist, &uv);
+        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, uv[2 * MAXN * CHUNK];
+        chunk_parts(n, r, &sig, &p);
         if (nt < CHUNK) {                            /* a last, partial chunk: zero gradients in the tail */
             memset(G, 0, sizeof G);
             memset(graw, 0, sizeof graw);
@@ -281,6 +297,7 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
             for (int e = 0; e < n * n; e++) AT(G, e, t) = g_mix[tt * n * n + e];
             for (int j = 0; j < n; j++) AT(graw, n + j, t) = g_post[tt * n + j];
         }
+        sinkhorn(n, iters, eps, p, hist, uv, NULL);   /* the forward's steps again, this time kept in hist */
         sinkhorn_backward(n, iters, eps, p, hist, uv, G, gK);
         for (int t = 0; t < nt; t++) {               /* layer_input = sum_j A_j x_j,  A_j = sigmoid + eps */
             const real *x = X + (long)(t0 + t) * n * d, *gi = g_in + (long)(t0 + t) * d;
@@ -317,13 +334,17 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
             gb[c] += sb;
             gs[g] += ss;
         }
-        for (int t = 0; t < nt; t++) {               /* gX = A_j g_in + (dr/dx) g_r */
+        for (int t = 0; t < nt; t++) {               /* gX = A_j g_in + (dr/dx) g_r (+ g_extra) */
             const real *x = X + (long)(t0 + t) * n * d, *gi = g_in + (long)(t0 + t) * d;
             real *gx = gX + (long)(t0 + t) * n * d, rt = r[t];
             real k3 = -gr[t] * rt * rt * rt / (n * d);   /* r = (mean(x^2) + rms_eps)^(-1/2): dr/dx = -r^3 x / (n d) */
             for (int j = 0; j < n; j++) {
                 real aj = AT(sig, j, t) + eps;
                 for (int c = 0; c < d; c++) gx[j * d + c] = aj * gi[c] + k3 * x[j * d + c];
+            }
+            if (g_extra) {                           /* X also fed something else: add its gradient here */
+                const real *ge = g_extra + (long)(t0 + t) * n * d;
+                for (int c = 0; c < n * d; c++) gx[c] += ge[c];
             }
         }
     }
@@ -394,10 +415,10 @@ void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, con
 }
 
 void mhc_pre_backward(int N, int n, int d, int iters, real eps, const real *X, const real *proj, const real *scale,
-                      real *work, const real *g_in, const real *g_mix, const real *g_post, real *gX, real *g_proj,
-                      real *g_scale, real *g_base) {
-    WITH_N(pre_backward, N, d, iters, eps, X, proj, scale, work, g_in, g_mix, g_post, gX, g_proj, g_scale,
-                    g_base)
+                      real *work, real *hist, const real *g_in, const real *g_mix, const real *g_post,
+                      const real *g_extra, real *gX, real *g_proj, real *g_scale, real *g_base) {
+    WITH_N(pre_backward, N, d, iters, eps, X, proj, scale, work, hist, g_in, g_mix, g_post, g_extra, gX, g_proj,
+                    g_scale, g_base)
 }
 
 void mhc_combine_forward(int N, int n, int d, const real *X, const real *f, const real *mix, const real *post,
