@@ -7,7 +7,18 @@ import torch
 from course_lib import fused_mhc, mhc
 
 HAVE_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+HAVE_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
 pytestmark = pytest.mark.skipif(not HAVE_COMPILER, reason="no C compiler: the fused kernels cannot be built here")
+# both ways of running the kernels: the C++ autograd nodes (mhc_autograd.cpp) and the Python Functions
+NODES = [pytest.param(True, id="cpp-nodes"), pytest.param(False, id="python-functions")]
+
+
+@pytest.fixture(params=NODES)
+def cpp_nodes(request, monkeypatch):
+    if request.param and not HAVE_CXX:
+        pytest.skip("no C++ compiler: the C++ autograd nodes cannot be built here")
+    monkeypatch.setattr(fused_mhc, "CPP_NODES", request.param)
+    return request.param
 
 
 def test_kernels_build_where_a_compiler_exists():
@@ -15,16 +26,41 @@ def test_kernels_build_where_a_compiler_exists():
     assert fused_mhc.available(torch.float32) and fused_mhc.available(torch.float64), fused_mhc.why_unavailable()
 
 
-def test_a_compiler_that_rejects_march_native_gets_a_build_without_it(tmp_path, monkeypatch):
+@pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler")
+def test_cpp_nodes_build_where_a_cpp_compiler_exists():
+    assert fused_mhc.nodes_available(), fused_mhc.why_nodes_unavailable()
+
+
+@pytest.fixture
+def cc_without_native(tmp_path, monkeypatch):
+    """$CC: a compiler that rejects -march=native; $COURSE_LIB_KERNEL_CACHE: an empty folder (returned)."""
     real_cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     fake = tmp_path / "cc_without_native"
     fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\nexec {real_cc} "$@"\n')
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setenv("COURSE_LIB_KERNEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_a_compiler_that_rejects_march_native_gets_a_build_without_it(tmp_path, cc_without_native):
     built = fused_mhc._compile(torch.float64)
     assert built.exists() and built.parent == tmp_path / "cache"
     assert len(list((tmp_path / "cache").iterdir())) == 1          # only the build without -march=native
+
+
+def test_the_build_without_march_native_gives_the_same_numbers(tmp_path, cc_without_native, monkeypatch):
+    # a CPU or compiler without -march=native gets generic vector code (no AVX: the register hint is off)
+    monkeypatch.setattr(fused_mhc, "_libs", {})
+    monkeypatch.setattr(fused_mhc, "CPP_NODES", False)     # the C++ nodes keep the kernels they were given first
+    for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-5)):
+        hc = _hc(12, 4, 20, dtype)
+        x = torch.randn(2, 70, 4, 12, dtype=dtype, generator=torch.Generator().manual_seed(2))
+        outs_ref, grads_ref = _run(hc, x, fused=False)
+        outs, grads = _run(hc, x, fused=True)
+        for got, ref in zip(outs + grads, outs_ref + grads_ref):
+            torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
+    assert len(list((tmp_path / "cache").iterdir())) == 2                # both dtypes, built without it
 
 
 def _exp(lib, x):
@@ -77,7 +113,7 @@ def _run(hc, x, fused):
 @pytest.mark.parametrize("n,d,iters,tokens", [(4, 32, 20, (8, 32)), (4, 5, 1, (3, 50)), (2, 16, 3, (1, 7)),
                                               (8, 12, 20, (2, 130))])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
-def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol):
+def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol, cpp_nodes):
     # token counts that are not a multiple of the kernel's chunk (64), odd widths, 2 to 8 streams
     hc = _hc(d, n, iters, dtype)
     x = torch.randn(*tokens, n, d, dtype=dtype, generator=torch.Generator().manual_seed(2))
@@ -87,7 +123,17 @@ def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol):
         torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
 
 
-def test_gradcheck_of_the_three_autograd_functions():
+def _three_steps(cpp_nodes: bool):
+    """(pre, combine, combine_then_pre) of the C++ nodes or of the Python Functions."""
+    if not cpp_nodes:
+        return fused_mhc.MHCPre.apply, fused_mhc.MHCCombine.apply, fused_mhc.MHCCombinePre.apply
+    nodes = fused_mhc._load_nodes()
+    assert nodes is not None, fused_mhc.why_nodes_unavailable()
+    return nodes.pre, nodes.combine, nodes.combine_then_pre
+
+
+def test_gradcheck_of_the_three_autograd_nodes(cpp_nodes):
+    pre, combine, combine_then_pre = _three_steps(cpp_nodes)
     g = torch.Generator().manual_seed(0)
     n, d, m = 3, 4, 2 * 3 + 9
     X = torch.randn(2, 5, n, d, dtype=torch.float64, generator=g, requires_grad=True)
@@ -97,14 +143,13 @@ def test_gradcheck_of_the_three_autograd_functions():
     f = torch.randn(2, 5, d, dtype=torch.float64, generator=g, requires_grad=True)
     mix = torch.rand(2, 5, n, n, dtype=torch.float64, generator=g, requires_grad=True)
     post = torch.rand(2, 5, n, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: fused_mhc.MHCPre.apply(*a, 4, 1e-6, 1e-6), (X, fn, base, scale))
-    assert torch.autograd.gradcheck(fused_mhc.MHCCombine.apply, (X, f, mix, post))
-    assert torch.autograd.gradcheck(lambda *a: fused_mhc.MHCCombinePre.apply(*a, 4, 1e-6, 1e-6),
-                                    (X, f, mix, post, fn, base, scale))
+    assert torch.autograd.gradcheck(lambda *a: pre(*a, 4, 1e-6, 1e-6), (X, fn, base, scale))
+    assert torch.autograd.gradcheck(combine, (X, f, mix, post))
+    assert torch.autograd.gradcheck(lambda *a: combine_then_pre(*a, 4, 1e-6, 1e-6), (X, f, mix, post, fn, base, scale))
 
 
 @pytest.mark.parametrize("residual", ["mhc", "hc"])
-def test_stream_lm_fused_equals_pytorch(residual):
+def test_stream_lm_fused_equals_pytorch(residual, cpp_nodes):
     # whole model, float64: the same loss, the same gradient for every parameter, the same recorded mixing matrices
     torch.manual_seed(0)
     ref = mhc.StreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16).double()
@@ -123,7 +168,7 @@ def test_stream_lm_fused_equals_pytorch(residual):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=0)
 
 
-def test_float32_training_follows_the_pytorch_path():
+def test_float32_training_follows_the_pytorch_path(cpp_nodes):
     runs = []
     for fused in (False, True):
         torch.manual_seed(0)
@@ -156,9 +201,11 @@ def test_fused_pre_records_the_mixing_matrix_like_the_pytorch_path():
     torch.testing.assert_close(mix.sum(-1), torch.ones(2, 3, 4, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
-def test_the_forward_keeps_the_same_numbers_whatever_the_sinkhorn_iterations():
+def test_the_forward_keeps_the_same_numbers_whatever_the_sinkhorn_iterations(monkeypatch):
     # Sinkhorn's steps are run again in the backward, so what the forward saves must not grow with the iterations
-    # (it kept 2n numbers per step and token before: ~0.35 MB per connection at notebook 08's size)
+    # (it kept 2n numbers per step and token before: ~0.35 MB per connection at notebook 08's size). Read off the
+    # Python Function's saved tensors; the C++ nodes save the same buffer, sized by the same kernel function.
+    monkeypatch.setattr(fused_mhc, "CPP_NODES", False)
     x = torch.randn(2, 70, 4, 8)
     saved = []
     for iters in (1, 20, 50):
@@ -177,7 +224,7 @@ def test_fused_steps_reject_streams_of_another_shape():
                                    torch.rand(2, 3, 2), hc)
 
 
-def test_stream_lm_merges_write_back_and_read_in_across_blocks():
+def test_stream_lm_merges_write_back_and_read_in_across_blocks(cpp_nodes):
     # inside StreamLM a block's last write-back and the next block's read-in are one autograd node: 2 per block + 1
     torch.manual_seed(0)
     model = mhc.StreamLM(64, 16, 3, 2, "mhc", 4, 5, max_seq_len=8, fused=True)
@@ -188,7 +235,9 @@ def test_stream_lm_merges_write_back_and_read_in_across_blocks():
         if node is None or node in seen:
             continue
         seen.add(node)
-        names.append(type(node).__name__)
+        names.append(node.name())
         stack.extend(n for n, _ in node.next_functions)
-    counts = {k: names.count(k) for k in ("MHCPreBackward", "MHCCombinePreBackward", "MHCCombineBackward")}
-    assert counts == {"MHCPreBackward": 1, "MHCCombinePreBackward": 5, "MHCCombineBackward": 1}, counts
+    kinds = ["CppNode<Pre>", "CppNode<CombinePre>", "CppNode<Combine>"] if cpp_nodes else \
+        ["MHCPreBackward", "MHCCombinePreBackward", "MHCCombineBackward"]
+    counts = [sum(name.endswith(k) for name in names) for k in kinds]
+    assert counts == [1, 5, 1], (counts, sorted(set(names)))

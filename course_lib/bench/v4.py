@@ -1,12 +1,13 @@
 """DeepSeek-V4's building blocks: mHC's cost over a plain residual block, and one Muon step against one AdamW step.
 
     python -m course_lib.bench v4 [--d-model 32] [--streams 4] [--sinkhorn-iters 20] [--batch 8] [--seq 32]
-                                  [--repeat 7] [--threads 1]
+                                  [--repeat 25] [--threads 1]
 
 1. Forward + backward of ONE transformer block (attention + SwiGLU from course_lib.layers) wired with a plain residual,
    with unconstrained hyper-connections and with mHC, at notebook 08's width and at 8x that width: written with
    PyTorch operations (course_lib.mhc) and through the fused C kernels (course_lib.fused_mhc, where a C compiler
-   exists); also mHC with 1 Sinkhorn iteration and the two hyper-connection modules alone, to show what dominates.
+   exists, behind C++ autograd nodes and, for comparison, behind Python autograd Functions); also mHC with 1 Sinkhorn
+   iteration and the two hyper-connection modules alone, to show what dominates.
    Then the whole model of notebook 08's experiment (24 such blocks, embedding, head and loss), where each block's
    last write-back and the next block's read-in share one kernel call. Goal: mHC at most 1.5x the plain block.
 2. One optimizer step (the update only, gradients given) of Muon (V4's hybrid Newton-Schulz, 10 iterations) and of
@@ -22,12 +23,15 @@ import torch
 from .core import compare, print_table
 
 
+# (name, residual, Sinkhorn iterations (None: --sinkhorn-iters), fused: False, "python" (the kernels behind Python
+# autograd Functions) or "cpp" (behind the C++ autograd nodes, course_lib/csrc/mhc_autograd.cpp, where they build))
 VARIANTS = (("plain residual", "plain", None, False), ("HC", "hc", None, False), ("mHC", "mhc", None, False),
-            ("mHC, 1 Sinkhorn iteration", "mhc", 1, False), ("mHC, fused kernels", "mhc", None, True),
-            ("mHC, fused, 1 Sinkhorn iteration", "mhc", 1, True))
+            ("mHC, 1 Sinkhorn iteration", "mhc", 1, False), ("mHC, fused, Python nodes", "mhc", None, "python"),
+            ("mHC, fused kernels", "mhc", None, "cpp"), ("mHC, fused, 1 Sinkhorn iteration", "mhc", 1, "cpp"))
 
 
 def _block_fns(args, fused_ok: bool):
+    from .. import fused_mhc
     from ..mhc import HyperConnection, StreamBlock
 
     torch.manual_seed(0)
@@ -37,13 +41,17 @@ def _block_fns(args, fused_ok: bool):
         if fused and not fused_ok:
             continue
         block = StreamBlock(args.d_model, 4, hidden, residual, args.streams, iters or args.sinkhorn_iters,
-                            max_seq_len=args.seq, fused=fused)
+                            max_seq_len=args.seq, fused=bool(fused))
         shape = (args.batch, args.seq, args.d_model) if residual == "plain" else \
             (args.batch, args.seq, args.streams, args.d_model)
         x = torch.randn(shape, requires_grad=True)
 
-        def run(block=block, x=x):
-            block(x).sum().backward()
+        def run(block=block, x=x, cpp=fused == "cpp"):
+            fused_mhc.CPP_NODES = cpp                     # where the C++ nodes did not build, both run Python
+            try:
+                block(x).sum().backward()
+            finally:
+                fused_mhc.CPP_NODES = True
         fns[name] = run
     hcs = [HyperConnection(args.d_model, args.streams, args.sinkhorn_iters) for _ in range(2)]
     xs = torch.randn(args.batch, args.seq, args.streams, args.d_model, requires_grad=True)
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--sinkhorn-iters", type=int, default=20)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--repeat", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     for name in ("d_model", "streams", "sinkhorn_iters", "batch", "seq", "repeat", "threads"):
@@ -134,11 +142,17 @@ def main(argv=None) -> int:
             sinkhorn = times["mHC, fused kernels"] - times["mHC, fused, 1 Sinkhorn iteration"]
             goal = f"goal <= 1.5x at notebook 08's width: {'met' if ratio <= 1.5 else 'not met'}" \
                 if d == widths[0] else "for comparison"
-            print(f"Fused kernels: mHC / plain = {ratio:.2f}x ({goal}); "
+            nodes = "C++ autograd nodes" if fused_mhc.nodes_available() else \
+                f"Python autograd nodes (no C++ autograd nodes here: {fused_mhc.why_nodes_unavailable()})"
+            python_nodes = times["mHC, fused, Python nodes"] - times["mHC, fused kernels"]
+            print(f"Fused kernels behind {nodes}: mHC / plain = {ratio:.2f}x ({goal}); "
                   f"{times['mHC'] / times['mHC, fused kernels']:.1f}x faster than the PyTorch operations. Of its "
                   f"{1000 * extra:.2f} ms extra, Sinkhorn's {args.sinkhorn_iters - 1} extra iterations are "
                   f"{1000 * sinkhorn:.2f} ms; the rest is the projection of the n streams and its gradient (three "
-                  f"matrix products per connection), the kernels' other work and one autograd node per step.")
+                  f"small matrix products per connection, inside the kernels), the kernels' other work and the "
+                  f"block's three autograd nodes. The same kernels behind Python autograd.Functions cost "
+                  f"{1000 * python_nodes:.2f} ms more ({times['mHC, fused, Python nodes'] / base:.2f}x plain): the "
+                  f"Python around each node, forward and backward.")
     args.d_model = widths[0]
     if fused_ok:
         print(f"\n1b. notebook 08's model: 24 blocks (d={args.d_model}, n={args.streams}), embedding, head and loss, "

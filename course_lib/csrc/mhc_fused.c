@@ -7,10 +7,10 @@
  * course_lib/fused_mhc.py compiles this file with the system's C compiler and calls it through ctypes;
  * tests/test_fused_mhc.py checks it against the PyTorch version in course_lib/mhc.py.
  *
- * Layouts (row-major, contiguous): X (N, n, d) streams; proj (m, N) = W X_flat^T (W: (m, n d)) with m = 2n + n*n
- * rows [pre (n) | post (n) | res (n*n): row j*n + i holds B~_ij, transformers' "comb" layout]; base (m);
- * scale (3) = (alpha_pre, alpha_post, alpha_res). fused_mhc.py compiles the file twice: with -DSINGLE (float,
- * exp_f32 below, sqrtf) and without (double, libm's exp and sqrt).
+ * Layouts (row-major, contiguous): X (N, n, d) streams; W (m, n d) the projection, m = 2n + n*n rows [pre (n) |
+ * post (n) | res (n*n): row j*n + i holds B~_ij, transformers' "comb" layout]; base (m); scale (3) = (alpha_pre,
+ * alpha_post, alpha_res). fused_mhc.py compiles the file twice: with -DSINGLE (float, exp_f32 below, sqrtf) and
+ * without (double, libm's exp and sqrt). Needs GCC's or clang's vector extension (see v8 below).
  *
  * Speed: the work on the small per-token quantities (the 2n sigmoids, the softmax, the 40 Sinkhorn steps, their
  * gradients) runs on CHUNK tokens at once with the token index innermost, so each step is a loop over 64
@@ -18,8 +18,8 @@
  * rewriting the matrix (see sinkhorn below: the same numbers up to rounding). Loops in that layout always run over
  * the whole CHUNK (the tail of the last chunk holds zeros, whose results are never read): a trip count known at
  * compile time needs no remainder loop. `restrict` promises the compiler that the arrays do not overlap, so it needs
- * no run-time overlap checks either. Only the work on the d-long vectors (the norm, the read-out, the write-back)
- * runs token by token, vectorised along d.
+ * no run-time overlap checks either. The work on the d-long vectors (the norm, the read-out, the write-back, the
+ * projection) runs token by token, vectorised along d or along the projection's m outputs.
  */
 #include <math.h>
 #include <string.h>
@@ -203,48 +203,166 @@ INLINE void column_softmax(int n, const real *restrict raw, real *restrict p) {
     }
 }
 
-/* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n)
- * and the softmax p (n^2), in chunk layout; Sinkhorn's steps are run again in the backward. Numbers per chunk
- * (fused_mhc.py allocates chunks * this), and the size of the backward's buffer for Sinkhorn's history: */
+/* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n),
+ * the softmax p (n^2) and the projection P (m = 2n + n^2), in chunk layout; Sinkhorn's steps are run again in the
+ * backward. Numbers per chunk (fused_mhc.py allocates chunks * this), and the size of the backward's buffer for
+ * Sinkhorn's history: */
 int mhc_chunk_size(void) { return CHUNK; }
 
-long mhc_chunk_floats(int n) { return (1L + 2L * n + (long)n * n) * CHUNK; }
+long mhc_chunk_floats(int n) { return (1L + 2L * n + 2L * n * n + 2L * n) * CHUNK; }
 
 long mhc_scratch_floats(int n, int iters) { return (2L * iters - 1) * 2 * n * CHUNK; }
 
 /* Where each saved array starts in a chunk's part of work (r is at its start). */
-static void chunk_parts(int n, real *r, real **sig, real **p) {
+static void chunk_parts(int n, real *r, real **sig, real **p, real **P) {
     *sig = r + CHUNK;
     *p = *sig + 2 * n * CHUNK;
+    *P = *p + n * n * CHUNK;
+}
+
+/* The projection of the streams and its backward are three small matrix products per connection (P = W x, and
+ * gW = GP x^T, gx += W^T GP backward). They are written here on explicit vectors of 8 numbers (GCC's and clang's
+ * vector extension; 8 floats fill an AVX register) so that every multiply-add works on 8 numbers and no horizontal
+ * sums are needed: one matrix product call in PyTorch costs about as much in dispatch as its arithmetic here. */
+typedef real v8 __attribute__((vector_size(8 * sizeof(real))));
+#define MAXV ((MAXN * (MAXN + 2) + 7) / 8)           /* vectors for m = 2n + n^2 numbers: 3 for n = 4 */
+static inline v8 load8(const real *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(real *p, v8 v) { memcpy(p, &v, sizeof v); }
+/* Loaded once, used several times: without this hint GCC reloads it from memory inside each multiply-add that uses
+ * it, and the loads, not the arithmetic, set the pace (an empty asm statement that claims to change the register). */
+#if defined(__GNUC__) && defined(__AVX__) && defined(SINGLE)      /* 8 floats: one AVX register */
+#define IN_REGISTER(v) __asm__("" : "+x"(v))
+#else
+#define IN_REGISTER(v) (void)0
+#endif
+
+/* P_ct = sum_k W_ck x_tk for the nt tokens of a chunk, as nd rank-one updates: row k of W^T (m numbers, padded to
+ * mv vectors: Wt is (nd, 8 mv) with zeros after m) times x_tk, four tokens at a time so each row serves four. */
+INLINE void project(int m, int nd, int nt, const real *restrict X, const real *restrict Wt, real *restrict P) {
+    int mv = (m + 7) / 8;
+    for (int t = 0; t < nt; t += 4) {
+        int tn = nt - t < 4 ? nt - t : 4;            /* tokens in this group (the last may have fewer) */
+        const real *x[4];
+        for (int u = 0; u < 4; u++) x[u] = X + (long)(t + (u < tn ? u : 0)) * nd;
+        v8 acc[4][MAXV];
+        for (int u = 0; u < 4; u++)
+            for (int v = 0; v < mv; v++) acc[u][v] = (v8){0};
+        for (int k = 0; k < nd; k++)
+            for (int v = 0; v < mv; v++) {
+                v8 w = load8(Wt + ((long)k * mv + v) * 8);
+                IN_REGISTER(w);
+                for (int u = 0; u < 4; u++) acc[u][v] += w * x[u][k];
+            }
+        for (int u = 0; u < 4; u++)                  /* all four (t + u < CHUNK): a short group's extra columns */
+            for (int c = 0; c < m; c++) AT(P, c, t + u) = acc[u][c / 8][c % 8];   /* are never read */
+    }
+}
+
+/* Its backward for one chunk. gx_t += sum_c GP_ct W_c: along the nd numbers in blocks of 64 (8 vectors of sums in
+ * registers across the loop over c). gW_c += sum_t GP_ct x_t: two rows c at a time, the same blocks, sums in
+ * registers across the loop over the tokens. A tail of nd that is not a multiple of 8 runs number by number. */
+#define KV 8            /* vectors per block: 64 numbers */
+
+/* One block of kv <= KV vectors for two tokens (t and t + 1, or t alone when two = 0): each vector of W loaded
+ * serves both. kv is KV, a constant, in the common case: the compiler then keeps the sums in registers; a shorter
+ * last block takes the same code with kv variable. */
+INLINE void gx_block(int m, int nd, int kv, int k0, int t, int two, const real *restrict W, const real *restrict GP,
+                     real *restrict gx) {
+    v8 a0[KV], a1[KV];
+    for (int i = 0; i < kv; i++) {
+        a0[i] = load8(gx + k0 + 8 * i);
+        a1[i] = two ? load8(gx + nd + k0 + 8 * i) : (v8){0};
+    }
+    for (int c = 0; c < m; c++) {
+        real g0 = AT(GP, c, t), g1 = two ? AT(GP, c, t + 1) : 0;
+        for (int i = 0; i < kv; i++) {
+            v8 w = load8(W + (long)c * nd + k0 + 8 * i);
+            IN_REGISTER(w);
+            a0[i] += g0 * w;
+            a1[i] += g1 * w;
+        }
+    }
+    for (int i = 0; i < kv; i++) {
+        store8(gx + k0 + 8 * i, a0[i]);
+        if (two) store8(gx + nd + k0 + 8 * i, a1[i]);
+    }
+}
+
+INLINE void gw_block(int nd, int nt, int kv, int k0, int c, int two, const real *restrict X, const real *restrict GP,
+                     real *restrict gW) {
+    v8 a0[KV], a1[KV];
+    for (int i = 0; i < kv; i++) a0[i] = a1[i] = (v8){0};
+    for (int t = 0; t < nt; t++) {
+        real g0 = AT(GP, c, t), g1 = two ? AT(GP, c + 1, t) : 0;
+        for (int i = 0; i < kv; i++) {
+            v8 xv = load8(X + (long)t * nd + k0 + 8 * i);
+            IN_REGISTER(xv);
+            a0[i] += g0 * xv;
+            a1[i] += g1 * xv;
+        }
+    }
+    for (int i = 0; i < kv; i++) {
+        real *w0 = gW + (long)c * nd + k0 + 8 * i;
+        store8(w0, load8(w0) + a0[i]);
+        if (two) store8(w0 + nd, load8(w0 + nd) + a1[i]);
+    }
+}
+
+INLINE void project_backward(int m, int nd, int nt, const real *restrict X, const real *restrict W,
+                             const real *restrict GP, real *restrict gX, real *restrict gW) {
+    int nd8 = nd / 8 * 8;
+    for (int t = 0; t < nt; t += 2) {
+        real *gx = gX + (long)t * nd;
+        int two = t + 1 < nt, k0 = 0;
+        for (; k0 + KV * 8 <= nd8; k0 += KV * 8) gx_block(m, nd, KV, k0, t, two, W, GP, gx);
+        if (k0 < nd8) gx_block(m, nd, (nd8 - k0) / 8, k0, t, two, W, GP, gx);
+        for (int u = t; u < t + 1 + two; u++)
+            for (int c = 0; c < m; c++)
+                for (int k = nd8; k < nd; k++) gX[(long)u * nd + k] += AT(GP, c, u) * W[(long)c * nd + k];
+    }
+    for (int c = 0; c < m; c += 2) {
+        int two = c + 1 < m;                         /* a pair of rows, or the last row alone */
+        int k0 = 0;
+        for (; k0 + KV * 8 <= nd8; k0 += KV * 8) gw_block(nd, nt, KV, k0, c, two, X, GP, gW);
+        if (k0 < nd8) gw_block(nd, nt, (nd8 - k0) / 8, k0, c, two, X, GP, gW);
+        for (int cc = c; cc < c + 1 + two; cc++)
+            for (int t = 0; t < nt; t++)
+                for (int k = nd8; k < nd; k++) gW[(long)cc * nd + k] += AT(GP, cc, t) * X[(long)t * nd + k];
+    }
 }
 
 /* Forward of one connection, per token:
- *   r = rsqrt(mean(x^2) + rms_eps);  raw = alpha_g * r * proj + base;
+ *   r = rsqrt(mean(x^2) + rms_eps);  P = W x;  raw = alpha_g * r * P + base;
  *   A = sigmoid(raw_pre) + eps;  C = 2 sigmoid(raw_post);  B = Sinkhorn(raw_res);  layer_input = sum_j A_j x_j.
- * Writes layer_input (N, d), mix (N, n, n) = B, post (N, n) = C, and for the backward work (see mhc_chunk_floats). */
+ * Writes layer_input (N, d), mix (N, n, n) = B, post (N, n) = C, and for the backward work (see mhc_chunk_floats).
+ * W is (m, n d); Wt (n d 8 ceil(m / 8) numbers) receives its transpose, rows padded with zeros. */
 INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, const real *restrict X,
-                        const real *restrict proj, const real *restrict base, const real *restrict scale,
-                        real *restrict layer_input, real *restrict mix, real *restrict post, real *restrict work) {
-    int m = 2 * n + n * n;
+                        const real *restrict W, const real *restrict base, const real *restrict scale,
+                        real *restrict layer_input, real *restrict mix, real *restrict post, real *restrict work,
+                        real *restrict Wt) {
+    int m = 2 * n + n * n, nd = n * d;
     real raw[MAXN * (MAXN + 2) * CHUNK], B[MAXN * MAXN * CHUNK];
+    int mp = (m + 7) / 8 * 8;                        /* W^T with each row padded to whole vectors */
+    for (int k = 0; k < nd; k++)
+        for (int c = 0; c < mp; c++) Wt[(long)k * mp + c] = c < m ? W[(long)c * nd + k] : 0;
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, uv[2 * MAXN * CHUNK];
-        chunk_parts(n, r, &sig, &p);
+        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, *P, uv[2 * MAXN * CHUNK];
+        chunk_parts(n, r, &sig, &p, &P);
         if (nt < CHUNK) {                            /* a last, partial chunk: zeros in the tail */
             memset(raw, 0, sizeof raw);
             for (int t = nt; t < CHUNK; t++) r[t] = 0;
         }
+        project(m, nd, nt, X + (long)t0 * nd, Wt, P);
         for (int t = 0; t < nt; t++) {
             const real *x = X + (long)(t0 + t) * n * d;
             real ss = 0;
             for (int c = 0; c < n * d; c++) ss += x[c] * x[c];
             r[t] = (real)1 / SQRT(ss / (n * d) + rms_eps);
         }
-        for (int c = 0; c < m; c++) {                /* proj is (m, N): already token-innermost */
+        for (int c = 0; c < m; c++) {
             real alpha = scale[c < n ? 0 : (c < 2 * n ? 1 : 2)];
-            const real *pc = proj + (long)c * N + t0;
-            for (int t = 0; t < nt; t++) AT(raw, c, t) = alpha * (r[t] * pc[t]) + base[c];
+            for (int t = 0; t < nt; t++) AT(raw, c, t) = alpha * (r[t] * AT(P, c, t)) + base[c];
         }
         for (int j = 0; j < 2 * n; j++)              /* A = sigmoid + eps and C = 2 sigmoid need these */
             for (int t = 0; t < CHUNK; t++) AT(sig, j, t) = (real)1 / ((real)1 + EXP(-AT(raw, j, t)));
@@ -270,24 +388,24 @@ INLINE void pre_forward(int n, int N, int d, int iters, real eps, real rms_eps, 
 
 /* Backward of pre_forward. Gradients in: g_in (N, d), g_mix (N, n, n), g_post (N, n), and g_extra (N, n, d) or
  * NULL: the gradient X gets from elsewhere (MHCCombinePre: X also feeds the next write-back), added into gX in the
- * same pass instead of by one more PyTorch operation. Out: gX (N, n, d) WITHOUT the path through proj (the caller
- * adds g_proj^T W with one matrix multiply, and gets g_W = g_proj X_flat with another), g_proj (m, N), and
- * g_scale (3), g_base (m) summed over the tokens. Per chunk, Sinkhorn's steps are run again from the saved p into
- * hist (mhc_scratch_floats numbers) and undone by sinkhorn_backward; the column softmax p: dL/dz = p (g - sum(g p)). */
-INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict proj,
+ * same pass instead of by one more PyTorch operation. Out: gX (N, n, d), gW (m, n d), and g_scale (3), g_base (m)
+ * summed over the tokens. Per chunk, Sinkhorn's steps are run again from the saved p into hist
+ * (mhc_scratch_floats numbers) and undone by sinkhorn_backward; the column softmax p: dL/dz = p (g - sum(g p)). */
+INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *restrict X, const real *restrict W,
                          const real *restrict scale, real *restrict work, real *restrict hist,
                          const real *restrict g_in, const real *restrict g_mix, const real *restrict g_post,
-                         const real *restrict g_extra, real *restrict gX, real *restrict g_proj,
+                         const real *restrict g_extra, real *restrict gX, real *restrict gW,
                          real *restrict g_scale, real *restrict g_base) {
-    int m = 2 * n + n * n;
+    int m = 2 * n + n * n, nd = n * d;
     real G[MAXN * MAXN * CHUNK], gK[MAXN * MAXN * CHUNK], graw[MAXN * (MAXN + 2) * CHUNK];
-    real gr[CHUNK];
+    real GP[MAXN * (MAXN + 2) * CHUNK], gr[CHUNK];
     double gs[3] = {0, 0, 0}, gb[MAXN * (MAXN + 2)];      /* sums over all tokens: double, chunk sums added in */
     for (int c = 0; c < m; c++) gb[c] = 0;
+    memset(gW, 0, sizeof(real) * m * nd);
     for (int t0 = 0; t0 < N; t0 += CHUNK) {
         int nt = N - t0 < CHUNK ? N - t0 : CHUNK;
-        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, uv[2 * MAXN * CHUNK];
-        chunk_parts(n, r, &sig, &p);
+        real *r = work + (t0 / CHUNK) * mhc_chunk_floats(n), *sig, *p, *P, uv[2 * MAXN * CHUNK];
+        chunk_parts(n, r, &sig, &p, &P);
         if (nt < CHUNK) {                            /* a last, partial chunk: zero gradients in the tail */
             memset(G, 0, sizeof G);
             memset(graw, 0, sizeof graw);
@@ -320,16 +438,15 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
                 for (int i = 0; i < n; i++)
                     AT(graw, 2 * n + j * n + i, t) = AT(p, i * n + j, t) * (AT(gK, i * n + j, t) - sj);
             }
-        for (int t = 0; t < CHUNK; t++) gr[t] = 0;   /* raw = alpha_g * r * proj + base */
+        for (int t = 0; t < CHUNK; t++) gr[t] = 0;   /* raw = alpha_g * r * P + base */
         for (int c = 0; c < m; c++) {
             int g = c < n ? 0 : (c < 2 * n ? 1 : 2);
-            const real *pc = proj + (long)c * N + t0;
-            real *gpc = g_proj + (long)c * N + t0, sb = 0, ss = 0;   /* this chunk's sums */
+            real sb = 0, ss = 0;                     /* this chunk's sums */
             for (int t = 0; t < nt; t++) {
                 sb += AT(graw, c, t);
-                ss += AT(graw, c, t) * r[t] * pc[t];
-                gr[t] += AT(graw, c, t) * scale[g] * pc[t];
-                gpc[t] = AT(graw, c, t) * scale[g] * r[t];
+                ss += AT(graw, c, t) * r[t] * AT(P, c, t);
+                gr[t] += AT(graw, c, t) * scale[g] * AT(P, c, t);
+                AT(GP, c, t) = AT(graw, c, t) * scale[g] * r[t];
             }
             gb[c] += sb;
             gs[g] += ss;
@@ -347,6 +464,7 @@ INLINE void pre_backward(int n, int N, int d, int iters, real eps, const real *r
                 for (int c = 0; c < n * d; c++) gx[c] += ge[c];
             }
         }
+        project_backward(m, nd, nt, X + (long)t0 * nd, W, GP, gX + (long)t0 * nd, gW);   /* P = W x */
     }
     for (int c = 0; c < m; c++) g_base[c] = (real)gb[c];
     for (int g = 0; g < 3; g++) g_scale[g] = (real)gs[g];
@@ -409,15 +527,16 @@ INLINE void combine_backward(int n, int N, int d, const real *restrict X, const 
  * longer (about 6 s per dtype instead of under 2 s), for sizes the course does not use. */
 #define WITH_N(kernel, ...) { if (n == 4) kernel(4, __VA_ARGS__); else kernel(n, __VA_ARGS__); }
 
-void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *X, const real *proj,
-                     const real *base, const real *scale, real *layer_input, real *mix, real *post, real *work) {
-    WITH_N(pre_forward, N, d, iters, eps, rms_eps, X, proj, base, scale, layer_input, mix, post, work)
+void mhc_pre_forward(int N, int n, int d, int iters, real eps, real rms_eps, const real *X, const real *W,
+                     const real *base, const real *scale, real *layer_input, real *mix, real *post, real *work,
+                     real *Wt) {
+    WITH_N(pre_forward, N, d, iters, eps, rms_eps, X, W, base, scale, layer_input, mix, post, work, Wt)
 }
 
-void mhc_pre_backward(int N, int n, int d, int iters, real eps, const real *X, const real *proj, const real *scale,
+void mhc_pre_backward(int N, int n, int d, int iters, real eps, const real *X, const real *W, const real *scale,
                       real *work, real *hist, const real *g_in, const real *g_mix, const real *g_post,
-                      const real *g_extra, real *gX, real *g_proj, real *g_scale, real *g_base) {
-    WITH_N(pre_backward, N, d, iters, eps, X, proj, scale, work, hist, g_in, g_mix, g_post, g_extra, gX, g_proj,
+                      const real *g_extra, real *gX, real *gW, real *g_scale, real *g_base) {
+    WITH_N(pre_backward, N, d, iters, eps, X, W, scale, work, hist, g_in, g_mix, g_post, g_extra, gX, gW,
                     g_scale, g_base)
 }
 
