@@ -107,20 +107,20 @@ def _compile_nodes() -> Path:
     libs = [f"-L{p}" for p in cpp_extension.library_paths()] + ["-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
     if platform.system() == "Darwin":
         libs += ["-undefined", "dynamic_lookup"]
-    return _build(compiler, flags + [torch.__version__, sys.version], NODES_SOURCE, "mhc_autograd",
-                  sysconfig.get_config_var("EXT_SUFFIX") or ".so", libs)
+    return _build(compiler, flags, NODES_SOURCE, "mhc_autograd", sysconfig.get_config_var("EXT_SUFFIX") or ".so", libs,
+                  versions=f"torch {torch.__version__} python {sys.version}")
 
 
 class _CompilerError(RuntimeError):
     pass
 
 
-def _build(compiler: str, flags: list, source: Path, stem: str, suffix: str, trailing: list) -> Path:
-    """Compile source into a cache folder (once: the file name carries a hash of source, flags and machine).
-    Entries of flags that do not start with '-' only enter the hash (versions)."""
-    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags, *trailing, platform.machine(),
+def _build(compiler: str, flags: list, source: Path, stem: str, suffix: str, trailing: list,
+           versions: str = "") -> Path:
+    """Compile source into a cache folder (once: the file name carries a hash of source, flags, machine and the
+    versions the build depends on)."""
+    key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags, *trailing, versions, platform.machine(),
                                                           platform.system()]).encode()).hexdigest()[:16]
-    flags = [f for f in flags if f.startswith("-")]
     name = f"{stem}_{key}{suffix}"
     last_error = None
     for folder in _cache_dirs():
