@@ -3,16 +3,17 @@
     torchrun --nproc-per-node 4 -m course_lib.train_ep --ep 4 ...      # course_lib/train_ep.py uses all of this
 
 * ``init_distributed``: one process group from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...), backend
-  chosen automatically (NCCL on CUDA, gloo on CPU), a timeout after which a collective that waits on a dead or hung
-  rank fails instead of hanging. Without torchrun it returns a one-process description and creates nothing.
+  chosen automatically (NCCL where every rank on the machine has a CUDA GPU of its own, gloo on the CPU otherwise),
+  a timeout after which a collective that waits on a dead or hung rank fails instead of hanging. Without torchrun
+  it returns a one-process description and creates nothing.
 * ``ExpertParallelMoE``: a ``course_lib.moe.MoE`` whose N_r routed experts are spread over the ranks, N_r / world
-  per rank (V3 §3.4.1: 64-way expert parallelism over 8 nodes). The router and shared experts are replicated. Per
-  forward: route locally; send each token *once* to every rank that holds at least one of its experts, together
-  with its gate values for that rank's experts (dispatch, an ``all_to_all_single``); run the local experts; send
-  one combined vector per (token, rank) back (combine, the inverse ``all_to_all_single``); add them up. Both
-  exchanges use ``torch.distributed.nn.functional.all_to_all_single``, the autograd-aware form, so backward runs
-  the same exchanges in reverse. Node-limited routing (V3 §2.1.2: each token to at most M nodes) is the MoE's
-  group-limited routing with one group per node: ``n_group`` = nodes, ``topk_group`` = M.
+  per rank (V3 §3.2: training used 64-way expert parallelism spanning 8 nodes). The router and shared experts are
+  replicated. Per forward: route locally; send each token *once* to every rank that holds at least one of its
+  experts, together with its gate values for that rank's experts (dispatch, an ``all_to_all_single``); run the
+  local experts; send one combined vector per (token, rank) back (combine, the inverse ``all_to_all_single``); add
+  them up. Both exchanges use ``torch.distributed.nn.functional.all_to_all_single``, the autograd-aware form, so
+  backward runs the same exchanges in reverse. Node-limited routing (V3 §2.1.2: each token to at most M nodes) is
+  the MoE's group-limited routing with one group per node: ``n_group`` = nodes, ``topk_group`` = M.
 * Data parallelism for everything else: ``torch.nn.parallel.DistributedDataParallel`` averages the gradients of
   the replicated weights; the experts are excluded from it (each rank owns its own) and their gradients, which
   already sum all ranks' tokens through the all-to-all's backward, are divided by the world size
@@ -22,7 +23,7 @@
 * ``atomic_save``: write to a temporary file, then rename: a crash mid-save leaves the previous checkpoint intact.
 
 Papers: DeepSeek-V3 (arXiv 2412.19437) §2.1.2 (node-limited routing), §3.2.2 (all-to-all dispatch and combine),
-§3.4.1 (64-way EP over 8 nodes); GShard (arXiv 2006.16668) for all-to-all expert parallelism.
+§3.2 (64-way EP over 8 nodes in training); GShard (arXiv 2006.16668) for all-to-all expert parallelism.
 """
 from __future__ import annotations
 
@@ -58,13 +59,25 @@ class DistInfo:
         return self.world > 1
 
 
-def choose_backend() -> str:
-    """NCCL where there is a CUDA GPU, gloo otherwise (gloo runs everywhere, NCCL only on NVIDIA GPUs)."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def choose_backend(local_world: int, cuda_devices: int | None = None) -> tuple[str, str]:
+    """(backend, a one-line reason). NCCL with one GPU per rank where this machine has at least as many CUDA GPUs as
+    ranks on it (``local_world``); gloo on the CPU otherwise: gloo runs everywhere, NCCL needs a GPU of its own for
+    each rank (two ranks on one GPU fail in NCCL's communicator set-up). ``cuda_devices`` defaults to
+    ``torch.cuda.device_count()``."""
+    if local_world < 1:
+        raise ValueError(f"local_world must be >= 1, got {local_world}")
+    n = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if n >= local_world:
+        return "nccl", f"backend nccl: one CUDA GPU for each of the {local_world} ranks on this machine"
+    if n == 0:
+        return "gloo", f"backend gloo on the CPU: no CUDA GPU, {local_world} ranks on this machine"
+    return "gloo", (f"backend gloo on the CPU: {local_world} ranks on this machine but {n} CUDA GPU"
+                    f"{'s' if n > 1 else ''} (NCCL needs one GPU per rank)")
 
 
 def init_distributed(timeout_s: float = 60.0) -> DistInfo:
     """Join the process group torchrun describes in the environment; a one-process DistInfo without torchrun.
+    The first rank on each machine prints which backend was chosen and why (``choose_backend``).
 
     timeout_s: how long a collective may wait for the other ranks before it raises (gloo and NCCL both honour it),
     so a rank that died or hangs ends the run instead of blocking it forever."""
@@ -74,7 +87,9 @@ def init_distributed(timeout_s: float = 60.0) -> DistInfo:
     if world == 1:
         return DistInfo(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = choose_backend()
+    backend, reason = choose_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if local_rank == 0:
+        print(reason, flush=True)
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -338,30 +353,39 @@ def atomic_save(obj, path) -> None:
 class Heartbeat:
     """Each rank's pulse, written every ``interval`` seconds by a background thread to ``folder/rank{r}.json``:
     the time (stops when the process dies), the step and how many collectives the main thread has entered (stops
-    when it hangs). ``diagnose`` compares them to name the rank that stopped answering."""
+    when it hangs). ``diagnose`` compares them to name the rank that stopped answering.
+
+    Two threads write the file (the training loop at the start of each step, the background thread in between), so
+    every write holds a lock and goes through a temporary file of its own before the atomic rename. ``stop`` ends the
+    background thread and waits for it (at most a few intervals)."""
 
     def __init__(self, folder, rank: int, interval: float = 0.5):
         import threading
         self.folder, self.rank, self.interval = Path(folder), rank, interval
         self.step, self.collectives = 0, 0
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-rank{rank}", daemon=True)
         self.write()
         self._thread.start()
 
     def write(self) -> None:
-        tmp = self.folder / f".rank{self.rank}.tmp"
-        tmp.write_text(json.dumps({"rank": self.rank, "time": time.time(), "step": self.step,
-                                   "collectives": self.collectives}))
-        os.replace(tmp, self.folder / f"rank{self.rank}.json")
+        import threading
+        with self._lock:
+            tmp = self.folder / f".rank{self.rank}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_text(json.dumps({"rank": self.rank, "time": time.time(), "step": self.step,
+                                       "collectives": self.collectives}))
+            os.replace(tmp, self.folder / f"rank{self.rank}.json")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.write()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
 
 _HEARTBEAT: Heartbeat | None = None

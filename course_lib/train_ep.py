@@ -215,10 +215,29 @@ def train_ep(cfg, steps: int, out, ep: int, batch_size: int = 16, seq_len: int =
     if info.rank == 0:
         (out / "history.json").write_text(json.dumps(history, indent=1))
     if info.distributed:
-        dist.barrier()
-        heart.stop()
-        dist.destroy_process_group()
+        shut_down(heart, info)
     return history
+
+
+def shut_down(heart, info, grace_s: float = 20.0) -> None:
+    """Leave the process group in a way that cannot hang. The barrier is a collective, so the process group's
+    timeout bounds it; the heartbeat thread is stopped and joined; tearing the group down gets ``grace_s`` seconds,
+    after which the rank leaves anyway (every rank has passed the barrier and the results are on disk)."""
+    import threading
+
+    dist.barrier()
+    heart.stop()
+
+    def leave() -> None:
+        print(f"rank {info.rank}: the process group did not shut down within {grace_s:.0f} s after the run; "
+              "leaving (the results are on disk)", file=sys.stderr, flush=True)
+        os._exit(0)
+
+    watchdog = threading.Timer(grace_s, leave)
+    watchdog.daemon = True
+    watchdog.start()
+    dist.destroy_process_group()
+    watchdog.cancel()
 
 
 def _with(history: dict, done: int, logs: dict) -> dict:
@@ -262,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--float64", action="store_true", help="train in float64 (for exact comparisons)")
     p.add_argument("--fault", default=None, help="test hook RANK:STEP:exit|hang")
     a = p.parse_args(argv)
+    if a.steps < 1:
+        p.error(f"--steps must be >= 1, got {a.steps}")
     if a.preset == "v3":
         p.error("--preset v3 is the published shape, for counting only")
     torch.set_num_threads(a.threads)
@@ -282,5 +303,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End a torchrun rank without the interpreter's teardown: the process group is gone and everything is on disk,
+    and the C++ threads a distributed backend leaves behind can block a normal exit on a loaded machine."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_now(code)
+    raise SystemExit(code)

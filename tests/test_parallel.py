@@ -30,9 +30,10 @@ kw = dict(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_to
 full = MoE(**kw).double()
 with torch.no_grad():
     full.e_score_correction_bias.normal_(0, 0.1)
+full.to(info.device)                         # the backend's device: the CPU for gloo, this rank's GPU for NCCL
 g = torch.Generator().manual_seed(1)
-xs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64) for r in range(world)]   # uneven token counts
-cs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64) for r in range(world)]
+xs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64).to(info.device) for r in range(world)]  # uneven
+cs = [torch.randn(2, 5 + r, 16, generator=g, dtype=torch.float64).to(info.device) for r in range(world)]
 ep = ExpertParallelMoE(full, rank, world)
 x = xs[rank].clone().requires_grad_(True)
 y = ep(x)
@@ -179,3 +180,56 @@ def test_diagnose_names_dead_and_hung_ranks(tmp_path):
     assert "rank 1 died (no heartbeat for 10 s, last in step 3)" in msg
     assert "rank 2 is alive but hangs in step 4 (entered 25 collectives, rank 0 30)" in msg
     assert "rank 3" not in msg and "rank 4 never started" in msg
+
+
+def test_backend_needs_one_gpu_per_rank():
+    from course_lib.parallel import choose_backend
+    assert choose_backend(4, cuda_devices=0) == ("gloo", "backend gloo on the CPU: no CUDA GPU, 4 ranks on this machine")
+    assert choose_backend(4, cuda_devices=1) == (                # Colab: one GPU, four ranks
+        "gloo", "backend gloo on the CPU: 4 ranks on this machine but 1 CUDA GPU (NCCL needs one GPU per rank)")
+    assert choose_backend(4, cuda_devices=4)[0] == "nccl"
+    assert choose_backend(2, cuda_devices=8)[0] == "nccl"
+    with pytest.raises(ValueError, match="local_world"):
+        choose_backend(0, cuda_devices=1)
+
+
+def test_heartbeat_survives_two_writers(tmp_path):
+    # the training loop and the background thread both write the pulse file: never a lost temporary file
+    import threading
+    from course_lib.parallel import Heartbeat
+    beat = Heartbeat(tmp_path, rank=1, interval=0.0005)
+    errors = []
+
+    def hammer():
+        try:
+            for i in range(300):
+                beat.step = i
+                beat.write()
+        except Exception as err:              # FileNotFoundError before the fix
+            errors.append(err)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    beat.stop()
+    assert errors == []
+    assert not beat._thread.is_alive()
+    assert json.loads((tmp_path / "rank1.json").read_text())["rank"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["rank1.json"]   # no temporary file left behind
+
+
+def test_recorded_four_process_run_has_what_notebook_10_reads():
+    # notebook 10 falls back to this recording when its live run cannot finish
+    lines = (ROOT / "assets" / "scaleout" / "ep4_run" / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line) for line in lines]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+    for s in steps:
+        assert s["world"] == 4 and len(s["sent_tokens"]) == 4 and all(len(r) == 4 for r in s["sent_bytes"])
+        assert s["comm_s"] > 0 and s["step_s"] > s["comm_s"] and 3 < s["main_loss"] < 6
+    # every rank sends each of its 16 x 64 / 4 tokens to between 1 and 4 ranks, in each of the 2 MoE layers
+    for row in steps[-1]["sent_tokens"]:
+        assert 2 * 256 <= sum(row) <= 2 * 256 * 4
+    hist = json.loads((ROOT / "assets" / "scaleout" / "ep4_run" / "history.json").read_text())
+    assert hist["step"] == [1, 2, 3, 4, 5, 6] and hist["main_loss"][-1] == steps[-1]["main_loss"]
