@@ -8,6 +8,8 @@
    blocks of 32 because the toy's matrices are 96 wide), same seed and batches; loss curves and the relative gap.
    A third run, full precision from another initial seed (same batches), measures how far two runs differ without
    any FP8: the yardstick for the FP8 gap.
+3. ep4_run/: notebook 10's four-process expert-parallel run (its exact command, through course_lib.launch), the
+   log and history only: the notebook shows it when the live run cannot finish on the learner's machine.
 """
 from __future__ import annotations
 
@@ -43,9 +45,13 @@ def nodes_per_token(model, get_val, batches: int = 4, nodes: int = 4) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--part", choices=("all", "node", "fp8"), default="all")
+    p.add_argument("--part", choices=("all", "node", "fp8", "ep4"), default="all")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    if a.part in ("all", "ep4"):
+        record_ep4()
+    if a.part == "ep4":
+        return
     corpus = Corpus()
     common = dict(batch_size=16, seq_len=64, lr=3e-3, seed=0, eval_every=25, progress=False)
     runs = {}
@@ -73,6 +79,28 @@ def main(argv=None):
     noise = (out["full_seed1"]["val_loss"][-1] - out["full"]["val_loss"][-1]) / out["full"]["val_loss"][-1]
     print(f"relative gap of the final validation loss: FP8 {gap:+.3%}, another seed {noise:+.3%}")
     (HERE / "fp8.json").write_text(json.dumps({"steps": a.steps, "tile": 32, "runs": out}))
+
+
+def record_ep4(steps: int = 6) -> None:
+    """Notebook 10's live run, recorded: the same arguments as its cell, four ranks on the CPU."""
+    import shutil
+    import tempfile
+
+    from course_lib.launch import run_torchrun
+
+    run_dir = Path(tempfile.mkdtemp(prefix="ep4_"))
+    args = ["-m", "course_lib.train_ep", "--ep", "4", "--steps", str(steps), "--out", str(run_dir),
+            "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(steps),
+            "--eval-batches", "1", "--ckpt-every", str(steps), "--timeout", "60"]
+    res = run_torchrun(4, args, run_dir / "logs", timeout_s=300)
+    if not res.ok:
+        raise SystemExit("the four-process run failed:\n" + res.report())
+    dest = HERE / "ep4_run"
+    dest.mkdir(exist_ok=True)
+    for name in ("log.jsonl", "history.json"):
+        shutil.copy(run_dir / name, dest / name)
+    print("ep4_run:", res.report().splitlines()[-1], flush=True)
+    shutil.rmtree(run_dir)
 
 
 if __name__ == "__main__":
