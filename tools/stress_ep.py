@@ -1,0 +1,78 @@
+"""Stress check of notebook 10's four-process run: its exact command, N times in a row, optionally with a process
+that keeps one CPU core busy and without network (a loopback-only namespace, as CI runs the notebooks).
+
+    python tools/stress_ep.py --runs 20 --burn                 # as is
+    unshare -n sh -c 'ip link set lo up && python tools/stress_ep.py --runs 20 --burn'   # no network (root)
+
+Each run goes through course_lib.launch (time limit --limit seconds; a run over it counts as a hang and every process
+of it is ended). Prints one line per run (result and seconds) and a summary; exits 1 on any failure or hang.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from course_lib.launch import run_torchrun  # noqa: E402
+
+STEPS = 6
+
+
+def notebook_args(run_dir: Path) -> list:
+    """Notebook 10's arguments to course_lib.train_ep (keep in step with its cell)."""
+    return ["-m", "course_lib.train_ep", "--ep", "4", "--steps", str(STEPS), "--out", str(run_dir),
+            "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(STEPS),
+            "--eval-batches", "1", "--ckpt-every", str(STEPS), "--timeout", "60"]
+
+
+def _burn() -> None:
+    while True:
+        pass
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--burn", action="store_true", help="keep one CPU core busy meanwhile")
+    p.add_argument("--limit", type=float, default=120.0, help="seconds before a run counts as hung")
+    a = p.parse_args(argv)
+    if a.runs < 1:
+        p.error(f"--runs must be >= 1, got {a.runs}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH")) if x)}
+    burner = None
+    if a.burn:
+        burner = mp.Process(target=_burn, daemon=True)
+        burner.start()
+    results = []
+    try:
+        for i in range(1, a.runs + 1):
+            run_dir = Path(tempfile.mkdtemp(prefix="ep4_stress_"))
+            t0 = time.monotonic()
+            res = run_torchrun(4, notebook_args(run_dir), run_dir / "logs", timeout_s=a.limit, env=env)
+            seconds = time.monotonic() - t0
+            kind = "ok" if res.ok else ("HUNG" if res.timed_out else "FAILED")
+            results.append((kind, seconds))
+            print(f"run {i:2d}: {kind:6s} {seconds:5.1f} s", flush=True)
+            if not res.ok:
+                print("  " + res.report().replace("\n", "\n  "), flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+    finally:
+        if burner is not None:
+            burner.terminate()
+    ok = [s for k, s in results if k == "ok"]
+    print(f"{len(ok)} finished, {sum(k == 'FAILED' for k, _ in results)} failed, "
+          f"{sum(k == 'HUNG' for k, _ in results)} hung; finished runs took "
+          f"{min(ok):.1f}-{max(ok):.1f} s" if ok else "no run finished", flush=True)
+    return 0 if len(ok) == len(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
