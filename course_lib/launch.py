@@ -56,12 +56,13 @@ class LaunchResult:
 
 
 def run_torchrun(nproc: int, args: list, log_dir, timeout_s: float = 180.0, progress=None, env=None,
-                 poll_s: float = 0.5) -> LaunchResult:
+                 poll_s: float = 0.5, on_timeout=None) -> LaunchResult:
     """Run ``torchrun --standalone --nproc-per-node nproc ARGS`` and wait at most ``timeout_s`` seconds.
 
     progress: optional (path, total): a tqdm bar counts the lines of that file (e.g. a JSON log, one line per step).
-    env: the environment of the ranks (default: this process's). Raises KeyboardInterrupt after cleaning up when
-    interrupted."""
+    env: the environment of the ranks (default: this process's). on_timeout: optional function called with the
+    process ids of the job (torchrun's first) before they are ended, e.g. to record where they hang. Raises
+    KeyboardInterrupt after cleaning up when interrupted."""
     if nproc < 1:
         raise ValueError(f"nproc must be >= 1, got {nproc}")
     if timeout_s <= 0:
@@ -96,6 +97,8 @@ def run_torchrun(nproc: int, args: list, log_dir, timeout_s: float = 180.0, prog
             if bar is not None:
                 bar.update(max(0, _count_lines(progress[0]) - bar.n))
                 bar.close()
+        if timed_out and on_timeout is not None:
+            on_timeout([proc.pid] + sorted(seen))
         if timed_out or proc.returncode != 0:
             _end_all(proc, seen)
     result = LaunchResult(proc.returncode, timed_out, log_dir)

@@ -100,6 +100,39 @@ def init_distributed(timeout_s: float = 60.0) -> DistInfo:
     return DistInfo(rank, world, local_rank, backend, device)
 
 
+# PyTorch's gloo process group, when its last reference goes, joins its worker threads while holding the GIL; a
+# worker still releasing a finished collective's tensors needs the GIL: a deadlock, seen in about 1 of 45 runs of
+# notebook 10's command on a busy 2-core machine (py-spy: the main thread in ~ProcessGroupGloo -> thread::join, a
+# worker in ~AsyncBarrierWork -> decref, waiting for the GIL). So whatever holds the group (DDP's reducer, the
+# world's registry) stays referenced until the rank leaves through ``exit_rank``, which runs no destructor.
+_KEEP_UNTIL_EXIT: list = []
+
+
+def destroy_process_group_safely(holders=(), grace_s: float = 30.0) -> None:
+    """``dist.destroy_process_group`` that cannot hang: ``holders`` (objects that reference the group, e.g. the DDP
+    wrapper) and the group itself stay referenced until the process exits, and after ``grace_s`` seconds a timer that
+    needs no GIL (``faulthandler``) prints every thread's stack and ends the process with exit code 1, so a hang
+    becomes an error that names its place. Leave the process with ``exit_rank`` afterwards."""
+    import faulthandler
+
+    _KEEP_UNTIL_EXIT.extend(holders)
+    if dist.is_initialized():
+        _KEEP_UNTIL_EXIT.append(dist.group.WORLD)
+    faulthandler.dump_traceback_later(grace_s, exit=True)
+    try:
+        dist.destroy_process_group()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def exit_rank(code: int = 0) -> None:
+    """End a rank without the interpreter's teardown (see ``_KEEP_UNTIL_EXIT``): flush the output, then os._exit."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 # --------------------------------------------------------------------------------------------- the layer
 def exchange_counts(send_counts: torch.Tensor, group=None) -> torch.Tensor:
     """Every rank tells every other how many rows it will send: an all-to-all of one integer per rank pair."""

@@ -215,29 +215,16 @@ def train_ep(cfg, steps: int, out, ep: int, batch_size: int = 16, seq_len: int =
     if info.rank == 0:
         (out / "history.json").write_text(json.dumps(history, indent=1))
     if info.distributed:
-        shut_down(heart, info)
+        shut_down(heart, info, holders=(ddp, model, opt))
     return history
 
 
-def shut_down(heart, info, grace_s: float = 20.0) -> None:
-    """Leave the process group in a way that cannot hang. The barrier is a collective, so the process group's
-    timeout bounds it; the heartbeat thread is stopped and joined; tearing the group down gets ``grace_s`` seconds,
-    after which the rank leaves anyway (every rank has passed the barrier and the results are on disk)."""
-    import threading
-
+def shut_down(heart, info, holders=()) -> None:
+    """Leave the process group in a way that cannot hang: the barrier is a collective, so the process group's
+    timeout bounds it; the heartbeat thread is stopped and joined; then ``parallel.destroy_process_group_safely``."""
     dist.barrier()
     heart.stop()
-
-    def leave() -> None:
-        print(f"rank {info.rank}: the process group did not shut down within {grace_s:.0f} s after the run; "
-              "leaving (the results are on disk)", file=sys.stderr, flush=True)
-        os._exit(0)
-
-    watchdog = threading.Timer(grace_s, leave)
-    watchdog.daemon = True
-    watchdog.start()
-    dist.destroy_process_group()
-    watchdog.cancel()
+    parallel.destroy_process_group_safely(holders)
 
 
 def _with(history: dict, done: int, logs: dict) -> dict:
@@ -303,16 +290,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _exit_now(code: int) -> None:
-    """End a torchrun rank without the interpreter's teardown: the process group is gone and everything is on disk,
-    and the C++ threads a distributed backend leaves behind can block a normal exit on a loaded machine."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _exit_now(code)
+        parallel.exit_rank(code)
     raise SystemExit(code)

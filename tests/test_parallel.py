@@ -60,8 +60,11 @@ errs["bytes"] = [ep.last_send_bytes.tolist(), [h * (16 + n) * 8 for h in hand]]
 out = [None] * world
 dist.all_gather_object(out, errs)
 if rank == 0:
-    json.dump(out, open(sys.argv[1], "w"))
-dist.destroy_process_group()
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+from course_lib.parallel import destroy_process_group_safely, exit_rank
+destroy_process_group_safely()
+exit_rank(0)
 '''
 
 

@@ -33,6 +33,19 @@ def notebook_args(run_dir: Path) -> list:
             "--eval-batches", "1", "--ckpt-every", str(STEPS), "--timeout", "60"]
 
 
+def _dump_stacks(pids: list, path: Path) -> None:
+    """Where each process of a hung run is: py-spy's dump of its Python and native stacks, where py-spy is installed."""
+    import subprocess
+    if shutil.which("py-spy") is None:
+        return
+    with open(path, "w") as f:
+        for pid in pids:
+            f.write(f"=== pid {pid}\n")
+            f.flush()
+            subprocess.run(["py-spy", "dump", "--native", "--pid", str(pid)], stdout=f, stderr=subprocess.STDOUT,
+                           timeout=60)
+
+
 def _burn() -> None:
     while True:
         pass
@@ -56,14 +69,17 @@ def main(argv=None) -> int:
         for i in range(1, a.runs + 1):
             run_dir = Path(tempfile.mkdtemp(prefix="ep4_stress_"))
             t0 = time.monotonic()
-            res = run_torchrun(4, notebook_args(run_dir), run_dir / "logs", timeout_s=a.limit, env=env)
+            res = run_torchrun(4, notebook_args(run_dir), run_dir / "logs", timeout_s=a.limit, env=env,
+                               on_timeout=lambda pids, d=run_dir: _dump_stacks(pids, d / "stacks.txt"))
             seconds = time.monotonic() - t0
             kind = "ok" if res.ok else ("HUNG" if res.timed_out else "FAILED")
             results.append((kind, seconds))
             print(f"run {i:2d}: {kind:6s} {seconds:5.1f} s", flush=True)
             if not res.ok:
                 print("  " + res.report().replace("\n", "\n  "), flush=True)
-            shutil.rmtree(run_dir, ignore_errors=True)
+                print(f"  kept for inspection: {run_dir}", flush=True)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
     finally:
         if burner is not None:
             burner.terminate()

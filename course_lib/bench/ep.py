@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
 
+from ..launch import run_torchrun
 from .core import print_table
 
 
@@ -62,7 +62,9 @@ def worker(a) -> None:
     if info.rank == 0:
         with open(a.out, "w") as f:
             json.dump({"times": t.tolist(), "comm": c.tolist()}, f)
-    dist.destroy_process_group()
+    from ..parallel import destroy_process_group_safely, exit_rank
+    destroy_process_group_safely()
+    exit_rank(0)
 
 
 def main(argv=None) -> int:
@@ -86,13 +88,12 @@ def main(argv=None) -> int:
     for w in a.worlds:
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "ep.json")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(w),
-                   "-m", "course_lib.bench", "ep", "--worker"]
             # the settings travel in the environment: torchrun would read short options like --d as its own
             env = {**os.environ, "OMP_NUM_THREADS": "1", "COURSE_BENCH_EP": json.dumps({**vars(a), "out": out})}
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if res.returncode:
-                print(res.stderr[-2000:], file=sys.stderr)
+            res = run_torchrun(w, ["-m", "course_lib.bench", "ep", "--worker"], os.path.join(tmp, "logs"),
+                               timeout_s=600, env=env)
+            if not res.ok:
+                print(res.report(), file=sys.stderr)
                 return 1
             with open(out) as f:
                 r = json.load(f)
