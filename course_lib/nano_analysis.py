@@ -164,20 +164,18 @@ def format_spec_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def speculative_goal(results: dict, min_acceptance: float = 0.8, min_speedup: float = 1.3) -> tuple[str, bool, str]:
-    """Notebook 09's goal for self-speculative decoding, judged on the measurement: on the most predictable domain
-    (highest acceptance), acceptance >= min_acceptance, speed-up >= min_speedup and output identical to greedy in
-    float64. Returns (that domain, met, one line saying so)."""
+def most_predictable(results: dict) -> tuple[str, str]:
+    """The domain with the highest acceptance and one line of what the drafts achieved there: acceptance, tokens per
+    main forward pass and whether the output was identical to greedy in float64. All three are counts, the same on
+    every machine; the measured speed-up is in format_spec_table (and judged by `python -m course_lib.bench
+    nano_spec`)."""
     if not results:
         raise ValueError("results must hold at least one domain (from speculative_by_domain)")
     best = max(results, key=lambda d: results[d]["acceptance"])
     r = results[best]
-    exact = r["identical_float64"]
-    met = r["acceptance"] >= min_acceptance and r["speedup"] >= min_speedup and exact is True
-    line = (f"most predictable domain: {best}, acceptance {r['acceptance']:.1%}, speed-up {r['speedup']:.2f}x, "
-            f"identical to greedy (fp64): {exact}; goal (>= {min_acceptance:.0%} and >= {min_speedup:g}x, exact): "
-            f"{'met' if met else 'NOT met'}")
-    return best, met, line
+    line = (f"most predictable domain: {best}, acceptance {r['acceptance']:.1%}, {r['tokens_per_forward']:.2f} tokens "
+            f"per main forward pass, identical to greedy (fp64): {r['identical_float64']}")
+    return best, line
 
 
 # --------------------------------------------------------------------------------------------- sampling

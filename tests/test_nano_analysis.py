@@ -76,16 +76,47 @@ def test_deep_run_is_recorded_with_its_config():
     assert (run["batch_size"], run["seq_len"], run["threads"]) == (16, 64, 1)
 
 
-def test_speculative_goal_is_judged_from_the_numbers():
-    def res(**best):
-        base = dict(acceptance=0.6, speedup=1.0, identical_float64=True)
-        return {"english": dict(base), "chinese": {**base, **best}}
-    best, met, line = nano_analysis.speculative_goal(res(acceptance=0.9, speedup=1.35))
-    assert (best, met) == ("chinese", True) and line.endswith(": met")
-    for bad in (dict(acceptance=0.9, speedup=1.29), dict(acceptance=0.79, speedup=2.0),
-                dict(acceptance=0.9, speedup=1.5, identical_float64=False),
-                dict(acceptance=0.9, speedup=1.5, identical_float64=None)):
-        best, met, line = nano_analysis.speculative_goal(res(**bad))
-        assert best == "chinese" and not met and line.endswith("NOT met")
+def _results(**best):
+    base = dict(acceptance=0.6, tokens_per_forward=1.6, speedup=1.0, identical_float64=True)
+    return {"english": dict(base), "chinese": {**base, **best}}
+
+
+def test_most_predictable_domain_is_stated_without_wall_time():
+    best, line = nano_analysis.most_predictable(_results(acceptance=0.9, tokens_per_forward=1.9, speedup=1.35))
+    assert best == "chinese"
+    assert line == ("most predictable domain: chinese, acceptance 90.0%, 1.90 tokens per main forward pass, "
+                    "identical to greedy (fp64): True")
+    slow, _ = nano_analysis.most_predictable(_results(acceptance=0.9, speedup=0.5))
+    assert slow == "chinese"                                   # chosen by acceptance, not by the clock
     with pytest.raises(ValueError, match="results"):
-        nano_analysis.speculative_goal({})
+        nano_analysis.most_predictable({})
+
+
+def test_bench_judges_the_most_predictable_domain_from_the_numbers():
+    from course_lib.bench.nano_spec import judge
+
+    best, ok, lines = judge(_results(acceptance=0.9, speedup=1.35))
+    assert (best, ok) == ("chinese", True) and all(line.endswith(": yes") for line in lines)
+    assert lines[1] == "speed-up 1.35x >= 1.3x on this machine: yes"
+    for bad, which in ((dict(acceptance=0.9, speedup=1.29), 1), (dict(acceptance=0.79, speedup=2.0), 0),
+                       (dict(acceptance=0.9, speedup=1.5, identical_float64=False), 2),
+                       (dict(acceptance=0.9, speedup=1.5, identical_float64=None), 2)):
+        best, ok, lines = judge(_results(**bad))
+        assert best == "chinese" and not ok
+        assert [line.endswith(": no") for line in lines] == [i == which for i in range(3)], (bad, lines)
+    with pytest.raises(ValueError, match="min_speedup"):
+        judge(_results(), min_speedup=0)
+    with pytest.raises(ValueError, match="results"):
+        judge({})
+
+
+def test_bench_nano_spec_runs_and_answers_yes_or_no(capsys):
+    from course_lib.bench.nano_spec import main
+
+    assert main(["--model", "tiny", "--prompts", "1", "--new", "8", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nano-tiny (3 layers), most predictable domain" in out
+    assert "on this machine: yes" in out or "on this machine: no" in out
+    assert "identical to greedy decoding in float64: yes" in out
+    with pytest.raises(SystemExit):
+        main(["--repeat", "0"])
