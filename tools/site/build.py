@@ -6,7 +6,11 @@
    when artifacts/executed/ holds a copy of the same source (tools/site/nbsave.py writes them during `make test`);
    otherwise this script executes it once with nbclient, offline and with COURSE_WIDGETS=static (widgets appear as
    their static figures), and keeps the copy there for the next build. `--no-execute` (CI) fails instead, so CI
-   never executes a notebook twice.
+   never executes a notebook twice. A page shows the outputs JupyterLab shows (nbsave.jupyter_outputs).
+   A notebook that failed is never published: when the test run's report (--report, default $COURSE_NB_REPORT or
+   artifacts/notebook_report.json) or its executed copy marks it failed, the build stops with one line naming it;
+   when this script's own execution of it fails (a site built without a test run), its page shows the code without
+   outputs under a note saying that it was not executed.
 2. Pages: the README as the home page, README.zh-CN.md, CONTRIBUTING.md, every docs/*.md (teaching plan, cheat
    sheet, and whatever else is there), and a glossary page generated from assets/glossary/glossary.csv.
    Links between pages become links between the site's pages; links to other files of the repository point to
@@ -63,8 +67,57 @@ def executed_copy(source: Path, executed: Path) -> dict | None:
     return nb if meta.get("source_sha256") == sha256(source) else None
 
 
+def report_failures(report: Path) -> set[str]:
+    """Notebooks (paths relative to the repository) that the test run's report (conftest.py) marks failed."""
+    if not report.exists():
+        return set()
+    data = json.loads(report.read_text(encoding="utf-8"))
+    return {Path(name).as_posix() for name, rec in data.items() if rec.get("failed")}
+
+
+def failed_copy(nb: dict) -> bool:
+    return bool(nb.get("metadata", {}).get("course_executed", {}).get("failed"))
+
+
+def jupyter_view(nb: dict) -> dict:
+    """Every code cell's outputs as JupyterLab shows them (a copy written before nbsave did this still has them)."""
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"] = nbsave.jupyter_outputs("".join(cell.get("source", "")), cell.get("outputs", []))
+    return nb
+
+
+def first_error(nb: dict) -> str | None:
+    """'cell N: ErrorName' for the first code cell (numbered from 1) with an error output, else None."""
+    n = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        n += 1
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error":
+                return f"code cell {n}: {o.get('ename', 'error')}"
+    return None
+
+
+def not_executed_page(nb: dict, why: str) -> dict:
+    """The notebook without any output, under a note that says it was not executed (and why)."""
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    note = {"cell_type": "markdown", "id": "course-not-executed", "metadata": {},
+            "source": [":::{warning}\n",
+                       f"This notebook was not executed for this website ({why}): the page shows its code without "
+                       "outputs. Run it in JupyterLab or on Colab to see them.\n", ":::\n"]}
+    at = 1 if nb["cells"] and nb["cells"][0]["cell_type"] == "markdown" else 0   # under the title cell
+    nb["cells"].insert(at, note)
+    return nb
+
+
 def execute(source: Path, executed: Path) -> dict:
-    """Run a notebook once, as nbval does: offline, widgets static, fixed hash seed; keep the copy."""
+    """Run a notebook once, as nbval does: offline, widgets static, fixed hash seed; keep the copy when it ran without
+    an error, else return a page that says it was not executed."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -91,10 +144,13 @@ def execute(source: Path, executed: Path) -> dict:
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            cell.outputs = [nbformat.from_dict(o) for o in (nbsave._static(o) for o in cell.outputs) if o is not None]
+            cell.outputs = [nbformat.from_dict(o) for o in nbsave.jupyter_outputs(cell.source, cell.outputs)]
     nb.metadata["course_executed"] = {"source_sha256": sha256(source), "by": "tools/site/build.py (nbclient)"}
-    if not complete:                            # not kept: the next build tries again
-        return json.loads(nbformat.writes(nb))
+    error = first_error(json.loads(nbformat.writes(nb)))
+    if not complete or error:                   # not kept: the next build tries again
+        why = "its execution stopped" if not complete else f"{error} failed"
+        print(f"  WARNING: {source.relative_to(ROOT)}: {why}; its page shows the code without outputs", flush=True)
+        return not_executed_page(json.loads(nbformat.writes(nb)), f"when the site was built, {why}")
     target = executed / source.relative_to(ROOT)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(target))
@@ -144,32 +200,45 @@ def toctree(caption: str, entries: list[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- build
-def stage(executed: Path, may_execute: bool) -> list[str]:
-    shutil.rmtree(STAGE, ignore_errors=True)
-    STAGE.mkdir(parents=True)
-    shutil.copytree(ROOT / "docs" / "_static", STAGE / "_static")
+def stage(executed: Path, may_execute: bool, report: Path | None = None, notebooks: list[Path] | None = None,
+          where_to: Path = STAGE) -> list[str]:
+    """Lay out the pages in `where_to`; `notebooks` (default: all of the course's) are the notebooks published."""
+    shutil.rmtree(where_to, ignore_errors=True)
+    where_to.mkdir(parents=True)
+    shutil.copytree(ROOT / "docs" / "_static", where_to / "_static")
     repo = repository_url()
-    notebooks = course_notebooks()
+    notebooks = course_notebooks() if notebooks is None else [Path(p).resolve() for p in notebooks]
     docs = sorted(p for p in (ROOT / "docs").glob("*.md"))
     pages = {"index.md", "glossary.md"} | {p for p in PAGES if (ROOT / p).exists()}
     pages |= {p.relative_to(ROOT).as_posix() for p in notebooks + docs}
 
-    missing = []
+    reported = report_failures(report) if report is not None else set()
+    missing, failed = [], []
     for source in notebooks:
+        rel = source.relative_to(ROOT).as_posix()
         nb = executed_copy(source, executed)
+        # The report speaks of the source the test run saw: it counts unless this build will execute a newer one.
+        if (nb is not None and failed_copy(nb)) or (rel in reported and (nb is not None or not may_execute)):
+            failed.append(rel)
+            continue
         if nb is None:
             if not may_execute:
-                missing.append(source.relative_to(ROOT).as_posix())
+                missing.append(rel)
                 continue
             nb = execute(source, executed)
+        else:
+            nb = jupyter_view(nb)
         where = source.relative_to(ROOT)
         nb.get("metadata", {}).pop("widgets", None)     # live widget state: the site shows static figures instead
         for cell in nb["cells"]:
             if cell["cell_type"] == "markdown":
                 text = rewrite_links("".join(cell["source"]), where, pages, repo)
                 cell["source"] = text.splitlines(keepends=True)
-        (STAGE / where).parent.mkdir(parents=True, exist_ok=True)
-        (STAGE / where).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+        (where_to / where).parent.mkdir(parents=True, exist_ok=True)
+        (where_to / where).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
+    if failed:
+        sys.exit(f"site not built: {', '.join(failed)} failed in the test run (its report or executed copy says "
+                 "so); a notebook that failed is never published: fix it and run `make test` again")
     if missing:
         sys.exit("no executed copy (from `make test`) of: " + ", ".join(missing) +
                  "\nrun `make test` first, or `make site` without --no-execute to execute them here")
@@ -182,13 +251,13 @@ def stage(executed: Path, may_execute: bool) -> list[str]:
     extra = [p.relative_to(ROOT).with_suffix("").as_posix() for p in docs]
     extra += ["glossary"] + [Path(p).with_suffix("").as_posix() for p in PAGES if (ROOT / p).exists()]
     home += toctree("Teaching and reference", extra)
-    (STAGE / "index.md").write_text(home, encoding="utf-8")
-    (STAGE / "glossary.md").write_text(glossary_page(), encoding="utf-8")
+    (where_to / "index.md").write_text(home, encoding="utf-8")
+    (where_to / "glossary.md").write_text(glossary_page(), encoding="utf-8")
     for page in PAGES + [p.relative_to(ROOT).as_posix() for p in docs]:
         if (ROOT / page).exists():
-            (STAGE / page).parent.mkdir(parents=True, exist_ok=True)
+            (where_to / page).parent.mkdir(parents=True, exist_ok=True)
             text = rewrite_links((ROOT / page).read_text(encoding="utf-8"), Path(page), pages, repo)
-            (STAGE / page).write_text(text, encoding="utf-8")
+            (where_to / page).write_text(text, encoding="utf-8")
     return [p.relative_to(ROOT).as_posix() for p in notebooks]
 
 
@@ -197,13 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "build" / "site"))
     ap.add_argument("--executed", default=os.environ.get("COURSE_EXECUTED", str(ROOT / "artifacts" / "executed")))
     ap.add_argument("--no-execute", action="store_true", help="fail when a notebook has no current executed copy")
+    ap.add_argument("--report", default=os.environ.get("COURSE_NB_REPORT",
+                                                       str(ROOT / "artifacts" / "notebook_report.json")),
+                    help="the test run's notebook report (conftest.py); a notebook it marks failed stops the build")
+    ap.add_argument("--notebooks", nargs="+", metavar="NB", help="publish only these notebooks (a quick preview)")
+    ap.add_argument("--stage", default=str(STAGE), help="where the pages are laid out before sphinx-build")
     args = ap.parse_args(argv)
     t0 = time.time()
-    notebooks = stage(Path(args.executed), may_execute=not args.no_execute)
+    notebooks = stage(Path(args.executed), may_execute=not args.no_execute, report=Path(args.report),
+                      notebooks=args.notebooks, where_to=Path(args.stage))
     t1 = time.time()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(ROOT / "docs"), str(STAGE), str(out)]
+    cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(ROOT / "docs"), args.stage, str(out)]
     print("+", " ".join(cmd), flush=True)
     rc = subprocess.call(cmd, cwd=ROOT)
     print(f"site: {len(notebooks)} notebooks; pages laid out in {t1 - t0:.0f} s, sphinx-build {time.time() - t1:.0f} s"

@@ -5,6 +5,14 @@ artifacts/executed/<its path> (COURSE_EXECUTED names another folder) with the ou
 can build the website without executing the notebooks a second time. Each copy records the SHA-256 of the source
 notebook it came from (metadata.course_executed), so the site build can tell a stale copy from a current one.
 Outputs that need a live kernel (widget views, e.g. tqdm's bar in a notebook) are left out.
+
+The copy holds what JupyterLab shows. One difference has to be undone here: nbval executes cells with
+store_history=False, and IPython decides whether a trailing `;` silences a cell's result by reading the cell from
+its history (DisplayHook.quiet), so under nbval `plot();` or `checks.x(answer);` still sends its result, e.g. a
+figure that the inline backend shows a second time, `CheckResult(...)` or a matplotlib object's repr
+(computationalmodelling/nbval#194, ipython/ipython#14162). `jupyter_outputs` drops that result with IPython's own
+test of the cell, as a Jupyter kernel does. Each copy also records whether a cell of the run failed
+(metadata.course_executed.failed): tools/site/build.py never publishes such a notebook.
 """
 from __future__ import annotations
 
@@ -39,13 +47,38 @@ def _static(output: dict) -> dict | None:
     return out
 
 
+def silenced(source: str) -> bool:
+    """True when Jupyter shows no result for this cell: its last statement ends with `;` (IPython's own test, on
+    the cell as IPython transforms it, so that a line magic such as `%time f();` counts as IPython counts it)."""
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        return DisplayHook.semicolon_at_end_of_expression(TransformerManager().transform_cell(source))
+    except Exception:   # a cell IPython cannot tokenize raised an error when it ran; its outputs say so
+        return False
+
+
+def jupyter_outputs(source: str, outputs: list) -> list[dict]:
+    """A cell's outputs as JupyterLab shows them on a static page: no live widgets, no result after a trailing `;`."""
+    quiet = silenced(source)
+    kept = []
+    for o in outputs:
+        if quiet and o.get("output_type") == "execute_result":
+            continue
+        o = _static(o)
+        if o is not None:
+            kept.append(o)
+    return kept
+
+
 def pytest_runtest_makereport(item, call):
     if call.when != "call" or not hasattr(item, "cell_num") or not str(item.fspath).endswith(".ipynb"):
         return
     nb_path = str(item.fspath)
     run = _RUNS.setdefault(nb_path, {"nb": getattr(item.parent, "nb", None), "outputs": {}, "failed": False})
     outs = getattr(item, "test_outputs", None) or []
-    run["outputs"][item.cell_num] = [o for o in (_static(o) for o in outs) if o is not None]
+    run["outputs"][item.cell_num] = jupyter_outputs(item.cell.source, outs)
     run["failed"] |= call.excinfo is not None
 
 
