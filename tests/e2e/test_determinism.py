@@ -5,6 +5,8 @@ artifacts/nbval_outputs/. Run 2 is the browser's (tests/e2e/test_browser.py, liv
 artifacts/e2e/browser_outputs/. Per code cell the printed text must be identical after masking wall-clock times
 (tests/e2e/nbtext.py says exactly what is masked), and both runs must show the same number of figures. Cells that
 draw a widget are left out of the text comparison: one run draws static previews, the other live controls.
+Only numbers are masked: a line that states a timing and has other words in each run (a verdict chosen by the
+machine's speed) is reported as such, and so is a line that judges a timing in words even where both runs agree.
 """
 from __future__ import annotations
 
@@ -47,7 +49,14 @@ def test_two_executions_print_the_same(source: Path):
             continue
         compared += 1
         tx, ty = nbtext.cell_text(x["source"], x["outputs"]), nbtext.cell_text(y["source"], y["outputs"])
+        verdicts = sorted(set(nbtext.timing_verdicts(tx)) | set(nbtext.timing_verdicts(ty)))
+        if verdicts:
+            diffs.append(f"code cell {i}: a line judges a wall-clock measurement in words (print the number with its "
+                         f"unit; a verdict on speed belongs in `python -m course_lib.bench`):\n  "
+                         + "\n  ".join(verdicts))
         if tx != ty:
+            for change in nbtext.timing_word_changes(tx, ty):
+                diffs.append(f"code cell {i}: {change.replace('first: ', 'nbval:  ').replace('second:', 'browser:')}")
             diff = "\n".join(difflib.unified_diff(tx.splitlines(), ty.splitlines(), "nbval run", "browser run",
                                                   lineterm="", n=1))
             diffs.append(f"code cell {i}:\n{diff}")

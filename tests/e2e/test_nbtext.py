@@ -41,3 +41,32 @@ def test_errors_and_widgets_are_recognised():
     assert nbtext.draws_widget("interactive(f, {})") and not nbtext.draws_widget("print(1)")
     bar = {"output_type": "display_data", "data": {nbtext.WIDGET_MIME: {"model_id": "1"}, "text/plain": "  0%|"}}
     assert nbtext.cell_text("train()", [bar, stdout("loss 1.25\n")]) == "loss 1.25"   # a progress bar hides no prints
+
+
+def test_words_after_a_timing_are_not_masked_and_are_named():
+    """'(1.3x faster)' and '(0.8x slower)' mask to different lines, and timing_word_changes says why they differ."""
+    a = nbtext.mask("fused 1.20 ms (1.3x faster)\nloss 2.5")
+    b = nbtext.mask("fused 1.50 ms (0.8x slower)\nloss 2.5")
+    assert a != b
+    changes = nbtext.timing_word_changes(a, b)
+    assert len(changes) == 1 and "faster" in changes[0] and "slower" in changes[0]
+    assert "wall-clock" in changes[0]
+    met = nbtext.mask("speed-up 1.35x; goal (>= 1.3x): met")
+    not_met = nbtext.mask("speed-up 1.21x; goal (>= 1.3x): NOT met")
+    assert met != not_met and len(nbtext.timing_word_changes(met, not_met)) == 1
+    # a changed number on a deterministic line is an ordinary difference, not a timing's words
+    assert nbtext.timing_word_changes("loss 2.5", "loss 2.6") == []
+    assert nbtext.timing_word_changes(a, a) == []
+
+
+def test_a_timing_judged_in_words_is_found_in_one_run():
+    text = ("plain 405 tok/s, speculative 520 tok/s: speed-up 1.28x\n"
+            "most predictable domain: chinese (acceptance 85.0%): goal met\n"
+            "speed-up 1.35x; goal (>= 1.3x): met\n"
+            "fused 1.2 ms = 1.25x plain (<= 1.5x on this machine: yes)\n"
+            "目标为至多 1.5 倍：已达到, 1.3 s")
+    found = nbtext.timing_verdicts(text)
+    assert found == ["speed-up 1.35x; goal (>= 1.3x): met", "fused 1.2 ms = 1.25x plain (<= 1.5x on this machine: yes)",
+                     "目标为至多 1.5 倍：已达到, 1.3 s"]
+    assert nbtext.timing_verdicts(nbtext.mask(text)) == [nbtext.mask(line) for line in found]
+    assert nbtext.timing_verdicts("measured speed-up 0.74x (ideal 1.34x)\nc_verify 1.10, no cache 2.0 ms") == []
