@@ -201,15 +201,17 @@ def toctree(caption: str, entries: list[str]) -> str:
 
 # ----------------------------------------------------------------------------------------------------- build
 def stage(executed: Path, may_execute: bool, report: Path | None = None, notebooks: list[Path] | None = None,
-          where_to: Path = STAGE) -> list[str]:
-    """Lay out the pages in `where_to`; `notebooks` (default: all of the course's) are the notebooks published."""
+          where_to: Path = STAGE, reference_pages: bool = True) -> list[str]:
+    """Lay out the pages in `where_to`; `notebooks` (default: all of the course's) are the notebooks published;
+    reference_pages=False leaves out every page but the home page and the notebooks (a quick preview, the tests)."""
     shutil.rmtree(where_to, ignore_errors=True)
     where_to.mkdir(parents=True)
     shutil.copytree(ROOT / "docs" / "_static", where_to / "_static")
     repo = repository_url()
     notebooks = course_notebooks() if notebooks is None else [Path(p).resolve() for p in notebooks]
-    docs = sorted(p for p in (ROOT / "docs").glob("*.md"))
-    pages = {"index.md", "glossary.md"} | {p for p in PAGES if (ROOT / p).exists()}
+    docs = sorted(p for p in (ROOT / "docs").glob("*.md")) if reference_pages else []
+    extra_pages = [p for p in PAGES if (ROOT / p).exists()] if reference_pages else []
+    pages = {"index.md"} | ({"glossary.md"} if reference_pages else set()) | set(extra_pages)
     pages |= {p.relative_to(ROOT).as_posix() for p in notebooks + docs}
 
     reported = report_failures(report) if report is not None else set()
@@ -248,12 +250,13 @@ def stage(executed: Path, may_execute: bool, report: Path | None = None, noteboo
     home = rewrite_links((ROOT / "README.md").read_text(encoding="utf-8"), Path("README.md"), pages, repo)
     home += toctree("Notebooks", [p.relative_to(ROOT).with_suffix("").as_posix() for p in main])
     home += toctree("Worked solutions", [p.relative_to(ROOT).with_suffix("").as_posix() for p in solutions])
-    extra = [p.relative_to(ROOT).with_suffix("").as_posix() for p in docs]
-    extra += ["glossary"] + [Path(p).with_suffix("").as_posix() for p in PAGES if (ROOT / p).exists()]
-    home += toctree("Teaching and reference", extra)
+    if reference_pages:
+        extra = [p.relative_to(ROOT).with_suffix("").as_posix() for p in docs]
+        extra += ["glossary"] + [Path(p).with_suffix("").as_posix() for p in extra_pages]
+        home += toctree("Teaching and reference", extra)
+        (where_to / "glossary.md").write_text(glossary_page(), encoding="utf-8")
     (where_to / "index.md").write_text(home, encoding="utf-8")
-    (where_to / "glossary.md").write_text(glossary_page(), encoding="utf-8")
-    for page in PAGES + [p.relative_to(ROOT).as_posix() for p in docs]:
+    for page in extra_pages + [p.relative_to(ROOT).as_posix() for p in docs]:
         if (ROOT / page).exists():
             (where_to / page).parent.mkdir(parents=True, exist_ok=True)
             text = rewrite_links((ROOT / page).read_text(encoding="utf-8"), Path(page), pages, repo)
@@ -271,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the test run's notebook report (conftest.py); a notebook it marks failed stops the build")
     ap.add_argument("--notebooks", nargs="+", metavar="NB", help="publish only these notebooks (a quick preview)")
     ap.add_argument("--stage", default=str(STAGE), help="where the pages are laid out before sphinx-build")
+    ap.add_argument("--notebooks-only", action="store_true", help="no reference pages: the home page and notebooks")
     args = ap.parse_args(argv)
     t0 = time.time()
     notebooks = stage(Path(args.executed), may_execute=not args.no_execute, report=Path(args.report),
-                      notebooks=args.notebooks, where_to=Path(args.stage))
+                      notebooks=args.notebooks, where_to=Path(args.stage),
+                      reference_pages=not args.notebooks_only)
     t1 = time.time()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
