@@ -208,17 +208,23 @@ def dspark_loss(draft: DSparkDraft, target, x, n_anchors: int = 8, generator=Non
     h = draft.hidden(model, feats, anchor_tok, anchors)
     prev = torch.cat([anchor_tok[..., None], labels[..., :-1]], dim=-1)
     logits = model.head(h) + draft.markov.bias(prev)
-    w = torch.exp(-torch.arange(g, device=x.device, dtype=h.dtype) / draft.cfg.loss_decay)
-    norm = w.sum() * B * anchors.shape[1]
-    ce = (F.cross_entropy(logits.flatten(0, 2), labels.flatten(), reduction="none").view_as(labels) * w).sum() / norm
-    l1 = (logits.softmax(-1) - tgt_p).abs().sum(-1)
+    return loss_terms(logits, tgt_p, labels, draft.conf_logits(h, prev), draft.cfg.loss_decay, draft.cfg.alphas)
+
+
+def loss_terms(logits, target_p, labels, conf_logits, loss_decay: float = 4.0, alphas=DEEPSPEC_ALPHAS):
+    """The three terms of dspark_loss from draft logits (..., gamma, V), target probabilities (..., gamma, V),
+    labels and confidence logits (..., gamma); every block counts fully (DeepSpec's eval_mask all ones)."""
+    g = logits.shape[-2]
+    w = torch.exp(-torch.arange(g, device=logits.device, dtype=logits.dtype) / loss_decay)
+    norm = w.sum() * (labels.numel() // g)
+    ce = (F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none").view_as(labels) * w).sum() / norm
+    l1 = (logits.softmax(-1) - target_p).abs().sum(-1)
     tv = (l1 * w).sum() / norm
     c_star = (1 - 0.5 * l1).clamp(0, 1).detach()
-    conf = (F.binary_cross_entropy_with_logits(draft.conf_logits(h, prev), c_star, reduction="none") * w).sum() / norm
-    a_ce, a_tv, a_conf = draft.cfg.alphas
+    conf = (F.binary_cross_entropy_with_logits(conf_logits, c_star, reduction="none") * w).sum() / norm
+    a_ce, a_tv, a_conf = alphas
     loss = a_ce * ce + a_tv * tv + a_conf * conf
-    return loss, {"ce": ce.item(), "tv": tv.item(), "conf": conf.item(),
-                  "accept": (c_star * w).sum().item() / norm.item()}
+    return loss, {"ce": ce.item(), "tv": tv.item(), "conf": conf.item(), "accept": (c_star * w).sum().item() / norm.item()}
 
 
 def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 300, batch: int = 16,
