@@ -5,7 +5,13 @@ that the pages work offline. For every page: it loads with no console error and 
 nothing from the internet, every image decodes, and every formula is rendered by the bundled MathJax with no
 math-error node. Every internal link of every page resolves (file and #anchor). The search page finds a glossary
 term on the glossary page. Every notebook has its page with its Colab badge, and the course notebooks' pages show
-their Chinese section. The cheat sheet prints to PDF with one page per notebook. Screenshots and the PDF go to
+their Chinese section.
+
+Each notebook's page shows what JupyterLab shows for the run it was built from (the executed copy in
+artifacts/executed/, COURSE_EXECUTED names another folder): in every code cell as many figures as JupyterLab shows
+(no result after a trailing `;`, as IPython decides), no figure twice, no repr of a Python object
+(`<Figure size ...>`, `<matplotlib...>`, `CheckResult(...)`), no traceback, and no code or printed line cut off at
+the column's edge. No page's navigation (sidebar, table of contents, title) names an issue. The cheat sheet prints to PDF with one page per notebook. Screenshots and the PDF go to
 artifacts/site/.
 
 Run by `make check-site` (and by `make check-e2e` when a site has been built); .ci/run builds the site first.
@@ -16,6 +22,7 @@ import csv
 import functools
 import html.parser
 import http.server
+import json
 import os
 import re
 import threading
@@ -37,6 +44,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 WIDGET_AS_TEXT = ("VBox(children=", "HBox(children=", "interactive(children=", "IntSlider(value=",
                   "FloatSlider(value=", "Dropdown(")
 SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static"}
+EXECUTED = Path(os.environ.get("COURSE_EXECUTED", ROOT / "artifacts" / "executed"))
+# A Python object's repr where JupyterLab shows nothing or a figure: a result that a trailing ';' silences in Jupyter.
+REPR = re.compile(r"<Figure size \d|<matplotlib\.|CheckResult\(|<IPython\.core\.display\.|object at 0x[0-9a-f]+>")
+ISSUE = re.compile(r"\bissues?\b", re.I)
+# myst-nb's choice among an output's formats on an HTML page (nb_mime_priority_overrides are not set in docs/conf.py)
+MIME_ORDER = ["application/vnd.jupyter.widget-view+json", "application/javascript", "text/html", "image/svg+xml",
+              "image/png", "image/jpeg", "text/markdown", "text/latex", "text/plain"]
 
 SITE_BUILT = (SITE / "index.html").exists()
 if not SITE_BUILT and os.environ.get("COURSE_SITE_REQUIRED") != "1":
@@ -217,6 +231,17 @@ def test_page_in_the_browser(page_of, server, rel):
     outputs = page.evaluate("() => Array.from(document.querySelectorAll('.cell_output')).map(o => o.innerText)")
     as_text = [t[:80] for t in outputs if any(m in t for m in WIDGET_AS_TEXT)]
     assert not as_text, f"{rel}: a widget shows as text instead of its static figure: {as_text[:3]}"
+    faults = []
+    clipped = page.evaluate(JS_CLIPPED)
+    if clipped:
+        faults.append(f"{len(clipped)} code or text blocks are wider than the page shows (cut off at the edge): "
+                      f"{clipped[:3]}")
+    nav = sorted({line.strip() for line in page.evaluate(JS_NAV).splitlines() if ISSUE.search(line)})
+    if nav:
+        faults.append(f"the navigation names an issue: {nav[:5]}")
+    if rel.startswith("notebooks/"):
+        faults += check_notebook_page(page, rel)
+    assert not faults, f"{rel}: " + "; ".join(faults[:20])
     if rel in ("index.html", "glossary.html", "docs/cheatsheet.html", "notebooks/02_moe_routing.html",
                "README.zh-CN.html"):
         OUT.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
@@ -224,6 +249,83 @@ def test_page_in_the_browser(page_of, server, rel):
     assert not record["external"], f"{rel}: requests to the internet (blocked): {record['external'][:5]}"
     assert not record["errors"], f"{rel}: JavaScript errors: {record['errors'][:3]}"
     assert not record["console"], f"{rel}: console errors: {record['console'][:3]}"
+
+
+JS_CELLS = """() => Array.from(document.querySelectorAll('div.cell')).map(c => ({
+  images: Array.from(c.querySelectorAll('.cell_output img')).map(i => i.getAttribute('src') || ''),
+  text: Array.from(c.querySelectorAll('.cell_output')).map(o => o.innerText).join('\\n'),
+  tracebacks: c.querySelectorAll('.cell_output .traceback, .cell_output .output.error').length}))"""
+JS_CLIPPED = """() => Array.from(document.querySelectorAll('pre')).filter(p => p.scrollWidth > p.clientWidth + 1)
+  .map(p => ({line: p.innerText.split('\\n').reduce((a, l) => l.length > a.length ? l : a, '').slice(0, 90),
+              shown: p.clientWidth, needed: p.scrollWidth}))"""
+JS_NAV = """() => [document.title].concat(Array.from(document.querySelectorAll(
+  'nav, .bd-sidebar-primary, .bd-sidebar-secondary, .bd-toc, .prev-next-area')).map(n => n.innerText)).join('\\n')"""
+
+
+def silenced(source: str) -> bool:
+    """Jupyter shows no result for a cell whose last statement ends with ';' (IPython's own test)."""
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return DisplayHook.semicolon_at_end_of_expression(TransformerManager().transform_cell(source))
+
+
+def jupyterlab_view(notebook: Path) -> list[dict] | None:
+    """Per code cell of the executed copy the page was built from: how many of its outputs JupyterLab shows as a
+    figure, and the first line of each result that a trailing ';' keeps JupyterLab from showing (None without a
+    copy)."""
+    copy = EXECUTED / notebook
+    if not copy.exists():
+        return None
+    cells = []
+    for cell in json.loads(copy.read_text(encoding="utf-8"))["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        quiet = silenced("".join(cell["source"]))
+        view = {"figures": 0, "hidden": []}
+        for o in cell.get("outputs", []):
+            if o.get("output_type") not in ("display_data", "execute_result"):
+                continue
+            best = next((m for m in MIME_ORDER if m in o.get("data", {})), "")
+            if quiet and o["output_type"] == "execute_result":
+                first = "".join(o["data"].get("text/plain", "")).strip().splitlines()[:1]
+                if best == "text/plain" and first and len(first[0]) >= 8:
+                    view["hidden"].append(first[0][:60])
+                continue
+            view["figures"] += best.startswith("image/")
+        cells.append(view)
+    return cells
+
+
+def check_notebook_page(page, rel: str) -> list[str]:
+    """What a notebook's page shows that JupyterLab does not: the faults, one line each."""
+    faults = []
+    cells = page.evaluate(JS_CELLS)
+    notebook = Path(rel).with_suffix(".ipynb")
+    for i, cell in enumerate(cells, start=1):
+        twice = sorted({s for s in cell["images"] if cell["images"].count(s) > 1})
+        if twice:
+            faults.append(f"code cell {i} shows the same figure twice ({len(cell['images'])} images)")
+        reprs = [line.strip()[:80] for line in cell["text"].splitlines() if REPR.search(line)]
+        if reprs:
+            faults.append(f"code cell {i} prints an object's repr: {reprs[:2]}")
+        if cell["tracebacks"]:
+            faults.append(f"code cell {i} shows a traceback (a failed notebook is never published)")
+    expected = jupyterlab_view(notebook)
+    if expected is None:
+        if os.environ.get("COURSE_SITE_REQUIRED") == "1":
+            faults.append(f"no executed copy {EXECUTED / notebook} to compare the page with")
+    elif len(expected) != len(cells):
+        faults.append(f"{len(cells)} code cells on the page, {len(expected)} in the executed notebook")
+    else:
+        for i, (c, view) in enumerate(zip(cells, expected), start=1):
+            if len(c["images"]) != view["figures"]:
+                faults.append(f"code cell {i}: {len(c['images'])} figures on the page, JupyterLab shows "
+                              f"{view['figures']}")
+            shown = [h for h in view["hidden"] if h in c["text"]]
+            if shown:
+                faults.append(f"code cell {i} shows a result that its trailing ';' hides in JupyterLab: {shown[:1]}")
+    return faults
 
 
 def glossary_term() -> str:
