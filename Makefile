@@ -48,7 +48,11 @@ check-e2e: $(STAMP)
 
 # The course website (Sphinx + myst-nb + sphinx-book-theme, all from PyPI; works offline): build/site/index.html.
 # It uses the notebooks `make test` executed (artifacts/executed/, written by tools/site/nbsave.py) and executes
-# the others once itself. SITE_ARGS=--no-execute fails instead (CI). `make check-site` checks it in Chromium.
+# the others once itself. SITE_ARGS=--no-execute fails instead (CI). A notebook that failed in `make test` (its
+# executed copy or $COURSE_NB_REPORT says so) stops the build; one that fails when the build executes it is published
+# without outputs, under a note saying it was not executed. Pages show what JupyterLab shows (see tools/site/nbsave.py).
+# SITE_ARGS="--notebooks notebooks/02_moe_routing.ipynb --notebooks-only" previews one page quickly.
+# `make check-site` checks the site in Chromium.
 SITE_STAMP = $(VENV)/.site-installed
 SITE_ARGS ?=
 $(SITE_STAMP): $(STAMP) pyproject.toml
