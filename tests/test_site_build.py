@@ -78,6 +78,17 @@ def test_not_executed_page_says_so_and_shows_no_output():
     assert page["cells"][2]["outputs"] == [] and page["cells"][2]["execution_count"] is None
 
 
+def test_a_check_result_shows_nothing_in_jupyter():
+    """A cell ending in `checks.name(answer)` without ';' shows the check's printed message, no CheckResult(...)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from course_lib.checks.core import CheckResult
+
+    result = CheckResult("demo", False, "not yet")
+    assert DisplayFormatter().format(result) == ({}, {})
+    assert not result and "demo" in repr(result)      # still a bool and a readable repr outside Jupyter
+
+
 def headings(text: str) -> list[str]:
     lines, fenced = [], False
     for line in text.splitlines():

@@ -54,6 +54,10 @@ class CheckResult:
     def __repr__(self) -> str:  # the notebook prints the message itself; keep the repr short
         return f"CheckResult({self.name!r}, passed={self.passed})"
 
+    def _ipython_display_(self) -> None:
+        """Jupyter shows nothing for a check's result: the check has printed its message already, and a cell that
+        ends with `checks.name(answer)` (no ';') would otherwise add a line of Python under it."""
+
 
 def _short(x: Any, limit: int = 300) -> str:
     if isinstance(x, torch.Tensor):
