@@ -42,9 +42,17 @@ def lookup(terms=None, notebook: str | int | None = None) -> list[dict]:
     return rows
 
 
-def show(terms=None, notebook: str | int | None = None):
+class Rows(list):
+    """The rows show() displayed. Jupyter shows nothing more for them: a cell ending in `glossary.show()` (no ';')
+    would otherwise print every row a second time, as a Python list under the table."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def show(terms=None, notebook: str | int | None = None) -> Rows:
     """Display the glossary (or a part) as a table: an HTML table in Jupyter, plain text elsewhere."""
-    rows = lookup(terms, notebook)
+    rows = Rows(lookup(terms, notebook))
     try:
         from IPython.display import HTML, display
     except ImportError:

@@ -89,6 +89,17 @@ def test_a_check_result_shows_nothing_in_jupyter():
     assert not result and "demo" in repr(result)      # still a bool and a readable repr outside Jupyter
 
 
+def test_the_glossary_table_is_not_followed_by_its_rows_in_jupyter():
+    """00 shows the whole glossary: without ';' its ~320 rows were printed again as a list under the table."""
+    from IPython.core.formatters import DisplayFormatter
+
+    from course_lib import glossary
+
+    rows = glossary.show(notebook=2)
+    assert DisplayFormatter().format(rows) == ({}, {})
+    assert rows == glossary.lookup(notebook=2) and len(rows) > 1
+
+
 def headings(text: str) -> list[str]:
     lines, fenced = [], False
     for line in text.splitlines():
