@@ -14,9 +14,11 @@ Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/t
   shared by the indexer heads, RoPE on the first d^R_h features of q^I and k^I, weights w^I = W^w h / sqrt(H^I)
   and the dot products scaled by 1 / sqrt(d^I).
 Left out: the Hadamard rotation before the FP8 cast (orthogonal: q.k is unchanged) and the FP8 quantisation itself
-(a precision choice). Where the paper and code differ the code wins: RoPE layout of the indexer is rotate-half
-(transformers' implementation; the first public V3.2-Exp code used the interleaved layout of the main attention);
-`indexer_rope_interleaved=True` switches to it.
+(a precision choice). The indexer's RoPE is non-interleaved (rotate-half: feature j pairs with j + d^R_h/2), unlike
+the main MLA attention's interleaved pairs in DeepSeek's code. The first public V3.2-Exp code (inference/model.py of 2025-09-29) rotated
+the indexer's q^I and k^I with the interleaved layout too; DeepSeek announced this as a bug on 2025-11-18 (UTC) and
+fixed it in the official repository (commit 8631a81); vLLM (PR #28968, "ROPE in indexer shouldn't be interleaved")
+and SGLang (PR #13531) followed the same day: the official layout of the indexer is non-interleaved.
 
 Cache per layer (dict): {"c_kv": (B, S, d_c), "k_rope": (B, S, d^R_h), "k_index": (B, S, d^I)}: MLA's latent and
 RoPE key plus the indexer's one key per token (V3.2 stores it in FP8: d^I bytes + a scale).
@@ -46,14 +48,14 @@ class LightningIndexer(nn.Module):
     """
 
     def __init__(self, d_model: int, q_dim: int, n_heads: int = 4, head_dim: int = 32, rope_dim: int = 16,
-                 rope_base: float = 10000.0, rope_interleaved: bool = False, norm_eps: float = 1e-6):
+                 rope_base: float = 10000.0, norm_eps: float = 1e-6):
         super().__init__()
         self.n_heads = _positive_int("index_n_heads", n_heads)
         self.head_dim = _positive_int("index_head_dim", head_dim)
         _positive_int("rope_dim", rope_dim)
         if rope_dim % 2 or rope_dim > head_dim:
             raise ValueError(f"rope_dim must be even and <= index_head_dim={head_dim}, got {rope_dim}")
-        self.rope_dim, self.rope_base, self.rope_interleaved = rope_dim, float(rope_base), bool(rope_interleaved)
+        self.rope_dim, self.rope_base = rope_dim, float(rope_base)
         self.wq = nn.Linear(q_dim, n_heads * head_dim, bias=False)      # W^{IQ}: from c^Q, like the MLA query
         self.wk = nn.Linear(d_model, head_dim, bias=False)             # W^{IK}: one key per token
         self.k_norm = nn.LayerNorm(head_dim, eps=norm_eps)             # the official code's k_norm (a LayerNorm)
@@ -65,7 +67,7 @@ class LightningIndexer(nn.Module):
         if x.dim() == 4:                                               # (B, T, H, D): broadcast over heads
             cos, sin = cos[:, None], sin[:, None]
         r, rest = x.split([self.rope_dim, x.shape[-1] - self.rope_dim], dim=-1)
-        return torch.cat([apply_rope(r, cos, sin, interleaved=self.rope_interleaved), rest], dim=-1)
+        return torch.cat([apply_rope(r, cos, sin, interleaved=False), rest], dim=-1)
 
     def keys(self, x, start_pos: int = 0):
         """k^I_s = RoPE(LayerNorm(W^{IK} h_s)), (B, T, d^I): what the cache keeps for the indexer."""
@@ -158,7 +160,6 @@ class DSA(MLA):
     Same arguments as course_lib.attention.MLA plus
       index_topk        k, tokens kept per query (V3.2: 2048)
       index_n_heads     H^I (V3.2: 64)     index_head_dim  d^I (V3.2: 128)
-      indexer_rope_interleaved  RoPE layout of the indexer (default rotate-half, as transformers)
       max_context       optional longest context; index_topk above it raises (the selection would keep everything)
     Every MLA weight keeps its name, so MLA.state_dict() loads into a DSA (strict=False: the indexer is new), and
     with index_topk >= context the output equals MLA's (tests/test_sparse_attention.py).
@@ -169,8 +170,7 @@ class DSA(MLA):
     """
 
     def __init__(self, d_model: int, n_heads: int, index_topk: int = 64, index_n_heads: int = 4,
-                 index_head_dim: int | None = None, indexer_rope_interleaved: bool = False,
-                 max_context: int | None = None, **mla_kwargs):
+                 index_head_dim: int | None = None, max_context: int | None = None, **mla_kwargs):
         super().__init__(d_model, n_heads, **mla_kwargs)
         self.index_topk = _check_topk(index_topk)
         if max_context is not None and index_topk > _positive_int("max_context", max_context):
@@ -178,8 +178,7 @@ class DSA(MLA):
                              "nothing would be dropped (use attention.MLA)")
         d_i = 2 * self.qk_rope_head_dim if index_head_dim is None else index_head_dim
         self.indexer = LightningIndexer(d_model, self.q_lora_rank or d_model, index_n_heads, d_i,
-                                        rope_dim=self.qk_rope_head_dim, rope_base=self.rope_base,
-                                        rope_interleaved=indexer_rope_interleaved)
+                                        rope_dim=self.qk_rope_head_dim, rope_base=self.rope_base)
 
     def cache_elements_per_token(self) -> int:
         """(d_c + d^R_h) for the attention plus d^I for the indexer's key."""
