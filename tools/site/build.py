@@ -88,7 +88,7 @@ def jupyter_view(nb: dict) -> dict:
 
 
 def first_error(nb: dict) -> str | None:
-    """'cell N: ErrorName' for the first code cell (numbered from 1) with an error output, else None."""
+    """'code cell N: ErrorName' for the first code cell (numbered from 1) with an error output, else None."""
     n = 0
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -215,14 +215,17 @@ def stage(executed: Path, may_execute: bool, report: Path | None = None, noteboo
     pages |= {p.relative_to(ROOT).as_posix() for p in notebooks + docs}
 
     reported = report_failures(report) if report is not None else set()
-    missing, failed = [], []
-    for source in notebooks:
+    copies = {source: executed_copy(source, executed) for source in notebooks}
+    # The report speaks of the source the test run saw: it counts unless this build would execute a newer one.
+    failed = [source.relative_to(ROOT).as_posix() for source, nb in copies.items()
+              if (nb is not None and failed_copy(nb))
+              or (source.relative_to(ROOT).as_posix() in reported and (nb is not None or not may_execute))]
+    if failed:
+        sys.exit(f"site not built: {', '.join(failed)} failed in the test run (its report or executed copy says "
+                 "so); a notebook that failed is never published: fix it and run `make test` again")
+    missing = []
+    for source, nb in copies.items():
         rel = source.relative_to(ROOT).as_posix()
-        nb = executed_copy(source, executed)
-        # The report speaks of the source the test run saw: it counts unless this build will execute a newer one.
-        if (nb is not None and failed_copy(nb)) or (rel in reported and (nb is not None or not may_execute)):
-            failed.append(rel)
-            continue
         if nb is None:
             if not may_execute:
                 missing.append(rel)
@@ -238,9 +241,6 @@ def stage(executed: Path, may_execute: bool, report: Path | None = None, noteboo
                 cell["source"] = text.splitlines(keepends=True)
         (where_to / where).parent.mkdir(parents=True, exist_ok=True)
         (where_to / where).write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
-    if failed:
-        sys.exit(f"site not built: {', '.join(failed)} failed in the test run (its report or executed copy says "
-                 "so); a notebook that failed is never published: fix it and run `make test` again")
     if missing:
         sys.exit("no executed copy (from `make test`) of: " + ", ".join(missing) +
                  "\nrun `make test` first, or `make site` without --no-execute to execute them here")
