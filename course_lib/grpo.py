@@ -162,7 +162,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     per_token_loss = -objective
     mask_f = mask.to(logp.dtype)
     n_tok = mask_f.sum().clamp(min=1.0)
-    kl_mean = torch.zeros(())
+    kl_mean = logp.new_zeros(())
     if beta > 0:
         if ref_logp is None:
             raise ValueError("ref_logp is required when beta > 0")

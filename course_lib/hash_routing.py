@@ -166,6 +166,8 @@ class HashMoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
         self.last_load = counts.detach().float()
+        # on x's device: TinyLM stacks every layer's aux_loss, and CUDA's stack refuses a CPU tensor among them
+        self.aux_loss = x.new_zeros(())
         return y.reshape(bsz, seq_len, d)
 
     def extra_repr(self) -> str:
