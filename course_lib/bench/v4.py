@@ -169,8 +169,9 @@ def main(argv=None) -> int:
           "n x n matrix, mixing) against the block's O(d^2) matmuls, so the relative overhead shrinks as the layer "
           "widens. Written with PyTorch operations it is dozens of tiny operations per connection, each paying a few "
           "microseconds of dispatch; fused, it is a handful of calls. The mHC paper (Xie et al., arXiv 2512.24880) "
-          "reports about 6.7% extra training time at n = 4 with fused kernels at scale; we found no figure for V4 "
-          "itself. On a busy machine the split above is noisy; compare the totals.")
+          "reports about 6.7% extra training time at n = 4 with fused kernels at scale; for V4, fused kernels, selective "
+          "recomputation and an adjusted DualPipe 1F1B schedule keep mHC's wall-time overhead to 6.7% of the "
+          "overlapped 1F1B pipeline stage (DeepSeek-V4 report, Section 3.4.2). On a busy machine the split above is noisy; compare the totals.")
 
     print("\n2. one optimizer step (gradients given), TinyLM d=64, 4 layers")
     times = compare(_optimizer_fns(args), baseline="AdamW", repeat=args.repeat, rewarm=1)
