@@ -1,6 +1,6 @@
 """Hash routing: DeepSeek-V4's first MoE layers choose experts by token id, not by a learned router.
 
-DeepSeek-V4 report §2.1 (the section transformers' code cites; we could not obtain the report): the dense FFNs of the
+DeepSeek-V4 report §2.1 ("Mixture-of-Experts"; §4.2.1 for the 3 layers): the dense FFNs of the
 first Transformer blocks of V3 are replaced by MoE layers with Hash routing (Roller et al. 2021, arXiv 2106.04426): "a
 predefined hash function" maps each input token id to its target experts; V4-Flash and V4-Pro hash-route their first 3
 MoE layers (``num_hash_layers`` = 3 in both official ``config.json``). In the released code (ported by transformers as

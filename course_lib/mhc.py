@@ -29,8 +29,10 @@ Where report and code differ (both are followed where they agree):
 * The code stores B_l transposed ("comb" with X_{l+1} = comb^T X_l + ...). We work with B_l as in the report and
   transpose when comparing with transformers.
 
-Papers: DeepSeek-V4 technical report (2026) §2.2 (section as transformers' DeepSeek-V4 code cites it; we could not
-obtain the report to re-check it or its equation numbers); Xie et al. (mHC, arXiv 2512.24880, 2025; v2 2026); Zhu
+Papers: DeepSeek-V4 technical report (2026) §2.2: Eq. 1 the HC update, Eq. 2 the doubly stochastic manifold, Eq. 3-5
+the dynamic parameters, Eq. 6-7 A_l = sigmoid(A~_l) and C_l = 2 sigmoid(C~_l), Eq. 8 Sinkhorn-Knopp with t_max = 20;
+§3.3 the 24-wide projection GEMM (split-k with a deterministic reduction), §3.4.2 fused kernels and recomputation
+(6.7% of the overlapped 1F1B pipeline stage); Xie et al. (mHC, arXiv 2512.24880, 2025; v2 2026); Zhu
 et al. 2025 (HC, arXiv 2409.19606); Sinkhorn & Knopp 1967. The constants n_hc = 4, t_max = 20, eps = 1e-6 are
 ``hc_mult``, ``hc_sinkhorn_iters``, ``hc_eps`` in the official V4-Flash and V4-Pro ``config.json``.
 """

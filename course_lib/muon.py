@@ -2,12 +2,11 @@
 
 For a weight matrix W (n x m) with gradient G, Muon keeps a momentum M and steps along the *orthogonalised*
 momentum: the matrix U V^T of M's SVD U S V^T, i.e. M with every singular value set to 1. A few Newton-Schulz
-iterations compute it with matrix products only (no SVD). DeepSeek-V4 report §2.4, Algorithm 1 (as quoted in
-microsoft/dion issue 66 and PR 67; we could not obtain the report itself):
+iterations compute it with matrix products only (no SVD). DeepSeek-V4 report §2.4, Algorithm 1:
 
     M_t  = mu M_{t-1} + G_t                                   momentum
-    O'_t = HybridNewtonSchulz(mu M_t + G_t)                   Nesterov trick, then orthogonalise (Eq. 28 as cited)
-    O_t  = O'_t * sqrt(max(n, m)) * gamma                     update RMS rescaled to gamma (0.18 in V4, as quoted)
+    O'_t = HybridNewtonSchulz(mu M_t + G_t)                   Nesterov trick, then orthogonalise (Eq. 28)
+    O_t  = O'_t * sqrt(max(n, m)) * gamma                     update RMS rescaled to gamma (0.18 in V4, §4.2.2)
     W_t  = W_{t-1} (1 - eta lambda) - eta O_t                 decoupled weight decay and step
 
 Newton-Schulz step, starting from M_0 = M / ||M||_F:  M_k = a M + b (M M^T) M + c (M M^T)^2 M.
@@ -19,10 +18,13 @@ Newton-Schulz step, starting from M_0 = M / ||M||_F:  M_k = a M + b (M M^T) M + 
   by 0.2 sqrt(max(n, m)) so the update's RMS matches AdamW's and AdamW's learning rate and weight decay carry over;
   V4 uses the same form with gamma = 0.18 (``rms_scale``).
 
-Which parameters (the V4 report's rule as quoted in AI-Hypercomputer/maxtext PR 4065): AdamW for the embedding, the
-prediction head, the static biases and gating factors of mHC and every RMSNorm weight; Muon for all other matrices. A
-3-D tensor of stacked expert matrices is orthogonalised expert by expert (our choice; that V4 does the same is said to
-be in its report, not re-checked). ``split_params`` makes that split; ``MuonAdamW`` is one optimizer that applies Muon
+Which parameters (V4 report §2.4, "Basic Configurations"): AdamW for the embedding, the prediction head, the static
+biases and gating factors of mHC and every RMSNorm weight; Muon for all other matrices. A 3-D tensor of stacked
+expert matrices is orthogonalised expert by expert, as V4 does ("we optimize each expert independently", §3.4.1,
+which also finds the Newton-Schulz iterations stable in BF16 matrix products). V4 uses no QK-Clip: RMSNorm on the
+queries and KV entries keeps the attention logits bounded (§2.4). Hyper-parameters (§4.2.2): Muon momentum 0.95,
+weight decay 0.1, gamma 0.18; AdamW betas (0.9, 0.95), eps 1e-20, weight decay 0.1; peak learning rate 2.7e-4
+(V4-Flash) and 2.0e-4 (V4-Pro). ``split_params`` makes that split; ``MuonAdamW`` is one optimizer that applies Muon
 to one group and AdamW (the same formula as torch.optim.AdamW) to the other.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch.nn as nn
 FAST = (3.4445, -4.7750, 2.0315)          # Jordan et al. 2024: fastest growth of small singular values
 STABLE = (2.0, -1.5, 0.5)                 # the cubic Newton-Schulz step: fixes singular values at exactly 1
 JORDAN_NS = (FAST,) * 5
-V4_NS = (FAST,) * 8 + (STABLE,) * 2       # V4 (as quoted): 8 fast steps, then 2 stabilising steps
+V4_NS = (FAST,) * 8 + (STABLE,) * 2       # V4 (§2.4, Eq. 28): 8 fast steps, then 2 stabilising steps
 SCHEDULES = {"v4": V4_NS, "jordan": JORDAN_NS}
 
 
@@ -95,7 +97,7 @@ def update_scale(shape, rms_scale: float | None = 0.18) -> float:
 
 
 def split_params(model: nn.Module, adamw_modules=(nn.Embedding,), adamw_names=("head",)):
-    """(muon_params, adamw_params) following V4's rule (as quoted, see the module docstring): matrices (2-D, or 3-D
+    """(muon_params, adamw_params) following V4's rule (§2.4, see the module docstring): matrices (2-D, or 3-D
     stacked experts) to Muon; embeddings, the output head (modules whose name ends with one of ``adamw_names``),
     norms, biases, mHC static biases and gating factors (all 0-D / 1-D) to AdamW."""
     muon, adamw, seen = [], [], set()

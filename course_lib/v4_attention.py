@@ -270,7 +270,9 @@ class V4Attention(nn.Module):
         compressed entry, summed over heads and L1-normalised (no gradient), and L^I = KL(p_{t,:} || softmax(I_{t,:}))
         averaged over the queries that see an entry. The indexer's inputs are detached, so L^I trains only the
         indexer and the language-model loss only the rest (V3.2's sparse stage). This is V3.2's recipe applied to
-        compressed entries; we could not read how V4 itself trains its indexer."""
+        compressed entries. V4 (report §4.2.2) trains with dense attention for the first 1T tokens, then, at 64K
+        sequence length, warms the lightning indexer up for a short stage and trains sparsely from there on; the
+        report does not give the indexer's loss."""
         with torch.no_grad():
             vis = visible_entries(q_pos, entries.shape[1], self.compressor.rate)            # (T, N)
             logits = torch.einsum("bhtd,bnd->bhtn", q, entries) * self.head_dim ** -0.5
