@@ -59,8 +59,8 @@ def group_limited_mask(choice: torch.Tensor, n_group: int, topk_group: int, grou
 
 def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias: torch.Tensor | None = None,
           n_group: int = 1, topk_group: int = 1, norm_topk_prob: bool = True,
-          routed_scaling_factor: float = 1.0):
-    """Choose ``top_k`` experts per token and their gate values.
+          routed_scaling_factor: float = 1.0, replay: torch.Tensor | None = None):
+    """Choose ``top_k`` experts per token and their gate values (``replay`` (N, k): use these experts instead).
 
     ``logits`` (N, E) are u_t^T e_i. Returns ``(weights (N, k), indices (N, k), scores (N, E))`` where
     ``scores`` are the unbiased affinities s_{i,t}.
@@ -82,7 +82,10 @@ def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias:
     if n_group > 1:
         keep = group_limited_mask(choice, n_group, topk_group, "max" if scoring_func == "softmax" else "top2")
         choice = choice.masked_fill(~keep, float("-inf"))
-    indices = choice.topk(top_k, dim=-1).indices                         # (N, k)
+    if replay is not None and replay.shape != (logits.shape[0], top_k):
+        raise ValueError(f"replay must have shape ({logits.shape[0]}, {top_k}), got {tuple(replay.shape)}")
+    # Keep Routing (DeepSeek-V3.2 §3.1) replays the experts chosen at rollout; the gates below still come from s
+    indices = choice.topk(top_k, dim=-1).indices if replay is None else replay.to(logits.device)   # (N, k)
     # V3 eq. (14): g'_{i,t} = s_{i,t} for the chosen experts (not s + b)
     weights = scores.gather(1, indices)
     # V3 eq. (13): g_{i,t} = g'_{i,t} / sum_j g'_{j,t}  (the 1e-20 only guards an all-zero row)
@@ -226,6 +229,7 @@ class MoE(nn.Module):
         self.aux_loss = torch.zeros(())
         self.last_topk_idx = None
         self.last_load = None
+        self.replay_topk_idx = None   # Keep Routing: (B*T, K_r) experts to use instead of choosing (policy_losses)
 
     # -- routing ------------------------------------------------------------------------------
     def router(self, x: torch.Tensor):
@@ -239,7 +243,7 @@ class MoE(nn.Module):
         bias = self.e_score_correction_bias.float()
         weights, indices, scores = route(logits, self.num_experts_per_tok, self.scoring_func, bias,
                                          self.n_group, self.topk_group, self.norm_topk_prob,
-                                         self.routed_scaling_factor)
+                                         self.routed_scaling_factor, self.replay_topk_idx)
         return weights.to(x.dtype), indices, scores
 
     # -- dispatch -------------------------------------------------------------------------------
