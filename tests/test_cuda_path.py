@@ -354,3 +354,46 @@ def test_nano_deepseek_and_nano_v4_train_step(monkeypatch):
             if isinstance(model, MTPModel):
                 out, _ = speculative_generate(model, x[:1, :8], 4)
                 assert out.device == DEV
+
+
+# ------------------------------------------------------------------------------- older preinstalled transformers
+def test_ref_minimum_is_the_ref_extra():
+    import re
+    from pathlib import Path
+
+    from course_lib.versions import MIN_TRANSFORMERS
+
+    text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert re.search(r'ref = \["transformers>=([\d.]+)"\]', text).group(1) == MIN_TRANSFORMERS
+
+
+def test_an_older_transformers_gives_a_skip_reason_naming_both_versions(monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from course_lib.versions import transformers_problem
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    assert transformers_problem("5.24") == "needs transformers >= 5.24 (found 5.17.0)"
+    for ok in ("5.24.0", "5.24.0.dev0", "5.30.1", "6.0"):
+        monkeypatch.setattr(transformers, "__version__", ok)
+        assert transformers_problem("5.24") is None, ok
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    assert transformers_problem("5.24") == "needs transformers >= 5.24 (found 4.57.1)"
+    with pytest.raises(ValueError, match="minimum"):
+        transformers_problem("latest")
+
+
+def test_reference_tests_skip_on_an_older_transformers(monkeypatch):
+    """The four reference modules skip at import with the reason, instead of comparing against other numbers."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    here = Path(__file__).resolve().parent
+    for name in ("test_mla_reference", "test_sparse_attention_dsa_reference", "test_sparse_attention_v4_reference",
+                 "test_moe_reference"):
+        spec = importlib.util.spec_from_file_location(f"_old_tf_{name}", here / f"{name}.py")
+        with pytest.raises(pytest.skip.Exception, match=r"needs transformers >= 5\.24 \(found 5\.17\.0\)"):
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        sys.modules.pop(f"_old_tf_{name}", None)
