@@ -238,6 +238,7 @@ def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 3
         _pos_int(name, v)
     torch.manual_seed(seed)
     draft = DSparkDraft(model, cfg).to(next(model.parameters()).device)
+    flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
 
     def get_batch(step):
@@ -248,7 +249,8 @@ def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 3
 
     hist = train_lm(draft, get_batch, steps, lr=lr, loss_fn=loss_fn, progress=progress,
                     desc="DSpark draft")
-    model.requires_grad_(True)
+    for p, flag in zip(model.parameters(), flags):
+        p.requires_grad_(flag)
     draft.eval()
     return draft, hist
 

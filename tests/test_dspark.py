@@ -163,3 +163,10 @@ def test_bad_inputs_raise(shipped):
         dspark_generate(draft, shipped, torch.zeros(1, 4, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="n_anchors"):
         dspark_loss(draft, shipped, torch.zeros(2, 16, dtype=torch.long), n_anchors=0)
+
+
+def test_training_leaves_the_target_untouched(shipped, trained):
+    fresh = nano_export.from_transformers(asset_path("nano", "nano_tiny"))
+    for (name, a), b in zip(shipped.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(p.requires_grad for p in shipped.parameters())
