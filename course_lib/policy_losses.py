@@ -115,7 +115,8 @@ def kept_logprobs(logits: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor
         if keep.shape != logits.shape:
             raise ValueError(f"keep shape {tuple(keep.shape)} does not match logits shape {tuple(logits.shape)}")
         logits = logits.masked_fill(~keep, float("-inf"))
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))   # at least float32, float64 stays
+    return torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
