@@ -114,3 +114,27 @@ def test_trace_counts_what_each_mode_computes():
     assert rows[3]["index_scores"] == sum(s + 1 for s in range(8))                 # candidate source: all
     assert rows[5]["index_scores"] == sum(min(s + 1, 2) for s in range(8))         # only 1 block of 2 candidates
     assert rows[4]["topk_from"] == 3 and rows[5]["kv_from"] == 3
+
+
+def test_compressor_and_candidates_match_nemo_automodel_v41():
+    """The same weights and scores in NeMo AutoModel's port of the released V4.1 code (nemo-automodel >= 0.7.0)."""
+    from types import SimpleNamespace
+
+    ref = pytest.importorskip("nemo_automodel.components.models.deepseek_v41.attention")
+    cfg = SimpleNamespace(hidden_size=12, head_dim=6, rms_norm_eps=1e-6)
+    torch.manual_seed(0)
+    for ratio in (1, 2, 3):
+        comp = ref._Compressor(cfg, ratio=ratio, dtype=torch.float32)
+        with torch.no_grad():
+            for p in comp.parameters():
+                p.normal_()
+        x = torch.randn(2, 7, 12)
+        ours = compress(x, comp.wkv.weight, getattr(comp, "wgate", None) and comp.wgate.weight, ratio)
+        assert torch.allclose(comp.norm(ours), comp(x), atol=1e-5), ratio      # the release then RMS-normalises
+    S, ratio = 40, 2
+    pos = torch.arange(S)
+    visible = torch.arange(S // ratio)[None] < ((pos + 1) // ratio)[:, None]
+    scores = torch.randn(S, S // ratio).masked_fill(~visible, float("-inf"))
+    theirs = ref._select_candidate_blocks(scores[None], ((pos + 1) // ratio)[None, :, None], topk_blocks=2,
+                                          block_size=4)[0] & visible
+    assert torch.equal(candidate_blocks(scores, 2, 4, ratio), theirs)

@@ -109,3 +109,31 @@ def test_active_parameters_by_hand():
     with pytest.raises(ValueError, match="phase"):
         active_params("train")
     assert V41_FLASH.mode(1) == "window"              # the Engram layers sit in the encoder
+
+
+def test_single_pass_block_matches_nemo_automodel_v41_with_the_same_weights():
+    """The same weights in NeMo AutoModel's port of the released V4.1 code (nemo-automodel >= 0.7.0, pure torch on a
+    CPU): its DeepseekV41HyperConnection, collapse and expand in DeepseekV41Block's order."""
+    from types import SimpleNamespace
+
+    ref = pytest.importorskip("nemo_automodel.components.models.deepseek_v41.layers")
+    cfg = SimpleNamespace(hc_mult=N, hc_sinkhorn_iters=20, hc_eps=1e-6, rms_norm_eps=1e-6, hidden_size=D,
+                          initializer_range=0.5)
+    torch.manual_seed(3)
+    theirs = [ref.DeepseekV41HyperConnection(cfg) for _ in range(2)]
+    ours = [HyperConnection(D, N, eps=1e-6, rms_eps=1e-6) for _ in range(2)]
+    with torch.no_grad():
+        for o, t in zip(ours, theirs):
+            t.base.normal_()
+            t.scale.uniform_(0.5, 1.5)
+            o.fn.copy_(t.fn), o.base.copy_(t.base), o.scale.copy_(t.scale)
+    attn, ffn = torch.nn.Linear(D, D), torch.nn.Linear(D, D)
+    x = torch.randn(2, 5, N, D)
+    carried = torch.softmax(torch.randn(2, 5, N), -1)
+    m1 = theirs[0](x)
+    x1 = ref.DeepseekV41HyperConnection.expand(attn(ref.DeepseekV41HyperConnection.collapse(x, carried)), x, m1)
+    m2 = theirs[1](x1)
+    x2 = ref.DeepseekV41HyperConnection.expand(ffn(ref.DeepseekV41HyperConnection.collapse(x1, m1.pre)), x1, m2)
+    out, nxt = single_pass_block(x, carried, ours[0], attn, ours[1], ffn)
+    assert torch.allclose(hc_coefficients(ours[0], x)[1], m1.comb.transpose(-1, -2), atol=1e-5)   # B = comb^T
+    assert torch.allclose(out, x2, atol=1e-5) and torch.allclose(nxt, m2.pre, atol=1e-6)
