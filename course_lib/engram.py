@@ -24,8 +24,9 @@ released inference code, as ported by NVIDIA NeMo AutoModel
 no short convolution and no projection biases (`short_conv=False` gives the first of these).
 
 Where the demo and this module differ: the demo compresses DeepSeek-V3's 129k-token vocabulary with a text normaliser
-and draws its hash multipliers with numpy; here `compression_map` applies the same kind of normalisation to any
-list of token strings and the multipliers come from a seeded torch generator (the same recipe: odd numbers below a
+(the `tokenizers` library's NFKC, NFD, StripAccents, Lowercase and whitespace steps; a token whose decoded text
+contains U+FFFD keeps its raw token string) and draws its hash multipliers with numpy; here `compression_map` applies
+the same normalisation (`normalize_token`, in Python's unicodedata) to any list of token strings and the multipliers come from a seeded torch generator (the same recipe: odd numbers below a
 bound that keeps x * m inside int64). The demo's mocked hyper-connections (hc_mult branches, notebook 08's mHC) are
 supported: hidden states of shape (B, T, hc_mult, d) get one gate per branch; (B, T, d) means hc_mult = 1.
 """
@@ -51,10 +52,14 @@ INT64_MAX = 2 ** 63 - 1
 # ----------------------------------------------------------------------------------------------------------------
 
 def normalize_token(text: str) -> str:
-    """The demo's normaliser for one token's text: NFKC, NFD, strip accents, lowercase, collapse whitespace to one
-    space and strip it (a token that is only whitespace stays a single space)."""
+    """The demo's normaliser for one token's text (its `tokenizers` pipeline: NFKC, NFD, StripAccents, Lowercase,
+    then whitespace): NFKC, NFD, drop every combining mark (General_Category Mn, Mc and Me, as StripAccents does),
+    lowercase character by character (as Lowercase does: no final-sigma rule, unlike str.lower() on a whole
+    string), collapse whitespace to one space and strip it (a token that is only whitespace stays a single space).
+    An empty result falls back to the original text, as in the demo."""
     s = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", text))
-    s = re.sub(r"[ \t\r\n]+", " ", "".join(c for c in s if unicodedata.category(c) != "Mn").lower())
+    s = "".join(c.lower() for c in s if not unicodedata.category(c).startswith("M"))
+    s = re.sub(r"[ \t\r\n]+", " ", s)
     s = s if s == " " else s.strip()
     return s or text
 
@@ -154,18 +159,22 @@ class Engram(nn.Module):
     """One Engram layer: hashed n-gram lookup + context-aware gate + short conv. Returns what to ADD to the residual.
 
     vocab_size: ids the hash sees (after compression: pass token_map and its n_canonical as vocab_size).
+    pad_id: the id the n-grams see before the sequence starts; with token_map, an id of the ORIGINAL vocabulary
+        (any of its len(token_map) ids), compressed like every other id, as the demo does (its pad_id = 2).
     table_size: rows per head for every order (int) or one per order 2..max_ngram; each head's table is the next
         unused prime >= it. Must be >= vocab_size (the demo uses 5x DeepSeek-V3's vocabulary).
     d_mem: memory width per order (the demo's n_embed_per_ngram); each head has d_mem / n_heads columns.
     layer_id / layer_ids: this layer and all Engram layers of the model (they seed the multipliers and share out
         the primes, as in the demo).
     short_conv: False leaves out step 5's convolution, as DeepSeek-V4.1-Flash's released code does.
+    norm_eps: epsilon of the gate's key and query RMSNorms; None (default) is the demo's nn.RMSNorm default, the
+        machine epsilon of the input's dtype; V4.1's released code uses its rms_norm_eps = 1e-6.
     """
 
     def __init__(self, d_model: int, vocab_size: int, table_size: int | Sequence[int], max_ngram: int = 3,
                  n_heads: int = 4, d_mem: int = 32, kernel_size: int = 4, hc_mult: int = 1, pad_id: int = 0,
                  layer_id: int = 0, layer_ids: Sequence[int] | None = None, seed: int = 0,
-                 token_map: torch.Tensor | None = None, short_conv: bool = True):
+                 token_map: torch.Tensor | None = None, short_conv: bool = True, norm_eps: float | None = None):
         super().__init__()
         for name, v in (("d_model", d_model), ("vocab_size", vocab_size), ("n_heads", n_heads), ("d_mem", d_mem),
                         ("kernel_size", kernel_size), ("hc_mult", hc_mult)):
@@ -180,13 +189,16 @@ class Engram(nn.Module):
             raise ValueError(f"table_size must be >= vocab_size={vocab_size} for every order, got {sizes}")
         if d_mem % n_heads:
             raise ValueError(f"d_mem={d_mem} must be divisible by n_heads={n_heads}")
-        if not 0 <= pad_id < vocab_size:
-            raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got {pad_id}")
         if token_map is not None:
             token_map = torch.as_tensor(token_map, dtype=torch.long)
             if token_map.dim() != 1 or int(token_map.min()) < 0 or int(token_map.max()) >= vocab_size:
                 raise ValueError(f"token_map must be a 1-D map into [0, vocab_size={vocab_size})")
+            if not isinstance(pad_id, int) or not 0 <= pad_id < len(token_map):
+                raise ValueError(f"pad_id must be an original token id in [0, len(token_map)={len(token_map)}), "
+                                 f"got {pad_id!r}")
             pad_id = int(token_map[pad_id])                       # the demo compresses the pad id too
+        elif not isinstance(pad_id, int) or not 0 <= pad_id < vocab_size:
+            raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got {pad_id!r}")
         self.d_model, self.vocab_size, self.max_ngram, self.n_heads = d_model, vocab_size, max_ngram, n_heads
         self.hc_mult, self.pad_id = hc_mult, pad_id
         layer_ids = [layer_id] if layer_ids is None else list(layer_ids)
@@ -202,8 +214,12 @@ class Engram(nn.Module):
         d_e = (max_ngram - 1) * d_mem
         self.value_proj = nn.Linear(d_e, d_model)
         self.key_projs = nn.ModuleList(nn.Linear(d_e, d_model) for _ in range(hc_mult))
-        self.key_norms = nn.ModuleList(RMSNorm(d_model, 1e-6) for _ in range(hc_mult))
-        self.query_norms = nn.ModuleList(RMSNorm(d_model, 1e-6) for _ in range(hc_mult))
+        # default: the demo's nn.RMSNorm(hidden_size), eps=None, i.e. the machine epsilon of the input's dtype
+        # (1.19e-7 in float32); V4.1's released code uses the model's rms_norm_eps (1e-6): pass norm_eps=1e-6
+        if norm_eps is not None and not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+            raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
+        self.key_norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(hc_mult))
+        self.query_norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(hc_mult))
         # V4.1-Flash's released inference code drops the convolution (see NVIDIA NeMo AutoModel's port of it)
         self.short_conv = ShortConv(d_model, kernel_size, max_ngram, hc_mult) if short_conv else None
 

@@ -282,3 +282,44 @@ def test_train_on_corpus_is_seeded_and_figures_draw():
         train_on_corpus(lm, Tiny(), 0)
     with pytest.raises(ValueError, match="layer"):
         gate_figure(lm, torch.tensor([1, 2]), str, layer=3)
+
+
+# ------------------------------------------------------------------------------- against engram_demo_v1.py details
+def test_gate_norms_use_the_demos_rmsnorm_epsilon():
+    # the demo's norm1 / norm2 are nn.RMSNorm(hidden_size): eps = float32 machine epsilon, not 1e-6; it matters
+    # for small hidden states, where mean(x^2) is comparable to 1e-6
+    m = Engram(8, 20, 64)
+    x = torch.full((1, 3, 8), 1e-3)
+    ref = nn.RMSNorm(8)
+    for norm in list(m.key_norms) + list(m.query_norms):
+        torch.testing.assert_close(norm(x), ref(x), rtol=1e-6, atol=0)
+        assert not torch.allclose(norm(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6), rtol=1e-4)
+    v41 = Engram(8, 20, 64, norm_eps=1e-6)                      # V4.1's released code: rms_norm_eps
+    torch.testing.assert_close(v41.query_norms[0](x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    with pytest.raises(ValueError, match="norm_eps"):
+        Engram(8, 20, 64, norm_eps=0.0)
+
+
+def test_normaliser_strips_every_combining_mark_and_lowercases_per_character():
+    # tokenizers' StripAccents drops every combining mark (General_Category M: Mn, Mc and Me), not only Mn
+    assert normalize_token("a\u0903") == "a"                      # Devanagari visarga, category Mc
+    assert normalize_token("x\u20dd") == "x"                      # enclosing circle, category Me
+    assert normalize_token("Café") == "cafe"                      # NFD then Mn
+    # tokenizers' Lowercase maps each character alone: a word-final capital sigma becomes sigma, not final sigma
+    assert normalize_token("ΟΔΟΣ") == "οδοσ" != "ΟΔΟΣ".lower()
+    assert normalize_token("\u0903") == "\u0903"                  # empty after normalising: the original text
+
+
+def test_pad_id_is_an_original_token_id_compressed_like_the_demo():
+    # the demo's pad_id = 2 is an id of DeepSeek-V3's vocabulary, mapped through the lookup table; any original id
+    # is valid, also one at or above the compressed vocabulary size
+    lookup = torch.arange(40) // 2                                 # 40 original ids -> 20 canonical ids
+    m = Engram(8, 20, 64, pad_id=31, token_map=lookup)
+    assert m.pad_id == 15
+    ids = torch.tensor([[4, 7]])
+    ref = ref_hash(ids.numpy(), lookup.numpy(), 31, m.multipliers.numpy(), m.primes, 3)
+    assert np.array_equal(m.hash(ids).numpy(), ref)
+    with pytest.raises(ValueError, match="pad_id"):
+        Engram(8, 20, 64, pad_id=40, token_map=lookup)
+    with pytest.raises(ValueError, match="pad_id"):
+        Engram(8, 20, 64, pad_id=20)                              # no token_map: ids of the hashed vocabulary
