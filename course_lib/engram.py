@@ -168,7 +168,7 @@ class Engram(nn.Module):
         the primes, as in the demo).
     short_conv: False leaves out step 5's convolution, as DeepSeek-V4.1-Flash's released code does.
     norm_eps: epsilon of the gate's key and query RMSNorms; None (default) is the demo's nn.RMSNorm default, the
-        machine epsilon of the input's dtype; V4.1's released code uses its rms_norm_eps = 1e-6.
+        machine epsilon of the input's dtype; V4.1's released code uses the model's rms_norm_eps.
     """
 
     def __init__(self, d_model: int, vocab_size: int, table_size: int | Sequence[int], max_ngram: int = 3,
@@ -215,7 +215,7 @@ class Engram(nn.Module):
         self.value_proj = nn.Linear(d_e, d_model)
         self.key_projs = nn.ModuleList(nn.Linear(d_e, d_model) for _ in range(hc_mult))
         # default: the demo's nn.RMSNorm(hidden_size), eps=None, i.e. the machine epsilon of the input's dtype
-        # (1.19e-7 in float32); V4.1's released code uses the model's rms_norm_eps (1e-6): pass norm_eps=1e-6
+        # (1.19e-7 in float32); V4.1's released code uses the model's rms_norm_eps: pass it as norm_eps
         if norm_eps is not None and not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
             raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
         self.key_norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(hc_mult))

@@ -294,7 +294,7 @@ def test_gate_norms_use_the_demos_rmsnorm_epsilon():
     for norm in list(m.key_norms) + list(m.query_norms):
         torch.testing.assert_close(norm(x), ref(x), rtol=1e-6, atol=0)
         assert not torch.allclose(norm(x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6), rtol=1e-4)
-    v41 = Engram(8, 20, 64, norm_eps=1e-6)                      # V4.1's released code: rms_norm_eps
+    v41 = Engram(8, 20, 64, norm_eps=1e-6)                      # an explicit epsilon (V4.1: its rms_norm_eps)
     torch.testing.assert_close(v41.query_norms[0](x), x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     with pytest.raises(ValueError, match="norm_eps"):
         Engram(8, 20, 64, norm_eps=0.0)
