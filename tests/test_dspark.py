@@ -170,3 +170,32 @@ def test_training_leaves_the_target_untouched(shipped, trained):
     for (name, a), b in zip(shipped.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
     assert all(p.requires_grad for p in shipped.parameters())
+
+
+def test_markov_head_and_loss_match_nemo_automodel_dspark():
+    """The same weights and logits in NeMo AutoModel's DSpark port of DeepSpec (nemo-automodel >= 0.7.0: its
+    markov_head.VanillaMarkov and loss.compute_dspark_loss, which follow deepspec/modeling/dspark/ line by line)."""
+    markov = pytest.importorskip("nemo_automodel.components.speculative.dspark.markov_head")
+    loss_mod = pytest.importorskip("nemo_automodel.components.speculative.dspark.loss")
+    from nemo_automodel.components.speculative.dspark.common import DSparkForwardOutput
+
+    torch.manual_seed(0)
+    V, r, B, A, g = 50, 8, 2, 3, 5
+    ref = markov.VanillaMarkov(vocab_size=V, markov_rank=r).double()
+    ours = MarkovHead(V, r).double()
+    ours.load_state_dict({"w1.weight": ref.markov_w1.weight, "w2.weight": ref.markov_w2.weight})
+    prev = torch.randint(0, V, (B, A, g))
+    assert torch.allclose(ref.compute_step_bias(prev, None), ours.bias(prev))
+    base, first = torch.randn(B, g, V, dtype=torch.float64), torch.randint(0, V, (B,))
+    t_ref, l_ref = ref.sample_block_tokens(base, first_prev_token_ids=first, hidden_states=None, temperature=0.0)
+    t_ours, l_ours = ours.greedy(base, first)
+    assert torch.equal(t_ref, t_ours) and torch.allclose(l_ref, l_ours)
+    logits, tgt = torch.randn(B, A, g, V), torch.randn(B, A, g, V) * 2
+    labels, conf = torch.randint(0, V, (B, A, g)), torch.randn(B, A, g)
+    out = DSparkForwardOutput(draft_logits=logits, target_ids=labels, eval_mask=torch.ones(B, A, g, dtype=torch.bool),
+                              block_keep_mask=torch.ones(B, A, dtype=torch.bool), confidence_pred=conf,
+                              aligned_target_logits=tgt)
+    expect = loss_mod.compute_dspark_loss(outputs=out, loss_decay_gamma=4.0, ce_loss_alpha=0.1, l1_loss_alpha=0.9,
+                                          confidence_head_alpha=1.0)
+    got, _ = loss_terms(logits, tgt.softmax(-1), labels, conf, 4.0, (0.1, 0.9, 1.0))
+    assert got.item() == pytest.approx(expect.item(), rel=1e-5)
