@@ -81,6 +81,38 @@ def test_shipped_timeline_reaches_past_the_v4_preview():
     assert "Engram" in v41.introduced and "08" in v41.notebooks
 
 
+def test_shipped_v4_rows_say_how_flash_and_pro_differ():
+    # V4 report §4.2.1 and the official config.json files: the first two layers (compress_ratios) and the CSA top-k
+    # differ, so the rows must not call Flash "the same architecture"
+    rel = {r.name: r for r in T.load_releases()}
+    flash, pro = rel["DeepSeek-V4-Flash"], rel["DeepSeek-V4-Pro"]
+    assert "same architecture" not in flash.introduced
+    assert "sliding-window only" in flash.introduced and "top-k 512" in flash.introduced
+    assert "43 layers" in flash.introduced and "d = 4096" in flash.introduced
+    assert "first 2 layers HCA" in pro.introduced and "top-k 1024" in pro.introduced
+    assert "61 layers" in pro.introduced and "d = 7168" in pro.introduced
+    assert (flash.total_params_b, flash.active_params_b, pro.total_params_b, pro.active_params_b) == (284, 13, 1600, 49)
+    for r in (flash, pro):
+        assert "§4.2.1" in r.source
+
+
+def test_shipped_v4_official_checkpoints_both_carry_dspark():
+    rel = {r.name: r for r in T.load_releases()}
+    flash, pro = rel["DeepSeek-V4-Flash-0731"], rel["DeepSeek-V4-Pro-0813"]
+    for r in (flash, pro):
+        assert "DSpark speculative-decoding module" in r.introduced
+    assert "three draft layers" in flash.introduced and "DeepSpec" in flash.source
+
+
+def test_shipped_v41_row_says_what_is_new():
+    v41 = next(r for r in T.load_releases() if r.name == "DeepSeek-V4.1-Flash")
+    for phrase in ("encoder-decoder", "8B activated per prompt token", "16B per generated token", "CSA2",
+                   "shared across layers", "order 4", "DSpark", "vision", "technical report"):
+        assert phrase in v41.introduced, phrase
+    assert (v41.total_params_b, v41.active_params_b, v41.context_length) == (552, 16, 1048576)
+    assert "deepseek_v41" in v41.source
+
+
 def test_shipped_notebook_links_name_real_or_planned_notebooks():
     root = Path(__file__).resolve().parent.parent / "notebooks"
     existing = {p.name[:2] for p in root.glob("[0-9][0-9]_*.ipynb")}
