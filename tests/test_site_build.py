@@ -71,8 +71,8 @@ def test_not_executed_page_says_so_and_shows_no_output():
                     {"cell_type": "code", "source": "1/0", "metadata": {}, "execution_count": 1,
                      "outputs": [{"output_type": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": []}]}],
           "metadata": {}}
-    assert build.first_error(nb) == "code cell 1: ZeroDivisionError"
-    page = build.not_executed_page(nb, "when the site was built, code cell 1: ZeroDivisionError failed")
+    assert build.first_error(nb) == "code cell 1 failed with ZeroDivisionError"
+    page = build.not_executed_page(nb, "when the site was built, code cell 1 failed with ZeroDivisionError")
     assert page["cells"][0]["source"] == ["# 99 · Title"]
     assert "was not executed" in "".join(page["cells"][1]["source"])
     assert page["cells"][2]["outputs"] == [] and page["cells"][2]["execution_count"] is None

@@ -88,7 +88,7 @@ def jupyter_view(nb: dict) -> dict:
 
 
 def first_error(nb: dict) -> str | None:
-    """'code cell N: ErrorName' for the first code cell (numbered from 1) with an error output, else None."""
+    """'code cell N failed with ErrorName' for the first code cell (numbered from 1) with an error output, else None."""
     n = 0
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
@@ -96,7 +96,7 @@ def first_error(nb: dict) -> str | None:
         n += 1
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error":
-                return f"code cell {n}: {o.get('ename', 'error')}"
+                return f"code cell {n} failed with {o.get('ename', 'an error')}"
     return None
 
 
@@ -148,7 +148,7 @@ def execute(source: Path, executed: Path) -> dict:
     nb.metadata["course_executed"] = {"source_sha256": sha256(source), "by": "tools/site/build.py (nbclient)"}
     error = first_error(json.loads(nbformat.writes(nb)))
     if not complete or error:                   # not kept: the next build tries again
-        why = "its execution stopped" if not complete else f"{error} failed"
+        why = "its execution stopped" if not complete else error
         print(f"  WARNING: {source.relative_to(ROOT)}: {why}; its page shows the code without outputs", flush=True)
         return not_executed_page(json.loads(nbformat.writes(nb)), f"when the site was built, {why}")
     target = executed / source.relative_to(ROOT)
