@@ -18,7 +18,8 @@ github.com/deepseek-ai/Engram, `engram_demo_v1.py` (Apache-2.0). This module fol
   5. v_t = alpha_t * W_v e_t, then a short causal depthwise convolution (kernel 4, dilation N, SiLU) adds local
      context: out = v + SiLU(Conv(RMSNorm(v))). The block adds `out` to the residual stream before attention.
 
-DeepSeek-V4.1-Flash (2026-09) ships Engram at two layers (per NeMo's port; not re-checked against the model card); its
+DeepSeek-V4.1-Flash (2026-09) ships Engram at two of its 40 layers (1 and 14), n-grams up to order 4 (NeMo's port of
+the released report, config and code: deepseek_v41/README.md and config.py); its
 released inference code, as ported by NVIDIA NeMo AutoModel
 (`nemo_automodel/components/models/deepseek_v41/engram.py`), keeps the hashing and the signed-square-root gate but has
 no short convolution and no projection biases (`short_conv=False` gives the first of these).
