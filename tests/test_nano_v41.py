@@ -61,7 +61,9 @@ def test_first_block_reads_stream_zero():
 
 def test_engram_gate_is_the_released_formula_and_writes_before_attention():
     torch.manual_seed(1)
-    eng = Engram(D, vocab_size=16, table_size=17, max_ngram=3, n_heads=2, d_mem=4, hc_mult=2, short_conv=False)
+    eps = 1e-20                                        # V4.1-Flash's rms_norm_eps, which its Engram gate uses
+    eng = Engram(D, vocab_size=16, table_size=17, max_ngram=3, n_heads=2, d_mem=4, hc_mult=2, short_conv=False,
+                 norm_eps=eps)
     with torch.no_grad():
         for norm in list(eng.key_norms) + list(eng.query_norms):
             norm.weight.uniform_(0.5, 1.5)
@@ -73,7 +75,7 @@ def test_engram_gate_is_the_released_formula_and_writes_before_attention():
         # engram.py DeepseekV41Engram.forward: dot = sum(h * (q_w k_w) * key) rstd(h) rstd(key) / sqrt(d)
         key = eng.key_projs[g](e)
         w = eng.query_norms[g].weight * eng.key_norms[g].weight
-        rstd = torch.rsqrt(h[:, :, g].pow(2).mean(-1) + 1e-6) * torch.rsqrt(key.pow(2).mean(-1) + 1e-6)
+        rstd = torch.rsqrt(h[:, :, g].pow(2).mean(-1) + eps) * torch.rsqrt(key.pow(2).mean(-1) + eps)
         dot = (h[:, :, g] * w * key).sum(-1) * rstd / math.sqrt(D)
         ref = torch.sigmoid(torch.copysign(dot.abs().clamp_min(1e-6).sqrt(), dot))
         assert torch.allclose(gates[..., g], ref, atol=1e-6)
