@@ -122,8 +122,8 @@ def accumulate(a: torch.Tensor, b: torch.Tensor, bits: int | None = 14, n_c: int
     if n_c is not None:
         _positive("n_c", n_c)
     prods = a.double().unsqueeze(1) * b.double().unsqueeze(0)         # (N, M, K) products (exact in float64)
-    total = torch.zeros(prods.shape[:2], dtype=torch.float32)
-    part = torch.zeros(prods.shape[:2], dtype=torch.float64)
+    total = prods.new_zeros(prods.shape[:2], dtype=torch.float32)
+    part = prods.new_zeros(prods.shape[:2])
     for k in range(prods.shape[-1]):
         part = part + prods[..., k]
         if bits is not None:

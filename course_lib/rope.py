@@ -23,7 +23,7 @@ def rope_frequencies(dim: int, base: float = 10000.0, dtype=torch.float32) -> to
 def rope_cos_sin(positions, dim: int, base: float = 10000.0, dtype=torch.float32):
     """cos and sin of position * theta_j, each (T, dim) in rotate-half layout (the dim/2 angles written twice)."""
     positions = torch.as_tensor(positions)
-    freqs = rope_frequencies(dim, base, torch.float64)
+    freqs = rope_frequencies(dim, base, torch.float64).to(positions.device)   # positions' device, CUDA too
     angles = positions.to(torch.float64)[:, None] * freqs[None, :]          # (T, dim/2)
     angles = torch.cat([angles, angles], dim=-1)                            # (T, dim)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -89,9 +89,10 @@ def accuracy(logits, answer) -> float:
 
 
 def _batches(model, steps, length, batch, seed, progress):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)          # drawn on the CPU (the same batches everywhere), then moved
+    device = model.key_emb.weight.device
     for _ in (progress(range(steps)) if progress else range(steps)):
-        yield needle_batch(batch, length, model.key_emb.num_embeddings, model.n_values, g)
+        yield tuple(t.to(device) for t in needle_batch(batch, length, model.key_emb.num_embeddings, model.n_values, g))
 
 
 def train_dense(model: NeedleModel, steps: int, length: int, batch: int = 32, lr: float = 3e-3, seed: int = 1,
@@ -143,7 +144,8 @@ def evaluate(model: NeedleModel, length: int, ks, batch: int = 128, seed: int = 
     """Accuracy dense and with DSA at each k; the indexer's recall of the needle and of the token the dense
     attention weights most, at each k (last query)."""
     g = torch.Generator().manual_seed(seed)
-    keys, values, needle, answer = needle_batch(batch, length, model.key_emb.num_embeddings, model.n_values, g)
+    keys, values, needle, answer = (t.to(model.key_emb.weight.device) for t in
+                                    needle_batch(batch, length, model.key_emb.num_embeddings, model.n_values, g))
     out = {"dense": accuracy(model(keys, values), answer), "sparse": {}, "recall_needle": {}, "recall_top1": {}}
     scores, target = indexer_scores_and_target(model, keys, values)
     for k in ks:

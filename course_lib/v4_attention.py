@@ -100,7 +100,7 @@ class Compressor(nn.Module):
             kv, gate = slots_kv, slots_gate
         # Eq. 11 / 22: softmax over the window's tokens, per feature, then the weighted sum; Eq. 12: RMSNorm.
         pooled = self.norm((kv * torch.softmax(gate, dim=2)).sum(dim=2))
-        positions = torch.arange(n) * m + first_position                     # each entry sits at its window start
+        positions = torch.arange(n, device=pooled.device) * m + first_position   # each entry at its window start
         return _rope_tail(pooled, 0, self.rope_dim, self.rope_base, positions=positions), last
 
     @torch.no_grad()
