@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml tools/install_torch.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python tools/install_torch.py
 	$(BIN)/python -m pip install -q -e '.[lab,test,ref]'
+	-$(BIN)/python tools/fetch_refs.py
 	@touch $(STAMP)
 
 lab: $(STAMP)

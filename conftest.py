@@ -11,6 +11,7 @@ test (tests/e2e) compares them with a second execution of the same notebook: the
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ import pytest
 # and hashing is fixed so printed outputs are reproducible.
 os.environ.setdefault("COURSE_WIDGETS", "static")
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+# Reference code that is fetched, not installed (tools/fetch_refs.py): the tests that compare with it import it from
+# build/refs/ and skip where it is missing.
+for _ref in sorted((Path(__file__).resolve().parent / "build" / "refs").glob("*-*")):
+    if _ref.is_dir() and not _ref.name.endswith(".part") and str(_ref) not in sys.path:
+        sys.path.append(str(_ref))
 
 _NOTEBOOKS: dict[str, dict] = {}
 _OUTPUTS: dict[str, dict[int, dict]] = {}     # notebook -> code-cell number -> {"source", "outputs"}
