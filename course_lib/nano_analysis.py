@@ -105,10 +105,10 @@ def runs_table(runs: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- decoding
-def domain_prompts(corpus, domain: str, n: int, length: int, seed: int = 0) -> list:
-    """n validation windows of `length` tokens from one domain, each (1, length)."""
+def domain_prompts(corpus, domain: str, n: int, length: int, seed: int = 0, device=None) -> list:
+    """n validation windows of `length` tokens from one domain, each (1, length), on `device` (default the CPU)."""
     g = torch.Generator().manual_seed(seed)
-    x, _ = corpus.get_batch("val", n, length, generator=g, domain=domain)
+    x, _ = corpus.get_batch("val", n, length, generator=g, domain=domain, device=device)
     return [row[None] for row in x]
 
 
@@ -133,7 +133,7 @@ def speculative_by_domain(mtp_model: MTPModel, corpus, n_prompts: int = 3, promp
     m64 = copy.deepcopy(mtp_model).double() if check_float64 else None
     results = {}
     for d in corpus.domains:
-        prompts = domain_prompts(corpus, d, n_prompts, prompt_len)
+        prompts = domain_prompts(corpus, d, n_prompts, prompt_len, device=next(mtp_model.parameters()).device)
         drafted = accepted = forwards = 0
         same = True
         for p in prompts:
@@ -188,8 +188,9 @@ def sample_text(model: MTPModel, prompt: str, new: int = 120, temperature: float
         raise ValueError(f"temperature must be in [0, 2], got {temperature}")
     tok = ByteTokenizer()
     lm = model.model if isinstance(model, MTPModel) else model
-    idx = torch.tensor([tok.encode(prompt)])
-    g = torch.Generator().manual_seed(seed)
+    device = next(lm.parameters()).device
+    idx = torch.tensor([tok.encode(prompt)], device=device)
+    g = torch.Generator(device=device).manual_seed(seed)
     out = generate(lm, idx, new, temperature=temperature, generator=g)
     return tok.decode(out[0, idx.shape[1]:].tolist())
 
@@ -206,7 +207,8 @@ def plot_sample(model: MTPModel, domain: str = "python", temperature: float = 0.
     print(repr(text), "->", repr(sample_text(model, text, new, temperature, seed)))
     lm = model.model if isinstance(model, MTPModel) else model
     with torch.no_grad():
-        logits = lm(torch.tensor([ByteTokenizer().encode(text)])).logits[0, -1]
+        ids = torch.tensor([ByteTokenizer().encode(text)], device=next(lm.parameters()).device)
+        logits = lm(ids).logits[0, -1].cpu()
     probs = torch.softmax(logits / max(temperature, 1e-6), -1)
     top = probs.topk(12)
     fig, ax = plt.subplots(figsize=(8, 2.6))

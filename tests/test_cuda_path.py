@@ -4,7 +4,8 @@ A tensor that course_lib makes on the CPU (a bare ``torch.zeros(...)``/``torch.a
 generation, a cache or an optimizer) works on a CPU-only machine and fails on a GPU ("Expected all tensors to be on
 the same device"). PyTorch's fake tensors catch that without a GPU: under ``FakeTensorMode`` every tensor carries a
 device but no data, and an operation that mixes two devices raises ``FakeTensorDeviceMismatchError`` (as CUDA would;
-0-dim CPU tensors may mix, as in CUDA's elementwise ops; ``torch.cat``/``torch.stack`` are made as strict as CUDA's).
+0-dim CPU tensors may mix, as in CUDA's elementwise ops; ``torch.cat``/``torch.stack`` and embedding lookups are made as strict as
+CUDA's).
 
 The parameters and inputs live on fake ``meta`` tensors, not fake ``cuda`` ones: on a PyTorch built without CUDA,
 Python indexing (``t[1:3]``), ``.to("cuda")`` and autograd of a fake cuda tensor ask for the CUDA device guard and
@@ -85,6 +86,17 @@ def _one_device(fn):
     return checked
 
 
+_embedding = torch.nn.functional.embedding
+
+
+def _strict_embedding(input, weight, *args, **kwargs):
+    # the same for a lookup: fake tensors accept CPU token ids for a table elsewhere, CUDA's index_select does not
+    if input.device != weight.device:
+        raise RuntimeError(f"Expected all tensors to be on the same device, got ids on {input.device} and the "
+                           f"embedding on {weight.device}")
+    return _embedding(input, weight, *args, **kwargs)
+
+
 _module_to = torch.nn.Module.to
 
 
@@ -105,6 +117,7 @@ def off_cpu(monkeypatch):
     monkeypatch.setattr(torch, "bincount", _bincount)
     monkeypatch.setattr(torch, "cat", _one_device(torch.cat))
     monkeypatch.setattr(torch, "stack", _one_device(torch.stack))
+    monkeypatch.setattr(torch.nn.functional, "embedding", _strict_embedding)
     monkeypatch.setattr(torch, "Generator", _Generator)
     monkeypatch.setattr(torch.nn.Module, "to", _to)             # what course_lib's own .to(device) calls do
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
@@ -138,6 +151,8 @@ def test_fake_cuda_mixing_raises(monkeypatch):
                 torch.cat([x, torch.zeros(3)])
             with pytest.raises(RuntimeError, match="same device"):
                 torch.stack([x.sum(), torch.zeros(())])          # CUDA's stack refuses a 0-dim CPU tensor too
+            with pytest.raises(RuntimeError, match="same device"):
+                torch.nn.functional.embedding(torch.tensor([[1, 2]]), torch.zeros(4, 3, device=dev))
             with pytest.raises(FakeTensorDeviceMismatchError):
                 x + torch.ones(3)
 
@@ -400,3 +415,16 @@ def test_reference_tests_skip_on_an_older_transformers(monkeypatch):
         with pytest.raises(pytest.skip.Exception, match=r"needs transformers >= 5\.24 \(found 5\.17\.0\)"):
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
         sys.modules.pop(f"_old_tf_{name}", None)
+
+
+def test_nano_analysis_decoding_follows_the_model(monkeypatch):
+    """09's speculative decoding table and samples, on a model that is not on the CPU."""
+    from course_lib import nano, nano_analysis
+    from course_lib.corpus import Corpus
+
+    model, corpus = nano.build_model(nano.TINY), Corpus()
+    with off_cpu(monkeypatch):
+        model = to_dev(model)
+        prompts = nano_analysis.domain_prompts(corpus, "python", 1, 8, device=DEV)
+        assert prompts[0].device == DEV
+        nano_analysis.sample_text(model, "def f", new=3, temperature=0.5)
