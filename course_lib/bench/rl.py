@@ -1,0 +1,202 @@
+"""Benchmark: GRPO, Dr. GRPO, DAPO and GSPO side by side on the R1-Zero toy of notebook 05, and Keep Routing's cost.
+
+    python -m course_lib.bench rl [--threads 2] [--steps 30] [--mu 2] [--target 0.9] [--json FILE]
+
+Every variant starts from the shipped base policy (assets/grpo/base.pt) with notebook 05's settings
+(`arith.grpo_config()`: 8 questions x 8 samples per step, lr 5e-4) and the same seed, and trains with
+`course_lib.policy_losses.policy_loss`:
+  grpo     token ratios, clip 0.2, per-sequence mean (DeepSeekMath eq. 3)
+  dr_grpo  no std in the advantage, sum / (B * L) (Dr. GRPO §3.1)
+  dapo     clip-higher 0.2 / 0.28, token-level mean, dynamic sampling (groups whose rewards are all equal are dropped
+           and refilled from up to --refill extra rollouts) and truncated completions filtered out (DAPO §3)
+  gspo     one ratio per sequence, clip 3e-4 / 4e-4 (the GSPO paper's ranges, §5.1)
+All use beta = 0 (DAPO, Dr. GRPO and GSPO train without a KL term) and --mu policy updates per rollout: with one
+update the ratios are all 1 and GRPO and GSPO take the same step, so the default reuses each rollout twice.
+Reported per variant: RL steps and training seconds (evaluation excluded) until held-out pass@1 first reaches
+--target, wall seconds, the held-out accuracy curve, and for DAPO the share of groups it dropped.
+
+Keep Routing (V3.2 §3.1) is timed on nano-DeepSeek (TINY) as a policy: one training forward + backward over a batch
+of rollouts with the routes the model chooses itself, and with the rollout's routes replayed, interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import torch
+
+from .. import arith, grpo, nano
+from .. import policy_losses as pl
+from ..device import get_device
+from ..model import token_logprobs
+from .core import compare, print_table
+
+VARIANTS = {
+    "grpo": dict(variant="grpo"),
+    "dr_grpo": dict(variant="dr_grpo"),
+    "dapo": dict(variant="dapo", epsilon_high=0.28),
+    "gspo": dict(variant="gspo", epsilon=3e-4, epsilon_high=4e-4),
+}
+
+
+def _pad_cat(rolls: list[dict], eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Join rollouts whose completions stopped at different lengths: pad ids with eos and the mask with 0."""
+    width = max(r["ids"].shape[1] for r in rolls)
+    ids = torch.cat([torch.nn.functional.pad(r["ids"], (0, width - r["ids"].shape[1]), value=eos) for r in rolls])
+    n_prompt = rolls[0]["n_prompt"]
+    mask = torch.cat([torch.nn.functional.pad(r["mask"], (0, width - n_prompt - r["mask"].shape[1])) for r in rolls])
+    return ids, mask
+
+
+def train(name: str, steps: int, mu: int, refill: int, eval_every: int, device, seed: int = 0) -> dict:
+    """One RL run of variant `name` on the addition toy; returns its history."""
+    model, tok = arith.load_base(device)
+    cfg = arith.grpo_config(steps=steps, seed=seed)
+    kw = dict(VARIANTS[name])
+    variant = kw.pop("variant")
+    if variant == "dr_grpo":
+        kw["max_completion_length"] = cfg.max_new_tokens
+    eos, fns, G, n = arith.eos_id(tok), arith.reward_fns(), cfg.group_size, cfg.prompts_per_step
+    rng, gen = random.Random(seed), torch.Generator(device=device).manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    hist = {"eval_step": [0], "eval_accuracy": [arith.evaluate(model, tok)["accuracy"]], "time_s": [],
+            "reward": [], "dropped": [], "samples": 0}
+    train_s = 0.0
+    for step in range(steps):
+        t0 = time.perf_counter()
+        model.eval()
+        rolls, rewards, kept, dropped, seen = [], [], 0, 0, 0
+        for _ in range(1 + (refill if name == "dapo" else 0)):
+            prompts, answers = arith.sample_prompts(n, rng)
+            roll = grpo.rollout(model, tok, prompts, G, cfg.max_new_tokens, cfg.temperature, eos, gen)
+            r = sum(torch.tensor(f(roll["texts"], [a for a in answers for _ in range(G)])) for f in fns.values())
+            hist["samples"] += len(r)
+            if name == "dapo":     # DAPO eq. (11): keep only groups whose rewards differ, refill the rest
+                keep = pl.informative_groups(r, G)
+                seen, dropped = seen + len(keep), dropped + int((~keep).sum())
+                rows = keep.repeat_interleave(G).to(roll["ids"].device)
+                roll = {"ids": roll["ids"][rows], "mask": roll["mask"][rows], "n_prompt": roll["n_prompt"]}
+                r = r[keep.repeat_interleave(G)]
+            rolls.append(roll)
+            rewards.append(r)
+            kept += len(r) // G
+            if kept >= n:
+                break
+        rewards = torch.cat(rewards).float().to(device)
+        ids, mask = _pad_cat(rolls, eos)
+        hist["reward"].append(rewards.mean().item() if len(rewards) else float("nan"))
+        hist["dropped"].append(dropped / seen if seen else 0.0)
+        if len(rewards):
+            adv = pl.advantages(rewards, G, variant).to(device)
+            truncated = (mask.sum(1) == mask.shape[1]) & (ids[:, -1] != eos) if name == "dapo" else None
+            model.train()
+            with torch.no_grad():
+                old = grpo.completion_logprobs(model, ids, rolls[0]["n_prompt"])
+            for _ in range(mu):
+                logp = grpo.completion_logprobs(model, ids, rolls[0]["n_prompt"])
+                loss, _ = pl.policy_loss(logp, old, adv, mask, variant, truncated=truncated, **kw)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+        train_s += time.perf_counter() - t0
+        hist["time_s"].append(train_s)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            model.eval()
+            hist["eval_step"].append(step + 1)
+            hist["eval_accuracy"].append(arith.evaluate(model, tok)["accuracy"])
+    return hist
+
+
+def first_reaching(hist: dict, target: float):
+    """(step, training seconds) of the first held-out evaluation >= target, or (None, None)."""
+    for step, acc in zip(hist["eval_step"], hist["eval_accuracy"]):
+        if acc >= target:
+            return step, (0.0 if step == 0 else hist["time_s"][step - 1])
+    return None, None
+
+
+def keep_routing_overhead(batch: int, seq_len: int, repeat: int, device) -> dict:
+    """Seconds per training forward + backward of nano-DeepSeek TINY with its own routes and with replayed ones."""
+    torch.manual_seed(0)
+    model = nano.main_model(nano.build_model(nano.TINY)).to(device)
+    ids = torch.randint(0, nano.TINY.vocab_size, (batch, seq_len), device=device)
+    with torch.no_grad(), pl.record_routes(model) as rec:
+        token_logprobs(model, ids)
+    routes = pl.routes_for_training(rec, seq_len)
+    model.train()
+
+    def step(replay):
+        def run():
+            model.zero_grad(set_to_none=True)
+            if replay:
+                with pl.replay_routes(model, routes):
+                    token_logprobs(model, ids).sum().backward()
+            else:
+                token_logprobs(model, ids).sum().backward()
+        return run
+
+    return compare({"own routes": step(False), "Keep Routing": step(True)}, repeat=repeat, warmup=1)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m course_lib.bench rl", description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30, help="RL steps per variant")
+    ap.add_argument("--mu", type=int, default=2, help="policy updates per rollout")
+    ap.add_argument("--refill", type=int, default=2, help="DAPO: extra rollouts at most to refill dropped groups")
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--target", type=float, default=0.9, help="held-out accuracy to reach")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    ap.add_argument("--kr-batch", type=int, default=16, help="Keep Routing timing: rollouts per batch")
+    ap.add_argument("--kr-len", type=int, default=32, help="Keep Routing timing: tokens per rollout")
+    ap.add_argument("--repeat", type=int, default=5, help="Keep Routing timing: timed steps")
+    ap.add_argument("--json", default=None, help="write the results (with histories) to this file")
+    args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        ap.error(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
+    for opt in ("steps", "mu", "eval_every", "kr_batch", "kr_len", "repeat"):
+        if getattr(args, opt) < 1:
+            ap.error(f"--{opt.replace('_', '-')} must be >= 1")
+    if args.refill < 0 or not 0 < args.target <= 1:
+        ap.error("--refill must be >= 0 and --target in (0, 1]")
+    torch.set_num_threads(args.threads)
+    device = get_device()
+    print(f"device {device}, {args.threads} threads, torch {torch.__version__}; {args.steps} steps, mu={args.mu}")
+    results = {}
+    for name in names:
+        wall = time.perf_counter()
+        hist = train(name, args.steps, args.mu, args.refill, args.eval_every, device)
+        results[name] = {"wall_s": time.perf_counter() - wall, "history": hist}
+    rows = []
+    for name, res in results.items():
+        h = res["history"]
+        step_t, t_t = first_reaching(h, args.target)
+        rows.append([name, len(h["time_s"]), h["time_s"][-1], res["wall_s"], h["samples"],
+                     "-" if step_t is None else str(step_t), "-" if t_t is None else f"{t_t:.1f}",
+                     h["eval_accuracy"][0], h["eval_accuracy"][-1], sum(h["dropped"]) / len(h["dropped"])])
+    print_table(rows, ["variant", "steps", "train s", "wall s", "samples", f"step to {args.target:g}",
+                       f"train s to {args.target:g}", "acc start", "acc end", "dropped"])
+    print("held-out accuracy by RL step:")
+    steps = results[names[0]]["history"]["eval_step"]
+    print_table([[s] + [results[n]["history"]["eval_accuracy"][i] for n in names] for i, s in enumerate(steps)],
+                ["step"] + names)
+    kr = keep_routing_overhead(args.kr_batch, args.kr_len, args.repeat, device)
+    print(f"Keep Routing on nano-DeepSeek TINY, forward + backward of {args.kr_batch} x {args.kr_len} tokens: "
+          f"{kr['own routes'] * 1e3:.1f} ms with its own routes, {kr['Keep Routing'] * 1e3:.1f} ms replayed "
+          f"({kr['Keep Routing'] / kr['own routes']:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "torch": torch.__version__, "args": vars(args), "results": results,
+                       "keep_routing_s": kr}, f)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
