@@ -47,8 +47,9 @@ def mutual_information(a: torch.Tensor, b: torch.Tensor) -> float:
         raise ValueError(f"a and b must pair up: {a.numel()} vs {b.numel()} samples")
     if a.numel() == 0:
         raise ValueError("a and b must not be empty")
-    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64)
-    joint.index_put_((a, b), torch.ones(a.numel(), dtype=torch.float64), accumulate=True)
+    b = b.to(a.device)
+    joint = torch.zeros(int(a.max()) + 1, int(b.max()) + 1, dtype=torch.float64, device=a.device)
+    joint.index_put_((a, b), torch.ones(a.numel(), dtype=torch.float64, device=a.device), accumulate=True)
     p = joint / joint.sum()
     pa, pb = p.sum(1, keepdim=True), p.sum(0, keepdim=True)
     nz = p > 0

@@ -428,3 +428,12 @@ def test_nano_analysis_decoding_follows_the_model(monkeypatch):
         prompts = nano_analysis.domain_prompts(corpus, "python", 1, 8, device=DEV)
         assert prompts[0].device == DEV
         nano_analysis.sample_text(model, "def f", new=3, temperature=0.5)
+
+
+def test_moe_analysis_byte_classes_on_the_ids_device(monkeypatch):
+    # mutual_information is not run here: it selects the non-zero cells with a boolean mask, an output whose shape
+    # depends on the values, which fake tensors cannot compute (it counts on its labels' device, see the module)
+    from course_lib.moe_analysis import byte_classes
+
+    with off_cpu(monkeypatch):
+        assert byte_classes(torch.randint(0, 256, (64,), device=DEV)).device == DEV
