@@ -212,12 +212,12 @@ def plot_cache_sizes(context: int = 32768, batch: int = 8, dtype: str = "bf16", 
 #   V4 window                2 n_h min(S, n_win) 2c                         (scores + values, c each; key = value)
 #   V4 CSA                   + 2 H^I N (d^I + 1) + 2 n_h min(k, N) 2c,  N = S // m
 #   V4 HCA                   + 2 n_h N 2c,  N = S // m'
-# Storage: "bf16" counts 2 bytes for every element; "fp8" stores non-RoPE features and indexer keys in FP8
-# (1 byte) and RoPE features in BF16, scales left out. DeepSeek's deployed V3.2 cache is that format plus 16 bytes
-# of scales: 512 + 16 + 2 * 64 = 656 bytes per token and layer (FlashMLA README, "FP8 KV cache"). That V4 uses the
-# same split is our assumption for a like-for-like comparison.
-SPARSE_STORAGE = {"bf16": {"nope": 2.0, "rope": 2.0, "index": 2.0},
-                  "fp8": {"nope": 1.0, "rope": 2.0, "index": 1.0}}
+# Storage: "bf16" counts 2 bytes for every element. "fp8" is DeepSeek's deployed low-precision format, scales left
+# out: non-RoPE features in FP8 (1 byte), RoPE features in BF16; V3.2's indexer keys in FP8 (its cache is 512 + 16
+# + 2 * 64 = 656 bytes per token and layer with 16 bytes of scales, FlashMLA README, "FP8 KV cache"), V4's in FP4
+# (half a byte: V4 report §2.3.4, BF16 RoPE + FP8 rest, the indexer in FP4; §5.2.1, its query-key path cached in FP4).
+SPARSE_STORAGE = {"bf16": {"nope": 2.0, "rope": 2.0, "index": 2.0, "v4_index": 2.0},
+                  "fp8": {"nope": 1.0, "rope": 2.0, "index": 1.0, "v4_index": 0.5}}
 
 
 def _storage(storage: str) -> dict:
@@ -250,7 +250,7 @@ def sparse_cache_bytes(model, context: int, storage: str = "bf16", dense: bool =
     for ratio in model.layer_ratios:
         total += min(S, model.window) * entry
         if ratio == model.csa_rate:
-            total += (S // ratio) * (entry + model.index_head_dim * b["index"])
+            total += (S // ratio) * (entry + model.index_head_dim * b["v4_index"])
         elif ratio:
             total += (S // ratio) * entry
     return total

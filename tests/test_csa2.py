@@ -62,7 +62,7 @@ def test_attention_flops_by_hand_and_against_v4_flash():
     rows = {r["context"]: r for r in compare_v4_flash()}
     assert sorted(rows) == [2 ** p for p in range(12, 21)]
     big = rows[S]
-    assert big["v4_cache"] / big["v41_cache"] == pytest.approx(4.2, abs=0.1)    # the ~4x smaller cache at 1M
+    assert big["v4_cache"] / big["v41_cache"] == pytest.approx(3.87, abs=0.05)  # the ~4x smaller cache at 1M
     assert big["v41_flops"] < big["v41_flops_flat"] < big["v4_flops"]
 
 

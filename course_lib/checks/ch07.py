@@ -51,13 +51,13 @@ def pool_window(c, z, b):
 
 
 @register(kind="value",
-          hint="Per CSA layer: 2^20 / 4 entries x (448 + 2 * 64 + 128) bytes (FP8 content, BF16 RoPE, FP8 indexer "
-               "key); per HCA layer: 2^20 / 128 entries x (448 + 128) bytes; every layer: 128 window entries x 576 "
-               "bytes. V4-Pro: 30 CSA + 31 HCA layers. GB = 1e9 bytes.",
-          wrong=[49.15, 5.54, 2 * 5.69, 0.146],
+          hint="Per CSA layer: 2^20 / 4 entries x (448 + 2 * 64 + 128 / 2) bytes (FP8 content, BF16 RoPE, FP4 "
+               "indexer key); per HCA layer: 2^20 / 128 entries x (448 + 128) bytes; every layer: 128 window entries "
+               "x 576 bytes. V4-Pro: 30 CSA + 31 HCA layers. GB = 1e9 bytes.",
+          wrong=[49.15, 5.69, 5.54, 2 * 5.18, 0.146],      # 5.69: indexer keys in FP8 instead of FP4
           compare=lambda expected, got: close(expected, got, rtol=1e-2))
 def v4_pro_cache_gb_1m():
-    csa = 2 ** 20 // 4 * (448 + 2 * 64 + 128)
+    csa = 2 ** 20 // 4 * (448 + 2 * 64 + 128 // 2)
     hca = 2 ** 20 // 128 * (448 + 2 * 64)
     window = 128 * (448 + 2 * 64)
     return (30 * csa + 31 * hca + 61 * window) / 1e9
