@@ -11,9 +11,10 @@ Published sizes: V3 671B total / 37B activated (V3 paper abstract; README_WEIGHT
 36.7B activated and 11.5B for the MTP module; the model card says 685B on Hugging Face = 671B main + 14B MTP).
 V2 236B / 21B (V2 paper abstract and §3.1.2). V2-Lite 15.7B / 2.4B (V2 paper Appendix B.1).
 
-Counting convention (ours, stated because published figures do not spell it out): "activated" counts what one token
-multiplies with: every attention and dense weight, the shared experts, top-k routed experts, the router, the norms
-and the output head; the embedding is a table lookup, so it is not counted as activated.
+Counting convention (ours): "activated" counts what one token multiplies with: every attention and dense weight,
+the shared experts, top-k routed experts, the router, the norms and the output head; the embedding is a table lookup,
+so it is not counted as activated. DeepSeek counts it: README_WEIGHTS.md gives V3's 36.7B activated "including 0.9B
+for Embedding and 0.9B for the output Head"; our count of the same model is 36.6B without the embedding.
 """
 from __future__ import annotations
 
