@@ -6,7 +6,7 @@ clipped surrogate, the k3 KL, the loss reductions) and adds what came after:
   * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.1: A_i = r_i - mean (no std), no 1/|o_i|,
     a constant normaliser.
   * DAPO (arXiv 2503.14476) §3: clip-higher (eps_low, eps_high), a token-level loss over all tokens of the batch,
-    dynamic sampling (eq. 11: keep only groups whose rewards are not all equal), overlong reward shaping (eq. 13)
+    dynamic sampling (§3.2: keep only groups whose rewards are not all equal), overlong reward shaping (eq. 13)
     and filtering of truncated outputs.
   * GSPO (arXiv 2507.18071) §4: one importance ratio per sequence, s_i = (pi_theta(o_i) / pi_old(o_i))^(1/|o_i|),
     clipped per sequence; GSPO-token (§4.3) gives each token its own gradient path with the same value.
@@ -51,8 +51,8 @@ def advantages(rewards: torch.Tensor, group_size: int, variant: str = "grpo") ->
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """One bool per group: True when its rewards are not all equal, so its advantages are not all zero.
 
-    DAPO eq. (11), dynamic sampling: keep a group only if 0 < |{o_i correct}| < G. Written for any reward: a group
-    whose G rewards are equal has A_i = 0 for every sample and adds nothing to the gradient.
+    DAPO §3.2, dynamic sampling: the constraint 0 < |{o_i correct}| < G of its objective (eq. 8). For any reward:
+    a group whose G rewards are equal has A_i = 0 for every sample and adds nothing to the gradient.
     """
     if not isinstance(group_size, int) or group_size < 2:
         raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
@@ -259,7 +259,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     elif variant in ("gspo", "gspo_token"):
         log_s = _masked_mean(logp - old_logp, mask).unsqueeze(1)                      # log s_i, GSPO eq. (7)
         if variant == "gspo_token":
-            # GSPO eq. (14): s_{i,t} = sg[s_i] * pi_theta(o_t) / sg[pi_theta(o_t)]  (the value of s_i, a token's gradient)
+            # GSPO eq. (14): s_{i,t} = sg[s_i] * pi_theta(o_t) / sg[pi_theta(o_t)]  (s_i's value, a token's gradient)
             log_s = log_s.detach() + logp - logp.detach()
         ratio = torch.exp(log_s).expand_as(logp)
         # GSPO eq. (5) / (13): min(s A, clip(s, 1 - eps, 1 + eps_high) A), one clip decision per sequence

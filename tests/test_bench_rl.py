@@ -1,4 +1,4 @@
-"""python -m course_lib.bench rl with tiny settings: one row per variant with numbers, the accuracy curve, Keep Routing."""
+"""python -m course_lib.bench rl, tiny settings: a row per variant with numbers, the accuracy curve, Keep Routing."""
 import re
 
 import pytest

@@ -112,7 +112,7 @@ def test_clip_higher_keeps_the_gradient_of_a_rising_token():
 
 
 def test_gspo_gradient_is_sequence_ratio_times_mean_token_gradient():
-    """GSPO §4.2: grad J = 1/G sum_i s_i A_i 1/|o_i| sum_t grad log pi(o_it) (unclipped). GSPO-token, with one
+    """GSPO eq. 10: grad J = 1/G sum_i s_i A_i 1/|o_i| sum_t grad log pi(o_it) (unclipped). GSPO-token, with one
     advantage per sequence, has the same value and the same gradient (§4.3)."""
     logp, old, _, mask, adv = _case()
     old = logp + 0.01 * torch.tensor([[1.0, -1.0, 0.5], [0.2, 0.1, 0.0], [-0.3, 0.4, 0.1], [0.2, 0.0, 0.0]],

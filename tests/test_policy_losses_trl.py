@@ -5,7 +5,8 @@ TRL keeps the loss inside the method ``GRPOTrainer._compute_loss(self, model, in
 model, a dataset and accelerate. The test calls that method on the smallest stand-in object that lets it run: the
 trainer attributes the method reads (loss type, clip range, beta, ...), an accelerator that does nothing (one process),
 and a ``_get_per_token_logps_and_entropies`` that returns our log-probabilities instead of running a model. Everything
-between those inputs and the returned loss is TRL's own code. Skipped when trl is not installed (`pip install -e .[ref]`).
+between those inputs and the returned loss is TRL's own code. Skipped when trl is not installed
+(`pip install -e .[ref]`).
 """
 from collections import defaultdict
 from types import SimpleNamespace

@@ -73,7 +73,7 @@ def train(name: str, steps: int, mu: int, refill: int, eval_every: int, device, 
             roll = grpo.rollout(model, tok, prompts, G, cfg.max_new_tokens, cfg.temperature, eos, gen)
             r = sum(torch.tensor(f(roll["texts"], [a for a in answers for _ in range(G)])) for f in fns.values())
             hist["samples"] += len(r)
-            if name == "dapo":     # DAPO eq. (11): keep only groups whose rewards differ, refill the rest
+            if name == "dapo":     # DAPO §3.2: keep only groups whose rewards differ, refill the rest
                 keep = pl.informative_groups(r, G)
                 seen, dropped = seen + len(keep), dropped + int((~keep).sum())
                 rows = keep.repeat_interleave(G).to(roll["ids"].device)
