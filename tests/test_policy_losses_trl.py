@@ -7,6 +7,9 @@ trainer attributes the method reads (loss type, clip range, beta, ...), an accel
 and a ``_get_per_token_logps_and_entropies`` that returns our log-probabilities instead of running a model. Everything
 between those inputs and the returned loss is TRL's own code. Skipped when trl is not installed
 (`pip install -e .[ref]`).
+
+Not compared: GSPO-token (this TRL has no such level) and GSPO with the unbiased KL (TRL weights the KL by the sequence
+ratio there; V3.2 eq. 7, which we follow, by the token ratio).
 """
 from collections import defaultdict
 from types import SimpleNamespace
