@@ -239,8 +239,8 @@ def dispatch_rows(indices: torch.Tensor, n_experts: int, world: int) -> torch.Te
     """The routing's formula for the dispatch: rows[q] = number of tokens with at least one chosen expert on rank q
     (experts q*E/world ... (q+1)*E/world - 1). Pure; the tests compare it with what the layer sent."""
     per = n_experts // world
-    hit = torch.zeros(indices.shape[0], world, dtype=torch.bool)
-    hit[torch.arange(indices.shape[0]).unsqueeze(1), indices // per] = True
+    hit = torch.zeros(indices.shape[0], world, dtype=torch.bool, device=indices.device)
+    hit[torch.arange(indices.shape[0], device=indices.device).unsqueeze(1), indices // per] = True
     return hit.sum(0)
 
 

@@ -437,3 +437,33 @@ def test_moe_analysis_byte_classes_on_the_ids_device(monkeypatch):
 
     with off_cpu(monkeypatch):
         assert byte_classes(torch.randint(0, 256, (64,), device=DEV)).device == DEV
+
+
+def test_expert_parallel_layer_in_one_process(monkeypatch):
+    """10's ExpertParallelMoE on one rank (its all-to-alls are then the identity): dispatch, local experts and
+    combine, forward and backward, and the dispatch formula, on a layer that is not on the CPU. `nonzero` has an
+    output whose shape depends on the values: here it returns every row, a placeholder like the others."""
+    from course_lib import parallel
+    from course_lib.moe import MoE
+
+    def every_row(t, as_tuple=False):
+        rows = torch.arange(t.shape[0], device=t.device)
+        if t.dim() == 1:
+            return (rows,) if as_tuple else rows.unsqueeze(1)
+        cols = torch.arange(t.shape[1], device=t.device)
+        r, c = rows.repeat_interleave(t.shape[1]), cols.repeat(t.shape[0])
+        return (r, c) if as_tuple else torch.stack([r, c], 1)
+
+    full = MoE(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=8)
+    layer = parallel.ExpertParallelMoE(full, rank=0, world=1)
+    monkeypatch.setattr(parallel, "exchange_counts", lambda counts, group=None: counts.clone())
+    monkeypatch.setattr(parallel.ExpertParallelMoE, "_a2a", lambda self, t, recv, send, grad: t)
+    with off_cpu(monkeypatch):
+        monkeypatch.setattr(FakeTensor, "nonzero", every_row, raising=False)
+        layer = _params_on(to_dev(layer))
+        x = torch.randn(2, 5, 16, device=DEV, requires_grad=True)
+        y = layer(x)
+        assert y.device == DEV and y.shape == x.shape
+        y.square().mean().backward()
+        assert x.grad.device == DEV
+        assert parallel.dispatch_rows(torch.randint(0, 8, (5, 2), device=DEV), 8, 2).device == DEV
