@@ -234,6 +234,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                          f"{tuple(old_logp.shape)}, {tuple(mask.shape)}")
     if advantages.shape != logp.shape[:1]:
         raise ValueError(f"advantages must have shape ({logp.size(0)},), got {tuple(advantages.shape)}")
+    if epsilon <= 0 or (epsilon_high is not None and epsilon_high <= 0):
+        raise ValueError(f"epsilon and epsilon_high must be > 0, got {epsilon!r}, {epsilon_high!r}")
+    if truncated is not None and truncated.shape != logp.shape[:1]:
+        raise ValueError(f"truncated must have shape ({logp.size(0)},), got {tuple(truncated.shape)}")
     if beta < 0 or (beta > 0 and ref_logp is None):
         raise ValueError(f"beta must be >= 0 and needs ref_logp when > 0, got beta={beta!r}")
     if unbiased_kl and beta == 0:

@@ -238,7 +238,8 @@ def test_keep_sampling_mask_makes_the_ratio_one_when_nothing_changed():
     (dict(unbiased_kl=True), "unbiased_kl"), (dict(beta=0.1), "beta"),
     (dict(variant="grpo", max_completion_length=5), "max_completion_length"),
     (dict(variant="grpo", num_tokens=10), "num_tokens"), (dict(variant="dr_grpo"), "max_completion_length"),
-    (dict(sampling_logp=torch.zeros(4, 3, dtype=torch.float64)), "sampling_logp")])
+    (dict(sampling_logp=torch.zeros(4, 3, dtype=torch.float64)), "sampling_logp"),
+    (dict(variant="gspo", epsilon=0.0), "epsilon"), (dict(truncated=torch.zeros(3, dtype=torch.bool)), "truncated")])
 def test_bad_combinations_raise_one_line_errors(kwargs, name):
     logp, old, _, mask, adv = _case()
     with pytest.raises(ValueError, match=name) as err:
