@@ -335,3 +335,33 @@ def test_replay_shape_is_checked(policy):
     with pytest.raises(ValueError, match="routes"):
         with pl.replay_routes(model, []):
             pass
+
+
+def test_losses_and_keep_routing_stay_on_the_inputs_device(monkeypatch):
+    """Under tests/test_cuda_path.py's fake device (a CPU tensor made inside would raise, as on CUDA)."""
+    from test_cuda_path import DEV, off_cpu
+
+    torch.manual_seed(0)
+    model = nano.main_model(nano.build_model(nano.TINY))
+    with off_cpu(monkeypatch):
+        lp = torch.randn(4, 3, device=DEV, requires_grad=True)
+        old, ref, mask = torch.randn(4, 3, device=DEV), torch.randn(4, 3, device=DEV), torch.ones(4, 3, device=DEV)
+        adv, cut = torch.randn(4, device=DEV), torch.zeros(4, dtype=torch.bool, device=DEV)
+        for variant, kw in [("grpo", {}), ("dr_grpo", {"max_completion_length": 3}), ("dapo", {}), ("gspo", {}),
+                            ("gspo_token", {}), ("cispo", {"epsilon_high": 0.2})]:
+            loss, _ = pl.policy_loss(lp, old, adv, mask, variant, ref_logp=ref, beta=0.1, unbiased_kl=True,
+                                     off_policy_delta=0.1, sampling_logp=old, truncated=cut, **kw)
+            loss.backward()
+            assert loss.device == DEV and lp.grad.device == DEV
+        logits = torch.randn(2, 3, 5, device=DEV)
+        keep = pl.truncation_mask(logits, top_k=2, top_p=0.9)
+        assert pl.kept_logprobs(logits, torch.zeros(2, 3, dtype=torch.long, device=DEV), keep).device == DEV
+        assert pl.overlong_penalty(torch.tensor([1, 4], device=DEV), 5, 2).device == DEV
+        model = model.to(DEV)
+        ids = torch.randint(0, nano.TINY.vocab_size, (2, 6), device=DEV)
+        with torch.no_grad(), pl.record_routes(model) as rec:
+            token_logprobs(model, ids)
+        with pl.replay_routes(model, pl.routes_for_training(rec, 6)):
+            out = token_logprobs(model, ids)
+        out.sum().backward()
+        assert out.device == DEV
