@@ -227,6 +227,14 @@ def shut_down(heart, info, holders=()) -> None:
     parallel.destroy_process_group_safely(holders)
 
 
+def demo_args(out, steps: int = 6) -> list:
+    """The arguments of notebook 10's short four-process run (its cell spells them out; its recorded copy in
+    assets/scaleout/make_runs.py and the stress check tools/stress_ep.py use this list)."""
+    return ["-m", "course_lib.train_ep", "--ep", "4", "--steps", str(steps), "--out", str(out),
+            "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(steps),
+            "--eval-batches", "1", "--ckpt-every", str(steps), "--timeout", "60"]
+
+
 def _with(history: dict, done: int, logs: dict) -> dict:
     """history with this step appended (a new dict: a checkpoint written mid-step holds the finished step)."""
     h = {k: list(v) if isinstance(v, list) else v for k, v in history.items()}

@@ -236,3 +236,13 @@ def test_recorded_four_process_run_has_what_notebook_10_reads():
         assert 2 * 256 <= sum(row) <= 2 * 256 * 4
     hist = json.loads((ROOT / "assets" / "scaleout" / "ep4_run" / "history.json").read_text())
     assert hist["step"] == [1, 2, 3, 4, 5, 6] and hist["main_loss"][-1] == steps[-1]["main_loss"]
+
+
+def test_notebook_10_runs_the_demo_arguments():
+    # the cell spells the command out for the learner; the recording and the stress check use train_ep.demo_args
+    from course_lib.train_ep import demo_args
+    nb = json.loads((ROOT / "notebooks" / "10_scale_out.ipynb").read_text(encoding="utf-8"))
+    cell = next("".join(c["source"]) for c in nb["cells"] if "launch.run_torchrun(4, args" in "".join(c["source"]))
+    scope = {"STEPS": 6, "run_dir": "OUT"}
+    exec(cell[cell.index("args = "):cell.index("\n# The ranks")], scope)      # the cell's `args = [...]`
+    assert scope["args"] == demo_args("OUT", 6)

@@ -22,15 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from course_lib.launch import run_torchrun  # noqa: E402
+from course_lib.train_ep import demo_args  # noqa: E402
 
 STEPS = 6
-
-
-def notebook_args(run_dir: Path) -> list:
-    """Notebook 10's arguments to course_lib.train_ep (keep in step with its cell)."""
-    return ["-m", "course_lib.train_ep", "--ep", "4", "--steps", str(STEPS), "--out", str(run_dir),
-            "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(STEPS),
-            "--eval-batches", "1", "--ckpt-every", str(STEPS), "--timeout", "60"]
 
 
 def _dump_stacks(pids: list, path: Path) -> None:
@@ -69,7 +63,7 @@ def main(argv=None) -> int:
         for i in range(1, a.runs + 1):
             run_dir = Path(tempfile.mkdtemp(prefix="ep4_stress_"))
             t0 = time.monotonic()
-            res = run_torchrun(4, notebook_args(run_dir), run_dir / "logs", timeout_s=a.limit, env=env,
+            res = run_torchrun(4, demo_args(run_dir, STEPS), run_dir / "logs", timeout_s=a.limit, env=env,
                                on_timeout=lambda pids, d=run_dir: _dump_stacks(pids, d / "stacks.txt"))
             seconds = time.monotonic() - t0
             kind = "ok" if res.ok else ("HUNG" if res.timed_out else "FAILED")

@@ -87,12 +87,10 @@ def record_ep4(steps: int = 6) -> None:
     import tempfile
 
     from course_lib.launch import run_torchrun
+    from course_lib.train_ep import demo_args
 
     run_dir = Path(tempfile.mkdtemp(prefix="ep4_"))
-    args = ["-m", "course_lib.train_ep", "--ep", "4", "--steps", str(steps), "--out", str(run_dir),
-            "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(steps),
-            "--eval-batches", "1", "--ckpt-every", str(steps), "--timeout", "60"]
-    res = run_torchrun(4, args, run_dir / "logs", timeout_s=300)
+    res = run_torchrun(4, demo_args(run_dir, steps), run_dir / "logs", timeout_s=300)
     if not res.ok:
         raise SystemExit("the four-process run failed:\n" + res.report())
     dest = HERE / "ep4_run"
