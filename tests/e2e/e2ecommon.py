@@ -19,6 +19,12 @@ def all_notebooks() -> list[Path]:
     return [p for p in nbs if not only or any(k in p.name for k in only.split(","))]
 
 
+def lesson_notebooks() -> list[Path]:
+    """The lesson notebooks without the solutions (each solution notebook runs top to bottom under nbval in
+    `make test`; they draw no widget and take a few seconds, so the browser pass leaves them out to keep CI short)."""
+    return [p for p in all_notebooks() if "solutions" not in p.parts]
+
+
 def rel(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 

@@ -1,6 +1,6 @@
-"""Every notebook in JupyterLab in a real browser (Debian's Chromium driven by Playwright).
+"""Every lesson notebook in JupyterLab in a real browser (Debian's Chromium driven by Playwright).
 
-For each notebook: open it, Run → Run All Cells from the menu, wait until the kernel is idle with no cell queued, then
+The solution notebooks run under nbval in `make test` only (a few seconds each, no widgets). For each notebook: open it, Run → Run All Cells from the menu, wait until the kernel is idle with no cell queued, then
 assert: every code cell ran, no error output, every figure arrived as a decoded image, no widget shown as text (the
 failure learners see when the widget front end is missing), and in notebooks that use course_lib.widgets.interactive
 a live widget in the page: moving its first slider with the keyboard must redraw the figure.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import nbtext
-from e2ecommon import ARTIFACTS, BROWSER_OUTPUTS, all_notebooks, needs_e2e, record_name, rel
+from e2ecommon import ARTIFACTS, BROWSER_OUTPUTS, lesson_notebooks, needs_e2e, record_name, rel
 
 pytestmark = needs_e2e
 
@@ -151,7 +151,7 @@ def move_first_slider(page, shot: Path) -> None:
     box.screenshot(path=str(shot.with_name(shot.stem + "_widget_after.png")))
 
 
-@pytest.mark.parametrize("source", all_notebooks(), ids=rel)
+@pytest.mark.parametrize("source", lesson_notebooks(), ids=rel)
 def test_notebook_in_jupyterlab(lab, browser_context, source: Path):
     notebook, name = rel(source), source.name
     served = lab.add_notebook(source, ("solutions/" if "solutions" in source.parts else "") + name)

@@ -1,4 +1,4 @@
-"""Each notebook executed twice prints the same numbers.
+"""Each lesson notebook executed twice prints the same numbers.
 
 Run 1 is nbval's in `make test` (offline, static widget previews), recorded by the root conftest.py into
 artifacts/nbval_outputs/. Run 2 is the browser's (tests/e2e/test_browser.py, live widgets), recorded into
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import nbtext
-from e2ecommon import BROWSER_OUTPUTS, NBVAL_OUTPUTS, ROOT, all_notebooks, needs_e2e, record_name, rel
+from e2ecommon import BROWSER_OUTPUTS, NBVAL_OUTPUTS, ROOT, lesson_notebooks, needs_e2e, record_name, rel
 
 pytestmark = needs_e2e
 
@@ -31,7 +31,7 @@ def _load(folder: Path, notebook: str, how: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("source", all_notebooks(), ids=rel)
+@pytest.mark.parametrize("source", lesson_notebooks(), ids=rel)
 def test_two_executions_print_the_same(source: Path):
     notebook = rel(source)
     first, second = _load(NBVAL_OUTPUTS, notebook, "nbval"), _load(BROWSER_OUTPUTS, notebook, "browser")
