@@ -45,7 +45,7 @@ nb: $(STAMP)
 E2E_VENV ?= $(VENV)/e2e
 check-e2e: $(STAMP)
 	E2E_VENV=$(E2E_VENV) $(PYTHON) tools/e2e/setup_env.py
-	COURSE_E2E=1 $(E2E_VENV)/bin/python -m pytest tests/test_widgets.py tests/e2e $(PYTEST_ARGS)
+	COURSE_E2E=1 $(E2E_VENV)/bin/python -m pytest tests/kit/test_widgets.py tests/e2e $(PYTEST_ARGS)
 
 # The course website (Sphinx + myst-nb + sphinx-book-theme, all from PyPI; works offline): build/site/index.html.
 # It uses the notebooks `make test` executed (artifacts/executed/, written by tools/site/nbsave.py) and executes

@@ -186,7 +186,7 @@ def yarn_softmax_scale(cfg: DeepSeekConfig) -> float:
 
 
 def mla_kwargs(cfg: DeepSeekConfig, n_heads: int | None = None) -> dict:
-    """Keyword arguments for course_lib.attention.MLA at this config's shapes (optionally fewer heads)."""
+    """Keyword arguments for course_lib.mla.MLA at this config's shapes (optionally fewer heads)."""
     return dict(d_model=cfg.hidden_size, n_heads=n_heads or cfg.num_attention_heads, kv_lora_rank=cfg.kv_lora_rank,
                 q_lora_rank=cfg.q_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
                 qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim)

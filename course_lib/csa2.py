@@ -157,8 +157,8 @@ def attention_flops(layout: CSA2Layout, context: int, hierarchical: bool = True)
 def compare_v4_flash(contexts=tuple(2 ** p for p in range(12, 21))) -> list[dict]:
     """V4.1-Flash against V4-Flash from 4K to 1M tokens: cache bytes (V4 in the course's 'fp8' storage, scales left
     out; V4.1 in its released FP8/FP4 formats with scales) and attention FLOPs per decoded token."""
-    from .configs_v4 import DEEPSEEK_V4_FLASH
-    from .kvcache import sparse_attention_flops, sparse_cache_bytes
+    from course_lib.configs_v4 import DEEPSEEK_V4_FLASH
+    from course_lib.kv_cache_size import sparse_attention_flops, sparse_cache_bytes
     rows = []
     for S in contexts:
         rows.append({"context": S, "v4_cache": sparse_cache_bytes(DEEPSEEK_V4_FLASH, S, "fp8"),

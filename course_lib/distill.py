@@ -68,7 +68,7 @@ def rejection_sample(model, tokenizer, prompts: Sequence[str], answers: Sequence
              "solved": share of prompts with at least one kept completion, "n_sampled": len(prompts) * k}.
     Prompts must encode to the same number of tokens (`grpo.rollout` batches them without padding).
     """
-    from .grpo import rollout
+    from course_lib.grpo import rollout
 
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
@@ -204,7 +204,7 @@ def temperature_figure(logits, temperature: float = 2.0, labels: Sequence[str] |
     Hinton §2: a higher T reveals the teacher's "dark knowledge" -- how much more likely one wrong token is than
     another -- which the one-hot label and the T = 1 distribution hide.
     """
-    from .style import COLORS, subplots
+    from course_lib.kit.style import COLORS, subplots
 
     logits = torch.as_tensor(logits, dtype=torch.float32)
     if logits.dim() != 1 or logits.numel() < 2:
@@ -281,7 +281,7 @@ def on_policy_distill(student, teacher, tokenizer, sample_prompts: Callable, ste
 
     from tqdm.auto import tqdm
 
-    from .grpo import rollout
+    from course_lib.grpo import rollout
 
     for name, v in (("steps", steps), ("prompts_per_step", prompts_per_step), ("group_size", group_size),
                     ("max_new_tokens", max_new_tokens)):

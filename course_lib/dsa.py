@@ -1,7 +1,7 @@
 """DeepSeek Sparse Attention (DSA): a lightning indexer picks the top-k earlier tokens, MLA attends only to those.
 
 DeepSeek-V3.2 (arXiv 2512.02556; first released as DeepSeek-V3.2-Exp) §2.1 adds DSA to DeepSeek-V3's MLA
-(course_lib.attention.MLA). Two pieces:
+(course_lib.mla.MLA). Two pieces:
 
 * the lightning indexer (§2.1, Eq. 1), a few small ReLU heads that score every earlier token s for query t:
       I_{t,s} = sum_{j=1..H^I} w^I_{t,j} * ReLU(q^I_{t,j} . k^I_s)
@@ -9,7 +9,7 @@ DeepSeek-V3.2 (arXiv 2512.02556; first released as DeepSeek-V3.2-Exp) §2.1 adds
   top-k of its row,  u_t = Attn(h_t, {c_s | I_{t,s} in Top-k(I_{t,:})}).
 
 Details follow the official inference code (github.com/deepseek-ai/DeepSeek-V3.2-Exp, inference/model.py, class
-Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/test_sparse_attention_dsa_reference.py):
+Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/reference/test_dsa_reference.py):
   q^I from the MLA's compressed query c^Q (the indexer reuses W^DQ), k^I = LayerNorm(W^K_I h) ONE key per token
   shared by the indexer heads, RoPE on the first d^R_h features of q^I and k^I, weights w^I = W^w h / sqrt(H^I)
   and the dot products scaled by 1 / sqrt(d^I).
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import MLA
-from .layers import _check_cache, _positive_int, _rope_tables, apply_rope, causal_mask
+from course_lib.mla import MLA
+from course_lib.layers import _check_cache, _positive_int, _rope_tables, apply_rope, causal_mask
 
 
 def _check_topk(index_topk) -> int:
@@ -157,7 +157,7 @@ class GrowingCache(dict):
 class DSA(MLA):
     """MLA whose queries attend only to the index_topk tokens the lightning indexer ranks highest (V3.2 §2.1).
 
-    Same arguments as course_lib.attention.MLA plus
+    Same arguments as course_lib.mla.MLA plus
       index_topk        k, tokens kept per query (V3.2: 2048)
       index_n_heads     H^I (V3.2: 64)     index_head_dim  d^I (V3.2: 128)
       max_context       optional longest context; index_topk above it raises (the selection would keep everything)
@@ -192,7 +192,7 @@ class DSA(MLA):
         if cache is not None:
             _check_cache(cache, {"c_kv": (B, None, dc), "k_rope": (B, None, dr),
                                  "k_index": (B, None, self.indexer.head_dim)}, start_pos, x)
-        # MLA's projections, V2 Eq. 9-15 (course_lib.attention.MLA.project).
+        # MLA's projections, V2 Eq. 9-15 (course_lib.mla.MLA.project).
         c_q, q_nope, q_rope, c_kv, k_rope = self.project(x, start_pos)
         S = start_pos + T
         everything = self.index_topk >= S            # nothing to drop: skip the scoring, attend densely
@@ -215,7 +215,7 @@ class DSA(MLA):
                else select_topk(index_scores, self.index_topk))                     # (B, T, k)
 
         if everything:
-            # Dense MLA (either path of course_lib.attention.MLA): every latent, no selection.
+            # Dense MLA (either path of course_lib.mla.MLA): every latent, no selection.
             if path == "naive":
                 o = self.attend_naive(q_nope, q_rope, c_kv, k_rope, causal, causal=True)
             else:

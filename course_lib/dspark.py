@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import RMSNorm, SwiGLU, apply_rope, attend, rope_cos_sin
-from .model import TinyLM
+from course_lib.layers import RMSNorm, SwiGLU, apply_rope, attend, rope_cos_sin
+from course_lib.model import TinyLM
 
 # Paper Eq. 12 and config/dspark/dspark_qwen3_4b.py: alpha_ce = 0.1, alpha_tv = 0.9, alpha_conf = 1.0.
 DEEPSPEC_ALPHAS = (0.1, 0.9, 1.0)
@@ -231,7 +231,7 @@ def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 3
                  seq_len: int = 64, n_anchors: int = 8, lr: float = 3e-3, seed: int = 0, progress: bool = False):
     """Train a draft on the corpus's train split with the target frozen (paper §3.3); returns (draft, history).
     Batch n is drawn from a generator seeded with n + seed, so a run is reproducible."""
-    from .train import train_lm
+    from course_lib.kit.train_loop import train_lm
 
     model = _main(target)
     for name, v in (("steps", steps), ("batch", batch), ("seq_len", seq_len)):
@@ -337,7 +337,7 @@ def dspark_generate(draft: DSparkDraft, target, idx, max_new_tokens: int, thresh
         stats.drafted, stats.accepted = stats.drafted + ell, stats.accepted + a
         stats.lengths.append(a + 1)
         if a < ell:
-            from .mtp import truncate_cache
+            from course_lib.mtp import truncate_cache
             truncate_cache(cache, n + a)                  # keep t_{n-1}, d_1..d_a; drop the rejected tail
         feats = torch.cat([feats, vfeats[:, :a + 1]], dim=1)
         tokens = torch.cat([tokens, greedy[None, :a + 1]], dim=1)

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import RMSNorm
+from course_lib.layers import RMSNorm
 
 PRIME_STRIDE = 10007          # the demo's per-layer seed offset: seed + 10007 * layer_id
 INT64_MAX = 2 ** 63 - 1
@@ -284,7 +284,7 @@ class EngramLM(nn.Module):
 
     def __init__(self, cfg, engram_layers: Sequence[int] = (0,), **engram_kwargs):
         super().__init__()
-        from .model import TinyLM
+        from course_lib.model import TinyLM
 
         self.lm = TinyLM(cfg)
         bad = [i for i in engram_layers if not 0 <= i < cfg.n_layers]
@@ -299,7 +299,7 @@ class EngramLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        from .model import ModelOutput
+        from course_lib.model import ModelOutput
 
         x = self.lm.embed(idx)
         for i, block in enumerate(self.lm.blocks):
@@ -388,7 +388,7 @@ def top_ngram_gains(loss_base: torch.Tensor, loss_new: torch.Tensor, x: torch.Te
 
 def gains_figure(curves: dict, gains: list, smooth: int = 10):
     """Left: training loss of each model (moving average); right: the n-grams with the largest total gain."""
-    from .style import COLORS, subplots
+    from course_lib.kit.style import COLORS, subplots
 
     if not curves or not gains:
         raise ValueError("curves and gains must both be non-empty")
@@ -413,7 +413,7 @@ def gains_figure(curves: dict, gains: list, smooth: int = 10):
 @torch.no_grad()
 def gate_figure(model: "EngramLM", ids: torch.Tensor, decode, layer: int = 0):
     """alpha_t of one Engram layer under each character of a text: where does the memory get let in?"""
-    from .style import subplots
+    from course_lib.kit.style import subplots
 
     if ids.dim() != 1:
         raise ValueError(f"ids must be a 1-D sequence of token ids, got shape {tuple(ids.shape)}")

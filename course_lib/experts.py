@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import swiglu
+from course_lib.layers import swiglu
 
 SCORING_FUNCS = ("sigmoid", "softmax")   # V3 scores experts with a sigmoid, V2 with a softmax
 DISPATCH_MODES = ("sparse", "loop")       # MoE.forward: run each expert on its tokens, or token by token (teaching)

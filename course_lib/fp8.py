@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import swiglu
+from course_lib.layers import swiglu
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0                                   # largest finite E4M3 value: 1.75 * 2**8
@@ -193,7 +193,7 @@ def fp8_model(model: nn.Module, tile: int = 128, skip=("head", "gate")) -> int:
     Every bias-free nn.Linear becomes an FP8Linear except those whose attribute name is in ``skip`` (the output
     head and the MoE router, kept in full precision by V3 §3.3.1), and every RoutedExperts runs its experts through
     fp8_linear. Embeddings and norms are not GEMMs and are left alone."""
-    from .experts import RoutedExperts
+    from course_lib.experts import RoutedExperts
     _positive("tile", tile)
     n = 0
     for module in list(model.modules()):

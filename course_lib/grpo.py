@@ -200,7 +200,7 @@ def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_t
     Returns {"ids": (B, Tp + L) prompt+completion ids, "n_prompt": Tp, "mask": (B, L), "texts": B completion strings
     (up to and including eos)}. Prompts must all have the same number of tokens (the model has no padding mask).
     """
-    from .model import generate
+    from course_lib.model import generate
 
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -219,7 +219,7 @@ def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_t
 
 def completion_logprobs(model, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
     """log pi(o_t | q, o_<t) for every completion position: (B, L). Differentiable."""
-    from .model import token_logprobs
+    from course_lib.model import token_logprobs
 
     return token_logprobs(model, ids)[:, n_prompt - 1:]
 

@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import SwiGLU
-from .moe import RoutedExperts
+from course_lib.layers import SwiGLU
+from course_lib.moe import RoutedExperts
 
 SCORE_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 

@@ -4,7 +4,7 @@
 * ``SwiGLU``    Shazeer 2020; DeepSeek's dense feed-forward layers, shared experts and (stacked, in
                 ``course_lib.experts.RoutedExperts``) routed experts all compute it.
 * RoPE          ``apply_rope`` / ``rope_cos_sin`` from ``course_lib.rope`` (Su et al. 2021), re-exported here.
-* ``GQA`` / ``MHA`` / ``MQA``  attention with RoPE and a KV cache (V2 Eq. 1-8); MLA (``course_lib.attention``) and
+* ``GQA`` / ``MHA`` / ``MQA``  attention with RoPE and a KV cache (V2 Eq. 1-8); MLA (``course_lib.mla``) and
                 the sparse attentions build on ``attend`` and ``causal_mask``.
 
 Interface of every attention module:  forward(x: (B, T, d_model), start_pos=0, cache=None) -> (B, T, d_model).
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .rope import apply_rope, rope_cos_sin, rotate_half  # noqa: F401  (re-exported: the one RoPE)
+from course_lib.rope import apply_rope, rope_cos_sin, rotate_half  # noqa: F401  (re-exported: the one RoPE)
 
 __all__ = ["RMSNorm", "SwiGLU", "swiglu", "GQA", "MHA", "MQA", "attend", "causal_mask", "append_to_cache",
            "apply_rope", "rope_cos_sin"]
@@ -214,7 +214,7 @@ class GQA(nn.Module):
             y = attend(qg, k[:, :, None], v[:, :, None], 1.0 / math.sqrt(hd), mask).reshape(B, H, T, hd)
         else:
             # The same formula through PyTorch's fused kernel (default scale 1/sqrt(d_h)): faster for float32/bf16
-            # training and decoding. tests/test_attention.py checks it against the written-out path. A prompt
+            # training and decoding. tests/test_mla.py checks it against the written-out path. A prompt
             # (T == S) passes its causal mask as is_causal: the kernel then skips the masked blocks.
             causal = mask is not None and T == S
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,

@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fused_mhc
-from .layers import MHA, RMSNorm, SwiGLU
+from course_lib.bonus import fused_mhc
+from course_lib.layers import MHA, RMSNorm, SwiGLU
 
 RESIDUALS = ("plain", "hc", "mhc")
 
@@ -152,7 +152,7 @@ class HyperConnection(nn.Module):
     static part starts at S^pre = 1/n, S^post = 1, S^res = I, so at initialisation HC is a plain residual
     connection on every stream.
 
-    fused=True runs mHC through ``course_lib.fused_mhc`` (a C kernel: the same numbers up to rounding, several times
+    fused=True runs mHC through ``course_lib.bonus.fused_mhc`` (a C kernel: the same numbers up to rounding, several times
     faster at notebook 08's size) where it can, and through the PyTorch code below otherwise.
     """
 
@@ -256,7 +256,7 @@ class StreamBlock(nn.Module):
 
     plain: x = x + Attn(norm(x)); x = x + FFN(norm(x)), on (B, T, d).
     hc / mhc: each sub-layer F is wrapped as X = B X + C F(norm(A X)), on (B, T, n, d) (V4's decoder layer).
-    fused=True: the hyper-connections' own work runs in course_lib.fused_mhc's kernels (see HyperConnection)."""
+    fused=True: the hyper-connections' own work runs in course_lib.bonus.fused_mhc's kernels (see HyperConnection)."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, residual: str = "mhc", n_streams: int = 4,
                  sinkhorn_iters: int = 20, max_seq_len: int = 256, fused: bool = False):
@@ -298,7 +298,7 @@ class StreamLM(nn.Module):
 
     residual "plain" uses one stream and no hyper-connections; "hc" and "mhc" copy the embedding into n streams
     (as transformers' DeepseekV4Model does) and collapse them with ``HyperHead`` at the end.
-    fused=True: hyper-connections through course_lib.fused_mhc. forward(idx, targets=None) -> (logits, loss or None)."""
+    fused=True: hyper-connections through course_lib.bonus.fused_mhc. forward(idx, targets=None) -> (logits, loss or None)."""
 
     def __init__(self, vocab_size: int = 256, d_model: int = 32, n_layers: int = 24, n_heads: int = 4,
                  residual: str = "mhc", n_streams: int = 4, sinkhorn_iters: int = 20, ffn_hidden: int | None = None,
@@ -387,7 +387,7 @@ def train(model: nn.Module, get_batch, steps: int, lr: float = 3e-3, warmup: int
     stop_after: run only the first steps of a `steps`-long schedule (to replay the start of a longer run)."""
     from tqdm.auto import tqdm
 
-    from .train import lr_at
+    from course_lib.kit.train_loop import lr_at
 
     _positive_int("steps", steps)
     if stop_after is not None:

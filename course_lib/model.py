@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .experts import RoutedExperts
-from .moe import MoE
-from .layers import MHA, RMSNorm, SwiGLU  # noqa: F401  (RMSNorm, SwiGLU re-exported for the notebooks)
+from course_lib.experts import RoutedExperts
+from course_lib.moe import MoE
+from course_lib.layers import MHA, RMSNorm, SwiGLU  # noqa: F401  (RMSNorm, SwiGLU re-exported for the notebooks)
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -89,7 +89,7 @@ class ModelConfig:
     ffn: str = "dense"            # "dense" (SwiGLU) or "moe" (course_lib.moe.MoE, notebook 02)
     moe: dict | None = None       # keyword arguments for MoE(d_model=..., **moe)
     n_dense_layers: int = 0       # like V3's first_k_dense_replace: the first layers keep a dense FFN
-    attention: str = "mha"        # "mha" or "mla" (course_lib.attention.MLA, notebook 03)
+    attention: str = "mha"        # "mha" or "mla" (course_lib.mla.MLA, notebook 03)
     mla: dict | None = None       # keyword arguments for MLA(d_model=..., n_heads=..., **mla)
     ffn_hidden: int | None = None  # SwiGLU hidden size; default about 8/3 * d_model, rounded to 16
     rope_base: float = 10000.0
@@ -122,7 +122,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model)
         self.ffn_norm = RMSNorm(cfg.d_model)
         if cfg.attention == "mla":
-            from .attention import MLA  # imported here so the dense model needs nothing from notebook 03
+            from course_lib.mla import MLA  # imported here so the dense model needs nothing from notebook 03
             self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **{"rope_base": cfg.rope_base, **(cfg.mla or {})})
         else:
             self.attn = MHA(cfg.d_model, cfg.n_heads, max_seq_len=cfg.max_seq_len, rope_base=cfg.rope_base)

@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # The validation and the constants sit with the experts; SCORING_FUNCS and DISPATCH_MODES are re-exported here.
-from .experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401
-from .layers import SwiGLU
+from course_lib.experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401
+from course_lib.layers import SwiGLU
 
 
 # -------------------------------------------------------------------------------------- Routing

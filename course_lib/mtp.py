@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import Block, RMSNorm, TinyLM
+from course_lib.model import Block, RMSNorm, TinyLM
 
 # V3 §4.2: lambda = 0.3 for the first 10T training tokens, 0.1 for the remaining 4.8T.
 V3_LAMBDA = (0.3, 0.1)
@@ -161,8 +161,8 @@ class MTPModel(nn.Module):
 
 def train_mtp(mtp_model: MTPModel, get_batch, steps: int, lam_start: float = V3_LAMBDA[0],
               lam_end: float = V3_LAMBDA[1], switch: float = V3_SWITCH, **train_kwargs) -> dict:
-    """course_lib.train.train_lm with the MTP loss and V3's two-stage lambda; history gains 'main_loss', 'mtp_loss', 'lam'."""
-    from .train import train_lm
+    """course_lib.kit.train_loop.train_lm with the MTP loss and V3's two-stage lambda; history gains 'main_loss', 'mtp_loss', 'lam'."""
+    from course_lib.kit.train_loop import train_lm
 
     calls = [0]  # train_lm's loss_fn does not receive the step, so count the calls (one per optimizer step)
 

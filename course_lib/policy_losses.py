@@ -16,7 +16,7 @@ clipped surrogate, the k3 KL, the loss reductions) and adds what came after:
     (eqs. 8-9), Keep Routing (``record_routes`` / ``replay_routes`` on the MoE layers) and Keep Sampling Mask
     (``truncation_mask`` / ``kept_logprobs``).
 
-Where TRL (huggingface/trl, ``GRPOTrainer._compute_loss``) implements a variant, tests/test_policy_losses_trl.py feeds
+Where TRL (huggingface/trl, ``GRPOTrainer._compute_loss``) implements a variant, tests/reference/test_policy_losses_trl.py feeds
 it the same tensors and compares the numbers. Shapes: B completions (each group's G samples next to each other),
 T completion positions; ``mask`` is 1.0 for real completion tokens and 0.0 for padding.
 """
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 
 import torch
 
-from .grpo import aggregate, clipped_surrogate, group_advantages, kl_k3
-from .moe import moe_layers
+from course_lib.grpo import aggregate, clipped_surrogate, group_advantages, kl_k3
+from course_lib.moe import moe_layers
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "cispo")
 # how each variant reduces its (B, T) per-token loss (course_lib.grpo.aggregate's names)

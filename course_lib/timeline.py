@@ -88,7 +88,7 @@ class Claim:
 
 
 def _default_path(filename: str) -> Path:
-    from . import asset_path
+    from course_lib import asset_path
 
     return asset_path("timeline", filename)
 
@@ -259,7 +259,7 @@ def plot_timeline(releases, family: str = "all", start_year: int = 2023, end_yea
     """
     import matplotlib.dates as mdates
 
-    from .style import CYCLE, subplots
+    from course_lib.kit.style import CYCLE, subplots
 
     shown = filter_releases(releases, family, start_year, end_year)
     if not shown:
@@ -298,7 +298,7 @@ def plot_params(releases, log: bool = True):
     Dense models have one dot. The growing gap between the two series is what Mixture-of-Experts buys:
     model size grows while the compute per token (roughly proportional to activated parameters) grows much less.
     """
-    from .style import COLORS, subplots
+    from course_lib.kit.style import COLORS, subplots
 
     rows = [r for r in releases if r.total_params_b is not None]
     if not rows:

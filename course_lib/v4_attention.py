@@ -15,7 +15,7 @@ The token-level compressor (Eq. 9-12 / 20-23): C = H W^KV, Z = H W^Z; one entry 
 then RoPE at the window's first position. The softmax runs per feature over the tokens of the window.
 
 Details follow transformers' modeling_deepseek_v4.py (DeepseekV4CSACompressor, DeepseekV4HCACompressor,
-DeepseekV4Indexer, DeepseekV4Attention), the test oracle (tests/test_sparse_attention_v4_reference.py):
+DeepseekV4Indexer, DeepseekV4Attention), the test oracle (tests/reference/test_v4_attention_reference.py):
   * CSA's overlap: W^KV and W^Z are 2c wide; the first half (Ca) of window i-1's tokens and the second half (Cb) of
     window i's tokens share one softmax of 2m slots for entry i (entry 0 has only its Cb half).
   * The query is RMS-normalised per head without weight; RoPE acts on the LAST rope_dim features (interleaved
@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dsa import indexer_kl_loss
-from .layers import RMSNorm, _check_input, _positive_int, _rope_tables, apply_rope
+from course_lib.dsa import indexer_kl_loss
+from course_lib.layers import RMSNorm, _check_input, _positive_int, _rope_tables, apply_rope
 
 KINDS = ("sliding", "csa", "hca")
 
@@ -45,7 +45,7 @@ def _rope_tail(x, positions_start, rope_dim, base, sign=1.0, positions=None):
     if positions is None:
         cos, sin = _rope_tables(positions_start, T, rope_dim, base, x)
     else:
-        from .rope import rope_cos_sin
+        from course_lib.rope import rope_cos_sin
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = rope_cos_sin(positions, rope_dim, base, dtype=dtype)
         cos, sin = cos.to(x.device), sin.to(x.device)

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from course_lib.corpus import Corpus
+from course_lib.toys.corpus import Corpus
 
 
 def test_bench_dspark_prints_one_row_per_domain(capsys):

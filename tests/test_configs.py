@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from course_lib import configs
-from course_lib.attention import MLA
+from course_lib.mla import MLA
 from course_lib.configs import (DEEPSEEK_V2, DEEPSEEK_V2_LITE, DEEPSEEK_V3, DeepSeekConfig, count_activated,
                                 count_params, main_total, stored_total)
 

@@ -177,7 +177,7 @@ def test_harness_catches_a_cpu_tensor_inside_forward(monkeypatch):
 def test_tinylm_moe_train_step_and_generation(monkeypatch):
     from course_lib.model import ModelConfig, TinyLM, generate
     from course_lib.moe import update_biases
-    from course_lib.train import train_lm
+    from course_lib.kit.train_loop import train_lm
 
     models = [TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, **extra))
               for extra in ({}, dict(ffn="moe", moe=dict(n_routed_experts=4, num_experts_per_tok=2,
@@ -193,7 +193,7 @@ def test_tinylm_moe_train_step_and_generation(monkeypatch):
 
 
 def test_mla_and_mtp_speculative_decoding(monkeypatch):
-    from course_lib.attention import GQA, MLA
+    from course_lib.mla import GQA, MLA
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.mtp import MTPModel, speculative_generate, speculative_sample, train_mtp
 
@@ -219,8 +219,9 @@ def test_mla_and_mtp_speculative_decoding(monkeypatch):
 
 
 def test_dsa_and_v4_attention_with_caches(monkeypatch):
-    from course_lib.sparse_attention import (DSA, Compressor, V4Attention, V4Cache, evaluate, make_needle_model,
-                                            train_dense, warmup_indexer)
+    from course_lib.dsa import DSA
+    from course_lib.toys.needle import evaluate, make_needle_model, train_dense, warmup_indexer
+    from course_lib.v4_attention import Compressor, V4Attention, V4Cache
 
     dsa = DSA(64, 4, index_topk=8, q_lora_rank=32)
     comps = [Compressor(32, 16, 4, True, 4), Compressor(32, 16, 8, False, 4)]
@@ -253,24 +254,25 @@ def test_dsa_and_v4_attention_with_caches(monkeypatch):
 
 # ---------------------------------------------------------------------------------------- 05-06: GRPO, distillation
 def _pipeline_models():
-    from course_lib import pipeline
+    from course_lib.toys import r1_recipe
     from course_lib.model import TinyLM
 
-    tok = pipeline.make_tokenizer()
-    return tok, TinyLM(pipeline.student_config(tok.vocab_size)), TinyLM(pipeline.teacher_config(tok.vocab_size))
+    tok = r1_recipe.make_tokenizer()
+    return tok, TinyLM(r1_recipe.student_config(tok.vocab_size)), TinyLM(r1_recipe.teacher_config(tok.vocab_size))
 
 
 def test_grpo_and_on_policy_distillation(monkeypatch):
-    from course_lib import distill, grpo, pipeline
+    from course_lib import distill, grpo
+    from course_lib.toys import r1_recipe
 
     tok, student, teacher = _pipeline_models()
     with off_cpu(monkeypatch):
         student, teacher = to_dev(student), to_dev(teacher)
         cfg = grpo.GRPOConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, beta=0.04, eval_every=1)
-        grpo.grpo_train(student, tok, pipeline.sample_prompts(), pipeline.reward_fns("accuracy", "format"), cfg,
-                        eos_id=pipeline.eos_id(tok), progress=False)
-        distill.on_policy_distill(student, teacher, tok, pipeline.sample_prompts(general_share=0.25), 1,
-                                  prompts_per_step=2, group_size=2, max_new_tokens=4, eos_id=pipeline.eos_id(tok),
+        grpo.grpo_train(student, tok, r1_recipe.sample_prompts(), r1_recipe.reward_fns("accuracy", "format"), cfg,
+                        eos_id=r1_recipe.eos_id(tok), progress=False)
+        distill.on_policy_distill(student, teacher, tok, r1_recipe.sample_prompts(general_share=0.25), 1,
+                                  prompts_per_step=2, group_size=2, max_new_tokens=4, eos_id=r1_recipe.eos_id(tok),
                                   progress=False)
         s, t = torch.randn(2, 5, 11, device=DEV), torch.randn(2, 5, 11, device=DEV)
         assert distill.kd_loss(s, t).device == DEV and distill.reverse_kl(s, t).device == DEV
@@ -302,7 +304,7 @@ def test_mhc_stream_lm_train(monkeypatch):
 def test_muon_optimizer_step(monkeypatch):
     from course_lib import muon
     from course_lib.model import ModelConfig, TinyLM
-    from course_lib.train import train_lm
+    from course_lib.kit.train_loop import train_lm
 
     model = TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
     with off_cpu(monkeypatch):
@@ -319,7 +321,7 @@ def test_hash_routing_on_a_moved_model(monkeypatch):
     from course_lib import hash_routing
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.moe import max_violation
-    from course_lib.train import train_lm
+    from course_lib.kit.train_loop import train_lm
 
     table = hash_routing.hash_table(64, 4, 2, seed=0)
     base = TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, ffn="moe",
@@ -337,7 +339,7 @@ def test_hash_routing_on_a_moved_model(monkeypatch):
 
 def test_engram_lm_train_and_scores(monkeypatch):
     from course_lib import engram
-    from course_lib.corpus import Corpus
+    from course_lib.toys.corpus import Corpus
     from course_lib.model import ModelConfig
 
     cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
@@ -355,9 +357,10 @@ def test_engram_lm_train_and_scores(monkeypatch):
 
 # ---------------------------------------------------------------------------------------- 09-10: nano-DeepSeek, V4
 def test_nano_deepseek_and_nano_v4_train_step(monkeypatch):
-    from course_lib import nano, nano_v4
+    from course_lib import nano
+    from course_lib.nano import v4 as nano_v4
     from course_lib.mtp import MTPModel, speculative_generate
-    from course_lib.train_parts import evaluate, make_optimizer, train_step
+    from course_lib.nano.train_parts import evaluate, make_optimizer, train_step
 
     # 09's dense baselines are TinyLMs, covered above; its recorded checkpoints load as these same classes
     models = [nano.build_model(nano.TINY), nano_v4.build_model(nano_v4.TINY_V4)]
@@ -379,7 +382,7 @@ def test_ref_minimum_is_the_ref_extra():
     import re
     from pathlib import Path
 
-    from course_lib.versions import MIN_TRANSFORMERS
+    from course_lib.kit.versions import MIN_TRANSFORMERS
 
     text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert re.search(r'^ref = \[[^\]]*"transformers>=([\d.]+)"', text, re.M).group(1) == MIN_TRANSFORMERS
@@ -387,7 +390,7 @@ def test_ref_minimum_is_the_ref_extra():
 
 def test_an_older_transformers_gives_a_skip_reason_naming_both_versions(monkeypatch):
     transformers = pytest.importorskip("transformers")
-    from course_lib.versions import transformers_problem
+    from course_lib.kit.versions import transformers_problem
 
     monkeypatch.setattr(transformers, "__version__", "5.17.0")
     assert transformers_problem("5.24") == "needs transformers >= 5.24 (found 5.17.0)"
@@ -408,9 +411,8 @@ def test_reference_tests_skip_on_an_older_transformers(monkeypatch):
 
     transformers = pytest.importorskip("transformers")
     monkeypatch.setattr(transformers, "__version__", "5.17.0")
-    here = Path(__file__).resolve().parent
-    for name in ("test_mla_reference", "test_sparse_attention_dsa_reference", "test_sparse_attention_v4_reference",
-                 "test_moe_reference"):
+    here = Path(__file__).resolve().parent / "reference"
+    for name in ("test_mla_reference", "test_dsa_reference", "test_v4_attention_reference", "test_moe_reference"):
         spec = importlib.util.spec_from_file_location(f"_old_tf_{name}", here / f"{name}.py")
         with pytest.raises(pytest.skip.Exception, match=r"needs transformers >= 5\.24 \(found 5\.17\.0\)"):
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
@@ -419,8 +421,9 @@ def test_reference_tests_skip_on_an_older_transformers(monkeypatch):
 
 def test_nano_analysis_decoding_follows_the_model(monkeypatch):
     """09's speculative decoding table and samples, on a model that is not on the CPU."""
-    from course_lib import nano, nano_analysis
-    from course_lib.corpus import Corpus
+    from course_lib import nano
+    from course_lib.figures import nano_analysis
+    from course_lib.toys.corpus import Corpus
 
     model, corpus = nano.build_model(nano.TINY), Corpus()
     with off_cpu(monkeypatch):
@@ -433,7 +436,7 @@ def test_nano_analysis_decoding_follows_the_model(monkeypatch):
 def test_moe_analysis_byte_classes_on_the_ids_device(monkeypatch):
     # mutual_information is not run here: it selects the non-zero cells with a boolean mask, an output whose shape
     # depends on the values, which fake tensors cannot compute (it counts on its labels' device, see the module)
-    from course_lib.moe_analysis import byte_classes
+    from course_lib.figures.moe_analysis import byte_classes
 
     with off_cpu(monkeypatch):
         assert byte_classes(torch.randint(0, 256, (64,), device=DEV)).device == DEV
@@ -443,7 +446,7 @@ def test_expert_parallel_layer_in_one_process(monkeypatch):
     """10's ExpertParallelMoE on one rank (its all-to-alls are then the identity): dispatch, local experts and
     combine, forward and backward, and the dispatch formula, on a layer that is not on the CPU. `nonzero` has an
     output whose shape depends on the values: here it returns every row, a placeholder like the others."""
-    from course_lib import parallel
+    from course_lib import expert_parallel
     from course_lib.moe import MoE
 
     def every_row(t, as_tuple=False):
@@ -455,9 +458,9 @@ def test_expert_parallel_layer_in_one_process(monkeypatch):
         return (r, c) if as_tuple else torch.stack([r, c], 1)
 
     full = MoE(d_model=16, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=8)
-    layer = parallel.ExpertParallelMoE(full, rank=0, world=1)
-    monkeypatch.setattr(parallel, "exchange_counts", lambda counts, group=None: counts.clone())
-    monkeypatch.setattr(parallel.ExpertParallelMoE, "_a2a", lambda self, t, recv, send, grad: t)
+    layer = expert_parallel.ExpertParallelMoE(full, rank=0, world=1)
+    monkeypatch.setattr(expert_parallel, "exchange_counts", lambda counts, group=None: counts.clone())
+    monkeypatch.setattr(expert_parallel.ExpertParallelMoE, "_a2a", lambda self, t, recv, send, grad: t)
     with off_cpu(monkeypatch):
         monkeypatch.setattr(FakeTensor, "nonzero", every_row, raising=False)
         layer = _params_on(to_dev(layer))
@@ -466,4 +469,4 @@ def test_expert_parallel_layer_in_one_process(monkeypatch):
         assert y.device == DEV and y.shape == x.shape
         y.square().mean().backward()
         assert x.grad.device == DEV
-        assert parallel.dispatch_rows(torch.randint(0, 8, (5, 2), device=DEV), 8, 2).device == DEV
+        assert expert_parallel.dispatch_rows(torch.randint(0, 8, (5, 2), device=DEV), 8, 2).device == DEV

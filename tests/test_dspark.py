@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from course_lib import asset_path, nano_export
-from course_lib.corpus import Corpus
+from course_lib import asset_path
+from course_lib.nano import export as nano_export
+from course_lib.toys.corpus import Corpus
 from course_lib.dspark import (DSparkConfig, DSparkDraft, MarkovHead, confident_prefix, dspark_generate, dspark_loss,
                                loss_terms, schedule_prefixes, target_forward, train_dspark)
 from course_lib.model import generate
-from course_lib.nano_analysis import domain_prompts
+from course_lib.figures.nano_analysis import domain_prompts
 
 
 @pytest.fixture(scope="module")

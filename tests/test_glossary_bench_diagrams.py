@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from course_lib import glossary
+from course_lib.kit import glossary
 from course_lib.bench import core as bench_core
 
 

@@ -9,7 +9,8 @@ import statistics
 import pytest
 import torch
 
-from course_lib import grpo, grpo_figures
+from course_lib import grpo
+from course_lib.figures import grpo_figures
 
 torch.set_num_threads(1)
 

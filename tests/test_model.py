@@ -5,7 +5,7 @@ import torch
 
 from course_lib.model import (ByteTokenizer, CharTokenizer, ModelConfig, RMSNorm, TinyLM, generate, sample_next,
                               token_logprobs)
-from course_lib.train import lr_at, train_lm
+from course_lib.kit.train_loop import lr_at, train_lm
 
 
 def tiny(**kw):

@@ -338,7 +338,7 @@ def test_ch02_exercise_answers_agree_with_course_lib():
 # -- analysis helpers ---------------------------------------------------------------------------
 
 def test_byte_classes():
-    from course_lib.moe_analysis import BYTE_CLASSES, byte_classes
+    from course_lib.figures.moe_analysis import BYTE_CLASSES, byte_classes
     ids = torch.tensor(list("aZ9 ,\n".encode()) + list("中".encode()))
     names = [BYTE_CLASSES[i] for i in byte_classes(ids).tolist()]
     assert names == ["letter", "letter", "digit", "space", "symbol", "space", "utf8-lead", "utf8-cont", "utf8-cont"]
@@ -347,7 +347,7 @@ def test_byte_classes():
 
 
 def test_mutual_information_by_hand():
-    from course_lib.moe_analysis import conditional_mutual_information, entropy, mutual_information
+    from course_lib.figures.moe_analysis import conditional_mutual_information, entropy, mutual_information
     a = torch.tensor([0, 0, 1, 1])
     assert mutual_information(a, a) == pytest.approx(1.0)                       # one fair bit
     assert mutual_information(a, torch.tensor([0, 1, 0, 1])) == pytest.approx(0.0)
@@ -365,7 +365,7 @@ def test_mutual_information_by_hand():
 
 def test_moe_inputs_capture_what_each_layer_sees():
     from course_lib.model import ModelConfig, TinyLM
-    from course_lib.moe_analysis import moe_inputs
+    from course_lib.figures.moe_analysis import moe_inputs
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, max_seq_len=8, ffn="moe",
                       moe=dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=8))
@@ -404,7 +404,7 @@ def test_plot_routing_moves_selection_not_affinities():
     import matplotlib
     matplotlib.use("Agg")
     from course_lib.model import ModelConfig, TinyLM
-    from course_lib.moe_analysis import plot_routing
+    from course_lib.figures.moe_analysis import plot_routing
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=16, ffn="moe",
                       moe=dict(n_routed_experts=4, num_experts_per_tok=1, moe_intermediate_size=8))

@@ -237,8 +237,8 @@ def test_speculative_with_mla_attention_cache():
 
 
 def test_shipped_checkpoint_loads_shares_and_decodes_exactly():
-    from course_lib.corpus import Corpus
-    from course_lib.mtp_analysis import load_checkpoint
+    from course_lib.toys.corpus import Corpus
+    from course_lib.figures.mtp_analysis import load_checkpoint
 
     m, meta = load_checkpoint()
     assert m.mtp[0].embed.weight is m.model.embed.weight and m.mtp[0].head.weight is m.model.head.weight
@@ -267,7 +267,7 @@ def test_figures_are_pure_functions_with_clear_errors():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from course_lib.mtp_analysis import plot_mtp_architectures, plot_speculation
+    from course_lib.figures.mtp_analysis import plot_mtp_architectures, plot_speculation
 
     m = tiny()
     x = torch.tensor([[1, 2, 3]])
@@ -277,7 +277,7 @@ def test_figures_are_pure_functions_with_clear_errors():
     with pytest.raises(ValueError, match="step"):
         plot_speculation(ids, stats.steps, step=0, prompt_len=3)
     assert len(plot_mtp_architectures().axes) == 2
-    from course_lib.mtp_analysis import ConfidenceTable, plot_acceptance_by_confidence
+    from course_lib.figures.mtp_analysis import ConfidenceTable, plot_acceptance_by_confidence
     fig = plot_acceptance_by_confidence(ConfidenceTable((0.0, 0.5, 1.0), [4, 0], [1, 0]))   # an empty bin draws as 0
     assert [round(b.get_height(), 2) for b in fig.axes[0].patches] == [0.25, 0.0]
     plt.close("all")
@@ -329,7 +329,7 @@ def test_speculative_sampling_matches_the_main_model_distribution():
 # -- acceptance by the main model's confidence ---------------------------------------------------------
 
 def test_acceptance_by_confidence_counts_every_draft_once():
-    from course_lib.mtp_analysis import acceptance_by_confidence
+    from course_lib.figures.mtp_analysis import acceptance_by_confidence
 
     m = tiny()
     prompts = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6, 7]])]
@@ -342,7 +342,7 @@ def test_acceptance_by_confidence_counts_every_draft_once():
 
 def test_acceptance_by_confidence_bins_by_the_main_models_top1_probability():
     """Rebuild the binning by hand: the main model's top-1 probability at position pos - 1 decides the bin."""
-    from course_lib.mtp_analysis import acceptance_by_confidence
+    from course_lib.figures.mtp_analysis import acceptance_by_confidence
 
     m = tiny()
     x = torch.tensor([[3, 1, 4, 1, 5]])
@@ -360,7 +360,7 @@ def test_acceptance_by_confidence_bins_by_the_main_models_top1_probability():
 
 @pytest.mark.parametrize("edges", [(0.2, 1.0), (0.0, 0.5), (0.0, 0.6, 0.4, 1.0), (0.0,)])
 def test_acceptance_by_confidence_rejects_bad_edges(edges):
-    from course_lib.mtp_analysis import acceptance_by_confidence
+    from course_lib.figures.mtp_analysis import acceptance_by_confidence
 
     with pytest.raises(ValueError, match="edges"):
         acceptance_by_confidence(tiny(), [torch.tensor([[1, 2]])], 4, edges=edges)
@@ -369,8 +369,8 @@ def test_acceptance_by_confidence_rejects_bad_edges(edges):
 def test_shipped_checkpoint_accepts_confident_drafts_more_often():
     """The notebook's explanation of the low overall rate, checked on the shipped model: drafts where the main
     model is sure (top-1 p >= 0.9) are accepted far more often than those where it is not (p < 0.5)."""
-    from course_lib.corpus import Corpus
-    from course_lib.mtp_analysis import acceptance_by_confidence, load_checkpoint
+    from course_lib.toys.corpus import Corpus
+    from course_lib.figures.mtp_analysis import acceptance_by_confidence, load_checkpoint
 
     m, _ = load_checkpoint()
     corpus = Corpus()

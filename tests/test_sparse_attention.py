@@ -1,4 +1,4 @@
-"""Unit tests of course_lib.dsa, course_lib.v4_attention and the sparse-attention calculator in course_lib.kvcache.
+"""Unit tests of course_lib.dsa, course_lib.v4_attention and the sparse-attention calculator in course_lib.kv_cache_size.
 
 Each expected value is computed independently: by hand in the comments, by dense MLA, or from the paper's formula.
 (The comparisons with transformers' modules are in tests/test_sparse_attention_*_reference.py.)
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from course_lib import kvcache
-from course_lib.attention import MLA
+from course_lib import kv_cache_size
+from course_lib.mla import MLA
 from course_lib.configs_v4 import DEEPSEEK_V32, DEEPSEEK_V4_FLASH, DEEPSEEK_V4_PRO, DSAModel, V4Model
 from course_lib.dsa import (DSA, LightningIndexer, attention_distribution, indexer_kl_loss, recall_at_k,
                             select_topk, topk_mask)
@@ -178,51 +178,51 @@ def test_sparse_cache_and_flops_by_hand():
     tiny = DSAModel("t", n_layers=2, n_heads=4, kv_lora_rank=8, rope_dim=2, index_n_heads=3, index_head_dim=5,
                     index_topk=10, activated_params=1.0)
     # bf16: per token per layer (8 + 2 + 5) * 2 = 30 bytes; 100 tokens, 2 layers -> 6000.
-    assert kvcache.sparse_cache_bytes(tiny, 100) == 6000
-    assert kvcache.sparse_cache_bytes(tiny, 100, dense=True) == 100 * 10 * 2 * 2
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100) == 6000
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100, dense=True) == 100 * 10 * 2 * 2
     # fp8: (8 * 1 + 2 * 2 + 5 * 1) = 17 bytes.
-    assert kvcache.sparse_cache_bytes(tiny, 100, "fp8") == 17 * 100 * 2
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100, "fp8") == 17 * 100 * 2
     # FLOPs: indexer 2 * 3 * 100 * 6 = 3600; attention 2 * 4 * 10 * (16 + 2) = 1440; x 2 layers.
-    assert kvcache.sparse_attention_flops(tiny, 100) == 2 * (3600 + 1440)
-    assert kvcache.sparse_attention_flops(tiny, 100, dense=True) == 2 * 2 * 4 * 100 * 18
+    assert kv_cache_size.sparse_attention_flops(tiny, 100) == 2 * (3600 + 1440)
+    assert kv_cache_size.sparse_attention_flops(tiny, 100, dense=True) == 2 * 2 * 4 * 100 * 18
     v4 = V4Model("v", (0, 4, 16), n_heads=2, head_dim=8, rope_dim=2, window=3, csa_rate=4, hca_rate=16,
                  index_n_heads=1, index_head_dim=4, index_topk=5, activated_params=1.0)
     # bf16 entry 8 * 2 = 16 B. Layer 0: window 3 x 16 = 48. Layer 1: 48 + 100 // 4 = 25 x (16 + 8) = 648.
     # Layer 2: 48 + 100 // 16 = 6 x 16 = 144.
-    assert kvcache.sparse_cache_bytes(v4, 100) == 48 + 648 + 144
+    assert kv_cache_size.sparse_cache_bytes(v4, 100) == 48 + 648 + 144
     # FLOPs: window per layer 2 * 2 * 3 * 16 = 192; CSA: indexer 2 * 1 * 25 * 5 = 250 + 2 * 2 * 5 * 16 = 320;
     # HCA: 2 * 2 * 6 * 16 = 384.
-    assert kvcache.sparse_attention_flops(v4, 100) == 3 * 192 + 250 + 320 + 384
-    assert kvcache.sparse_token_flops(v4, 100) == 2e9 + 3 * 192 + 250 + 320 + 384
+    assert kv_cache_size.sparse_attention_flops(v4, 100) == 3 * 192 + 250 + 320 + 384
+    assert kv_cache_size.sparse_token_flops(v4, 100) == 2e9 + 3 * 192 + 250 + 320 + 384
 
 
 def test_v32_fp8_cache_matches_flashmla_format():
     # FlashMLA's V3.2 FP8 cache: 656 bytes per token and layer = 512 FP8 + 16 B scales + 64 BF16; we leave the
     # scales out and add the indexer key (128 FP8).
-    assert kvcache.sparse_cache_bytes(DEEPSEEK_V32, 1, "fp8", dense=True) / 61 == 656 - 16
+    assert kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 1, "fp8", dense=True) / 61 == 656 - 16
     assert DEEPSEEK_V4_PRO.count("csa") + DEEPSEEK_V4_PRO.count("hca") == 61
     assert DEEPSEEK_V4_FLASH.count("sliding") == 2 and DEEPSEEK_V4_FLASH.n_layers == 43
 
 
 def test_v4_headline_within_a_few_points_of_the_report():
     # V4 report: at 1M tokens V4-Pro ~27% of V3.2's single-token FLOPs and ~10% of its KV cache; Flash ~10% / 7%.
-    r = kvcache.v4_vs_v32(2 ** 20)
+    r = kv_cache_size.v4_vs_v32(2 ** 20)
     assert abs(r["DeepSeek-V4-Pro"]["flops"] - 0.27) < 0.03 and abs(r["DeepSeek-V4-Pro"]["cache"] - 0.10) < 0.03
     assert abs(r["DeepSeek-V4-Flash"]["flops"] - 0.10) < 0.03 and abs(r["DeepSeek-V4-Flash"]["cache"] - 0.07) < 0.03
 
 
 def test_sparse_calculator_rejects_bad_input():
     with pytest.raises(ValueError, match="context"):
-        kvcache.sparse_cache_bytes(DEEPSEEK_V32, 0)
+        kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 0)
     with pytest.raises(ValueError, match="storage"):
-        kvcache.sparse_cache_bytes(DEEPSEEK_V32, 10, "fp4")
+        kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 10, "fp4")
     with pytest.raises(ValueError, match="models"):
-        kvcache.plot_sparse_curves(("GPT-5",))
+        kv_cache_size.plot_sparse_curves(("GPT-5",))
 
 
 def test_plot_sparse_curves_draws_both_panels():
     import matplotlib.pyplot as plt
-    fig = kvcache.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=2 ** 17)
+    fig = kv_cache_size.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=2 ** 17)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 * 2 + 1  # 3 curves + 3 markers + the context line
     plt.close(fig)
 
@@ -260,7 +260,7 @@ def test_token_weights_are_each_entrys_softmax_over_its_tokens(overlap):
 
 def test_plot_sparse_curves_accepts_a_named_model_set():
     import matplotlib.pyplot as plt
-    fig = kvcache.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
+    fig = kv_cache_size.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
     assert len(fig.axes[1].lines) == 2 * 2 + 1
     plt.close(fig)
 
@@ -330,7 +330,7 @@ def test_csa_indexer_learns_the_main_attention_from_its_kl_loss():
 
 
 def test_nano_v4_adds_the_index_loss_to_aux_loss_in_training():
-    from course_lib import nano_v4
+    from course_lib.nano import v4 as nano_v4
 
     torch.manual_seed(0)
     model = nano_v4.build_model(nano_v4.TINY_V4)

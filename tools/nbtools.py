@@ -6,7 +6,7 @@
     python tools/nbtools.py strip [NOTEBOOK ...]             # remove outputs and execution counts
 
 The course repository's URL is defined once, in pyproject.toml ([project.urls] Repository); `sync` writes it into
-each notebook's setup cell and Colab badge, and tests/test_conventions.py fails when a notebook disagrees.
+each notebook's setup cell and Colab badge, and tests/course/test_conventions.py fails when a notebook disagrees.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ that keeps one CPU core busy and without network (a loopback-only namespace, as 
     python tools/stress_ep.py --runs 20 --burn                 # as is
     unshare -n sh -c 'ip link set lo up && python tools/stress_ep.py --runs 20 --burn'   # no network (root)
 
-Each run goes through course_lib.launch (time limit --limit seconds; a run over it counts as a hang and every process
+Each run goes through course_lib.kit.launch (time limit --limit seconds; a run over it counts as a hang and every process
 of it is ended). Prints one line per run (result and seconds) and a summary; exits 1 on any failure or hang.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from course_lib.launch import run_torchrun  # noqa: E402
-from course_lib.train_ep import demo_args  # noqa: E402
+from course_lib.kit.launch import run_torchrun  # noqa: E402
+from course_lib.nano.train_ep import demo_args  # noqa: E402
 
 STEPS = 6
 

@@ -4,7 +4,7 @@ Runs the code cells of notebooks/06_distillation.ipynb in order (the same teache
 arms (a) SFT on traces, (b) logit KD, (c) RL, so their numbers are 06's), then trains (d): the same student base by
 `distill.on_policy_distill` from the final R1 teacher, with the budget of (c): STEPS["student"] optimizer steps of
 8 prompts x 4 samples = 32 student-sampled sequences each (the (a)/(b) arms take 32 teacher sequences per step).
-Writes opd_students.json (every arm's `pipeline.evaluate` metrics and training seconds) and opd_teacher.pt (the final
+Writes opd_students.json (every arm's `r1_recipe.evaluate` metrics and training seconds) and opd_teacher.pt (the final
 R1 teacher's weights, which notebook 08 distils from) next to this file. Extra --lr values rerun arm (d) at other
 learning rates from the same student base, for the sensitivity table in README.md.
 
@@ -50,16 +50,17 @@ def run(scale: int = 1, out: Path = OUT, lrs=(OPD_LR,), teacher_out: Path | None
         import matplotlib.pyplot as plt
         plt.close("all")
 
-        from course_lib import distill, pipeline
+        from course_lib import distill
+        from course_lib.toys import r1_recipe
 
         sweep, hist = {}, None
         for i, lr in enumerate(lrs):
-            student = pipeline.clone(ns["student_base"])
+            student = r1_recipe.clone(ns["student_base"])
             t0 = time.perf_counter()
-            h = distill.on_policy_distill(student, ns["r1"], ns["tok"], pipeline.sample_prompts(general_share=0.25),
+            h = distill.on_policy_distill(student, ns["r1"], ns["tok"], r1_recipe.sample_prompts(general_share=0.25),
                                           ns["STEPS"]["student"], prompts_per_step=ns["RL"]["prompts_per_step"],
-                                          group_size=ns["RL"]["group_size"], max_new_tokens=pipeline.MAX_NEW_TOKENS,
-                                          lr=lr, eos_id=pipeline.eos_id(ns["tok"]), desc=f"(d) OPD lr={lr:g}")
+                                          group_size=ns["RL"]["group_size"], max_new_tokens=r1_recipe.MAX_NEW_TOKENS,
+                                          lr=lr, eos_id=r1_recipe.eos_id(ns["tok"]), desc=f"(d) OPD lr={lr:g}")
             name = "(d) on-policy distillation" if i == 0 else f"(d) OPD lr={lr:g}"
             ns["measure"](name, student, time.perf_counter() - t0)
             sweep[f"{lr:g}"] = ns["results"][name]
@@ -73,7 +74,7 @@ def run(scale: int = 1, out: Path = OUT, lrs=(OPD_LR,), teacher_out: Path | None
     names = ["student base", "(a) SFT on traces", "(b) logit KD", "(c) RL on student", "(d) on-policy distillation",
              "R1"]
     results = {n: ns["results"][n] for n in names}
-    print(pipeline.results_table(results))
+    print(r1_recipe.results_table(results))
     record = {"scale": scale, "student_steps": ns["STEPS"]["student"], "sequences_per_step": 32, "opd_lr": lrs[0],
               "opd_loss_first_last": [hist["loss"][0], hist["loss"][-1]], "results": results, "lr_sweep": sweep}
     out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -1,9 +1,9 @@
-"""Make the base policy of notebook 05: a TinyLM pretrained briefly on the addition task (course_lib.arith).
+"""Make the base policy of notebook 05: a TinyLM pretrained briefly on the addition task (course_lib.toys.arith).
 
     python assets/grpo/make_base.py            # writes assets/grpo/base.pt (state_dict) and base.json (config + stats)
 
 The mix is arith.THINK_SHARE scratchpad answers and the rest direct answers. Pretraining is deliberately cut
-short: the learning-rate schedule (course_lib.train.lr_at: warm-up, cosine) is planned for --steps, but training
+short: the learning-rate schedule (course_lib.kit.train_loop.lr_at: warm-up, cosine) is planned for --steps, but training
 stops at --stop, while direct answers are still mostly wrong and the scratchpad is mostly right -- the model reasons
 well when it happens to start a scratchpad, but rarely starts one. (Trained to the end of the schedule, it also
 learns to answer directly and there is little left for RL to find.) This takes a few minutes, too long for the
@@ -24,9 +24,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))   # run from a clone without installing the package
 
-from course_lib import arith  # noqa: E402
+from course_lib.toys import arith  # noqa: E402
 from course_lib.model import ModelConfig, TinyLM  # noqa: E402
-from course_lib.train import lr_at  # noqa: E402
+from course_lib.kit.train_loop import lr_at  # noqa: E402
 
 MODEL = arith.BASE_MODEL
 
@@ -48,7 +48,7 @@ def main(argv=None):
     cfg = ModelConfig(vocab_size=tok.vocab_size, **MODEL)
     model = TinyLM(cfg)
     rng = random.Random(args.seed)
-    # the same optimizer and update as course_lib.train.train_lm, stopped early
+    # the same optimizer and update as course_lib.kit.train_loop.train_lm, stopped early
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.95))
     t0, losses = time.time(), []
     model.train()

@@ -23,8 +23,8 @@ CONFIG = dict(vocab_size=256, d_model=64, n_layers=8, n_heads=4, max_seq_len=256
 
 
 def main(argv=None):
-    from course_lib.corpus import Corpus
-    from course_lib.device import seed_everything
+    from course_lib.toys.corpus import Corpus
+    from course_lib.kit.device import seed_everything
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.mtp import MTPModel, train_mtp
 

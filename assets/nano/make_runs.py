@@ -1,8 +1,8 @@
 """Recorded runs for notebook 09 (nano-DeepSeek): the three arms, the three ablations, the V4-style variant
-(course_lib.nano_v4) and the 8-layer nano-deep (for the decoding speed-up of §5), longer than the notebook can
+(course_lib.nano.v4) and the 8-layer nano-deep (for the decoding speed-up of §5), longer than the notebook can
 afford. Writes assets/nano/runs/<name>.json and, for nano and nano_deep, the trained model in transformers' layout
 (assets/nano/nano_tiny/ and assets/nano/nano_deep/: config.json + model.safetensors, read with
-course_lib.nano_export.from_transformers).
+course_lib.nano.export.from_transformers).
 
     python assets/nano/make_runs.py                      # all runs (defaults below), one CPU thread each
     python assets/nano/make_runs.py nano mha --steps 800 # some of them
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from course_lib import nano, nano_export, nano_v4, train_v3
-from course_lib.corpus import Corpus
+from course_lib import nano
+from course_lib.nano import export as nano_export, v4 as nano_v4, train as train_v3
+from course_lib.toys.corpus import Corpus
 from course_lib.moe import max_violation, moe_layers
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,7 @@
    blocks of 32 because the toy's matrices are 96 wide), same seed and batches; loss curves and the relative gap.
    A third run, full precision from another initial seed (same batches), measures how far two runs differ without
    any FP8: the yardstick for the FP8 gap.
-3. ep4_run/: notebook 10's four-process expert-parallel run (its exact command, through course_lib.launch), the
+3. ep4_run/: notebook 10's four-process expert-parallel run (its exact command, through course_lib.kit.launch), the
    log and history only: the notebook shows it when the live run cannot finish on the learner's machine.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from course_lib import fp8, parallel
-from course_lib.corpus import Corpus
+from course_lib import fp8, expert_parallel
+from course_lib.toys.corpus import Corpus
 from course_lib.moe import moe_layers
 from course_lib.nano import TINY, build_model, main_model
-from course_lib.train_v3 import batch_fn, train
+from course_lib.nano.train import batch_fn, train
 
 HERE = Path(__file__).resolve().parent
 EXPERTS16 = dict(n_routed_experts=16, num_experts_per_tok=4, moe_intermediate_size=24, n_group=4)
@@ -37,7 +37,7 @@ def nodes_per_token(model, get_val, batches: int = 4, nodes: int = 4) -> float:
     for i in range(batches):
         main_model(model)(*get_val(i))
         for layer in moe_layers(model):
-            rows = parallel.dispatch_rows(layer.last_topk_idx, layer.n_routed_experts, nodes)
+            rows = expert_parallel.dispatch_rows(layer.last_topk_idx, layer.n_routed_experts, nodes)
             vals.append(rows.sum().item() / layer.last_topk_idx.shape[0])
     return sum(vals) / len(vals)
 
@@ -86,8 +86,8 @@ def record_ep4(steps: int = 6) -> None:
     import shutil
     import tempfile
 
-    from course_lib.launch import run_torchrun
-    from course_lib.train_ep import demo_args
+    from course_lib.kit.launch import run_torchrun
+    from course_lib.nano.train_ep import demo_args
 
     run_dir = Path(tempfile.mkdtemp(prefix="ep4_"))
     res = run_torchrun(4, demo_args(run_dir, steps), run_dir / "logs", timeout_s=300)

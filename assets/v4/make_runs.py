@@ -24,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 from course_lib import hash_routing, mhc, muon  # noqa: E402
-from course_lib.corpus import Corpus  # noqa: E402
+from course_lib.toys.corpus import Corpus  # noqa: E402
 from course_lib.model import ModelConfig, TinyLM  # noqa: E402
 from course_lib.moe import max_violation  # noqa: E402
-from course_lib.train import lr_at  # noqa: E402
+from course_lib.kit.train_loop import lr_at  # noqa: E402
 
 MHC = dict(d_model=32, n_layers=24, n_heads=4, n_streams=4, sinkhorn_iters=20, batch=8, seq=32, steps=200, lr=3e-3)
 MUON = dict(d_model=64, n_layers=4, n_heads=4, batch=8, seq=64, steps=300, sweep_steps=100,

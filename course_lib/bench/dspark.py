@@ -34,10 +34,10 @@ def _fastest(fn, repeat):
 
 def compare(mtp_model, draft, corpus, n_prompts=2, prompt_len=32, new=48, repeat=3, threshold=0.0) -> dict:
     """Per domain: acceptance lengths, tokens/s of greedy / MTP / DSpark decoding, float64 equality with greedy."""
-    from ..dspark import dspark_generate
-    from ..model import generate
-    from ..mtp import speculative_generate
-    from ..nano_analysis import domain_prompts
+    from course_lib.dspark import dspark_generate
+    from course_lib.model import generate
+    from course_lib.mtp import speculative_generate
+    from course_lib.figures.nano_analysis import domain_prompts
 
     m64, d64 = copy.deepcopy(mtp_model).double(), copy.deepcopy(draft).double()
     rows = {}
@@ -76,9 +76,10 @@ def format_rows(rows: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from .. import asset_path, nano_export
-    from ..corpus import Corpus
-    from ..dspark import DSparkConfig, train_dspark
+    from course_lib import asset_path
+    from course_lib.nano import export as nano_export
+    from course_lib.toys.corpus import Corpus
+    from course_lib.dspark import DSparkConfig, train_dspark
 
     p = argparse.ArgumentParser(prog="python -m course_lib.bench dspark", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=tuple(MODELS), default="deep")

@@ -3,7 +3,7 @@
     python -m course_lib.bench ep [--tokens 4096] [--d 256] [--experts 16] [--k 4] [--repeat 10] [--worlds 2 4]
 
 One process runs course_lib.moe.MoE on all tokens; N ranks (torchrun, gloo) each run
-course_lib.parallel.ExpertParallelMoE on tokens / N of them. Each timed step is a forward and a backward. Reported:
+course_lib.expert_parallel.ExpertParallelMoE on tokens / N of them. Each timed step is a forward and a backward. Reported:
 median time per step (the slowest rank's), the share of it spent inside the forward's two all-to-alls (dispatch and
 combine; the backward runs the same exchanges again), and the speed-up over one process. On one CPU machine the
 ranks share the cores and gloo copies through loopback TCP, so expect little or no speed-up: the benchmark shows
@@ -21,12 +21,12 @@ import time
 
 import torch
 
-from ..launch import run_torchrun
-from .core import print_table
+from course_lib.kit.launch import run_torchrun
+from course_lib.bench.core import print_table
 
 
 def _layer(a):
-    from ..moe import MoE
+    from course_lib.moe import MoE
     torch.manual_seed(0)
     return MoE(a.d, n_routed_experts=a.experts, n_shared_experts=1, num_experts_per_tok=a.k,
                moe_intermediate_size=a.d // 2, n_group=4, topk_group=4)
@@ -48,7 +48,7 @@ def _time_steps(layer, x, repeat, comm=None):
 def worker(a) -> None:
     import torch.distributed as dist
 
-    from ..parallel import ExpertParallelMoE, init_distributed
+    from course_lib.expert_parallel import ExpertParallelMoE, init_distributed
     info = init_distributed(timeout_s=120)
     torch.set_num_threads(1)
     n = a.tokens // info.world
@@ -62,7 +62,7 @@ def worker(a) -> None:
     if info.rank == 0:
         with open(a.out, "w") as f:
             json.dump({"times": t.tolist(), "comm": c.tolist()}, f)
-    from ..parallel import destroy_process_group_safely, exit_rank
+    from course_lib.expert_parallel import destroy_process_group_safely, exit_rank
     destroy_process_group_safely()
     exit_rank(0)
 

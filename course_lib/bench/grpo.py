@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from .. import arith, grpo
-from ..device import get_device
-from .core import print_table, time_fn
+from course_lib.toys import arith
+from course_lib import grpo
+from course_lib.kit.device import get_device
+from course_lib.bench.core import print_table, time_fn
 
 
 def first_reaching(hist: dict, target: float = 0.9):

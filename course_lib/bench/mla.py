@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from ..attention import MHA, MLA
-from ..device import get_device
-from .core import compare, parse_contexts, print_table
+from course_lib.mla import MHA, MLA
+from course_lib.kit.device import get_device
+from course_lib.bench.core import compare, parse_contexts, print_table
 
 V3_HEAD_DIMS = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536)
 

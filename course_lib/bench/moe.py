@@ -20,10 +20,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ..device import get_device
-from ..layers import swiglu
-from ..moe import MoE
-from .core import compare, print_table
+from course_lib.kit.device import get_device
+from course_lib.layers import swiglu
+from course_lib.moe import MoE
+from course_lib.bench.core import compare, print_table
 
 # (name, d_model, routed, shared, top_k, expert width, groups, kept groups)
 CONFIGS = [

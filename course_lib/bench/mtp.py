@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from .core import print_table
+from course_lib.bench.core import print_table
 
 
 def _interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
@@ -40,11 +40,11 @@ def _interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    from ..corpus import Corpus
-    from ..device import get_device
-    from ..model import generate
-    from ..mtp import speculative_generate
-    from ..mtp_analysis import acceptance_by_confidence, load_checkpoint
+    from course_lib.toys.corpus import Corpus
+    from course_lib.kit.device import get_device
+    from course_lib.model import generate
+    from course_lib.mtp import speculative_generate
+    from course_lib.figures.mtp_analysis import acceptance_by_confidence, load_checkpoint
 
     p = argparse.ArgumentParser(prog="python -m course_lib.bench mtp", description=__doc__.splitlines()[0])
     p.add_argument("--new-tokens", type=int, default=160)

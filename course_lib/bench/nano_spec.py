@@ -27,7 +27,7 @@ def judge(results: dict, min_acceptance: float = 0.8, min_speedup: float = 1.3) 
     """On the most predictable domain of `results` (from nano_analysis.speculative_by_domain): is acceptance >=
     min_acceptance, the measured speed-up >= min_speedup and the output identical to greedy in float64? Returns
     (that domain, all three hold, one line per check ending in yes/no)."""
-    from ..nano_analysis import most_predictable
+    from course_lib.figures.nano_analysis import most_predictable
 
     if not 0 < min_acceptance <= 1:
         raise ValueError(f"min_acceptance must be in (0, 1], got {min_acceptance}")
@@ -43,8 +43,10 @@ def judge(results: dict, min_acceptance: float = 0.8, min_speedup: float = 1.3) 
 
 
 def main(argv=None) -> int:
-    from .. import asset_path, nano_analysis, nano_export
-    from ..corpus import Corpus
+    from course_lib import asset_path
+    from course_lib.figures import nano_analysis
+    from course_lib.nano import export as nano_export
+    from course_lib.toys.corpus import Corpus
 
     p = argparse.ArgumentParser(prog="python -m course_lib.bench nano_spec", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=(*MODELS, "both"), default="both")

@@ -28,11 +28,12 @@ import time
 
 import torch
 
-from .. import arith, grpo, nano
-from .. import policy_losses as pl
-from ..device import get_device
-from ..model import token_logprobs
-from .core import compare, print_table
+from course_lib.toys import arith
+from course_lib import grpo, nano
+from course_lib import policy_losses as pl
+from course_lib.kit.device import get_device
+from course_lib.model import token_logprobs
+from course_lib.bench.core import compare, print_table
 
 VARIANTS = {
     "grpo": dict(variant="grpo"),

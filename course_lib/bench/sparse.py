@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..device import get_device
-from ..dsa import DSA, GrowingCache
-from ..v4_attention import V4Attention, V4Cache
-from .core import compare, parse_contexts, print_table
+from course_lib.kit.device import get_device
+from course_lib.dsa import DSA, GrowingCache
+from course_lib.v4_attention import V4Attention, V4Cache
+from course_lib.bench.core import compare, parse_contexts, print_table
 
 V32_DIMS = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536)
 V4_DIMS = dict(head_dim=512, rope_dim=64, q_lora_rank=1024, o_lora_rank=1024, window=128)

@@ -21,9 +21,10 @@ import tempfile
 
 import torch
 
-from .. import nano, nano_export
-from ..model import generate
-from .core import compare, print_table
+from course_lib import nano
+from course_lib.nano import export as nano_export
+from course_lib.model import generate
+from course_lib.bench.core import compare, print_table
 
 
 # "wide": V3's head-size ratios at d = 512 (d_c = 4 d_h, d^R_h = d_h / 2), where the attention cache, not Python

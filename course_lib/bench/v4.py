@@ -5,7 +5,7 @@
 
 1. Forward + backward of ONE transformer block (attention + SwiGLU from course_lib.layers) wired with a plain residual,
    with unconstrained hyper-connections and with mHC, at notebook 08's width and at 8x that width: written with
-   PyTorch operations (course_lib.mhc) and through the fused C kernels (course_lib.fused_mhc, where a C compiler
+   PyTorch operations (course_lib.mhc) and through the fused C kernels (course_lib.bonus.fused_mhc, where a C compiler
    exists, behind C++ autograd nodes and, for comparison, behind Python autograd Functions); also mHC with 1 Sinkhorn
    iteration and the two hyper-connection modules alone, to show what dominates.
    Then the whole model of notebook 08's experiment (24 such blocks, embedding, head and loss), where each block's
@@ -22,19 +22,19 @@ import argparse
 
 import torch
 
-from .core import compare, print_table
+from course_lib.bench.core import compare, print_table
 
 
 # (name, residual, Sinkhorn iterations (None: --sinkhorn-iters), fused: False, "python" (the kernels behind Python
-# autograd Functions) or "cpp" (behind the C++ autograd nodes, course_lib/csrc/mhc_autograd.cpp, where they build))
+# autograd Functions) or "cpp" (behind the C++ autograd nodes, course_lib/bonus/fused_mhc/csrc/mhc_autograd.cpp, where they build))
 VARIANTS = (("plain residual", "plain", None, False), ("HC", "hc", None, False), ("mHC", "mhc", None, False),
             ("mHC, 1 Sinkhorn iteration", "mhc", 1, False), ("mHC, fused, Python nodes", "mhc", None, "python"),
             ("mHC, fused kernels", "mhc", None, "cpp"), ("mHC, fused, 1 Sinkhorn iteration", "mhc", 1, "cpp"))
 
 
 def _block_fns(args, fused_ok: bool):
-    from .. import fused_mhc
-    from ..mhc import HyperConnection, StreamBlock
+    from course_lib.bonus import fused_mhc
+    from course_lib.mhc import HyperConnection, StreamBlock
 
     torch.manual_seed(0)
     hidden = 16 * ((8 * args.d_model // 3 + 15) // 16)
@@ -69,7 +69,7 @@ def _block_fns(args, fused_ok: bool):
 
 
 def _model_fns(args, fused_ok: bool, layers: int = 24):
-    from ..mhc import StreamLM
+    from course_lib.mhc import StreamLM
 
     fns = {}
     for name, residual, fused in (("plain residual", "plain", False), ("mHC, fused kernels", "mhc", True)):
@@ -87,8 +87,8 @@ def _model_fns(args, fused_ok: bool, layers: int = 24):
 
 
 def _optimizer_fns(args):
-    from ..model import ModelConfig, TinyLM
-    from ..muon import MuonAdamW
+    from course_lib.model import ModelConfig, TinyLM
+    from course_lib.muon import MuonAdamW
 
     torch.manual_seed(0)
     fns = {}
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
-    from .. import fused_mhc
+    from course_lib.bonus import fused_mhc
 
     fused_ok = fused_mhc.available(torch.float32)
     if not fused_ok:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .core import REGISTRY, CheckResult, Exercise, close, register
+from course_lib.checks.core import REGISTRY, CheckResult, Exercise, close, register
 
 _loaded = False
 

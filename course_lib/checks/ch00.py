@@ -1,7 +1,7 @@
 """Exercises of 00_welcome: warm-ups that show how checked exercises work."""
 import torch
 
-from .core import register
+from course_lib.checks.core import register
 
 
 @register(kind="value", hint="Activated / total parameters of DeepSeek-V3: 37B of 671B (V3 report, abstract).",

@@ -1,7 +1,7 @@
 """Exercises of 01_timeline: reading the release dataset like a fact-checker."""
 import datetime as dt
 
-from .core import register
+from course_lib.checks.core import register
 
 # Small hand-made tables in the shape of timeline.as_records(): tuples, so a learner's in-place edit cannot leak
 # from one check run into the next.

@@ -1,7 +1,7 @@
 """Exercises of 02_moe_routing: V3 gating, the MaxVio metric, one aux-loss-free bias update, group-limited routing."""
 import torch
 
-from .core import register
+from course_lib.checks.core import register
 
 
 def _g(seed):

@@ -1,7 +1,7 @@
 """Exercises of 03_mla: KV-cache arithmetic and the shapes of MLA's absorbed matrices (DeepSeek-V2 §2.1)."""
 import torch
 
-from .core import close, register
+from course_lib.checks.core import close, register
 
 
 def _g(seed):

@@ -1,7 +1,7 @@
 """Exercises of 04_mtp: multi-token prediction targets and loss, and the arithmetic of speculative decoding."""
 import torch
 
-from .core import register
+from course_lib.checks.core import register
 
 _G = torch.Generator().manual_seed(4)
 

@@ -1,8 +1,8 @@
 """Exercises of 05_grpo: group-relative advantages, the k3 KL estimator, a format reward."""
 import torch
 
-from ..rewards import has_format
-from .core import register
+from course_lib.rewards import has_format
+from course_lib.checks.core import register
 
 _g = torch.Generator().manual_seed(5)
 

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from ..rewards import accuracy_reward, has_format, language_consistency
-from .core import register
+from course_lib.rewards import accuracy_reward, has_format, language_consistency
+from course_lib.checks.core import register
 
 _g = torch.Generator().manual_seed(6)
 

@@ -1,7 +1,7 @@
 """Exercises of 07_sparse_attention: the lightning indexer, top-k selection, a compressed entry, V4's cache at 1M."""
 import torch
 
-from .core import close, register
+from course_lib.checks.core import close, register
 
 
 def _g(seed):

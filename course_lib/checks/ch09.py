@@ -1,7 +1,7 @@
 """Exercises of 09_nano_deepseek: the capstone's parameter arithmetic, checkpoint layout and speed-up estimate."""
 import torch
 
-from .core import register
+from course_lib.checks.core import register
 
 _G = torch.Generator().manual_seed(9)
 

@@ -7,7 +7,7 @@ input, expected, got and a hint. A wrong answer never raises; the learner's own 
 The verdict starts with a plain-text mark, PASS_MARK or FAIL_MARK: emoji such as U+2705 show as empty boxes in a
 browser without an emoji font (Chromium on a plain Debian machine has only DejaVu / Liberation). `unsafe_chars`
 says which characters of a text fall outside FONT_SAFE, the set that common fonts (DejaVu Sans and Sans Mono,
-Liberation Sans / Arial, Noto Sans) all draw; tests/test_checks.py holds every printed message to it.
+Liberation Sans / Arial, Noto Sans) all draw; tests/course/test_checks.py holds every printed message to it.
 """
 from __future__ import annotations
 

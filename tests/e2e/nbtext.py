@@ -12,7 +12,7 @@ Only numbers are masked, never words: a line whose words change with a measured 
 "0.8x slower" in the other; "goal: met" / "NOT met") still differs, and timing_word_changes names it as such. A line
 that states a timing and judges it in words ("speed-up 1.35x: goal met") is a verdict on wall time even when both
 runs agree: timing_verdicts finds it in one run's text.
-Cells that call course_lib.widgets.interactive are compared only for errors: nbval draws their static previews,
+Cells that call course_lib.kit.widgets.interactive are compared only for errors: nbval draws their static previews,
 the browser the live controls. Other widgets (tqdm's progress bars) are left out of the text, the cell's prints stay. The result of a cell whose last line ends with `;` is dropped: JupyterLab hides it as IPython promises,
 but nbval's kernels still send it.
 """

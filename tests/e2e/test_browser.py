@@ -2,7 +2,7 @@
 
 The solution notebooks run under nbval in `make test` only (a few seconds each, no widgets). For each notebook: open it, Run → Run All Cells from the menu, wait until the kernel is idle with no cell queued, then
 assert: every code cell ran, no error output, every figure arrived as a decoded image, no widget shown as text (the
-failure learners see when the widget front end is missing), and in notebooks that use course_lib.widgets.interactive
+failure learners see when the widget front end is missing), and in notebooks that use course_lib.kit.widgets.interactive
 a live widget in the page: moving its first slider with the keyboard must redraw the figure.
 
 Server and kernel are the course's own environment (.venv, ipywidgets 8): what `make lab` gives a learner. Each

@@ -1,8 +1,8 @@
 """The widget cells of every notebook under ipywidgets 7.7.1, the version Google Colab ships.
 
 Runs in the Colab-like environment that `make check-e2e` prepares (tests/e2e/test_widget_helpers.py and
-tests/test_widgets.py run there too: every control type of course_lib.widgets becomes its ipywidget, hands the plot
-function a value of the right type and redraws). Notebooks reach widgets only through course_lib.widgets (checked
+tests/kit/test_widgets.py run there too: every control type of course_lib.kit.widgets becomes its ipywidget, hands the plot
+function a value of the right type and redraws). Notebooks reach widgets only through course_lib.kit.widgets (checked
 below), so what differs between ipywidgets 7 and 8 lives in that helper. On top of the helper tests, the notebooks
 whose widgets come within their first EARLY_CELLS code cells run live here: nbclient executes their code cells up to
 the last widget cell on a kernel of that environment, as on Colab, then a probe cell moves the first control of every
@@ -25,7 +25,7 @@ CELL_TIMEOUT_S = float(os.environ.get("COURSE_E2E_CELL_TIMEOUT", 600))   # gener
 
 PROBE = '''
 import ipywidgets as _w
-import course_lib.widgets as _cw
+import course_lib.kit.widgets as _cw
 _drawn, _render = [], _cw.render
 def _spy(plot_fn, params):
     fig = _render(plot_fn, params)
@@ -71,13 +71,13 @@ def _early_widget_notebooks() -> list[Path]:
 
 def test_notebooks_reach_widgets_only_through_the_course_helper():
     import re
-    from course_lib import widgets
+    from course_lib.kit import widgets
     controls = {"Slider", "IntSlider", "Choice", "Toggle", "Text"}
     assert controls <= set(dir(widgets)), "the helper's control types changed: update this test and test_widget_helpers"
     for p in all_notebooks():
         for i, c in enumerate(_code_cells(p)):
             assert not re.search(r"^\s*(import ipywidgets|from ipywidgets)", c, re.M), \
-                f"{rel(p)} code cell {i} imports ipywidgets itself: use course_lib.widgets (tested under 7 and 8)"
+                f"{rel(p)} code cell {i} imports ipywidgets itself: use course_lib.kit.widgets (tested under 7 and 8)"
 
 
 def test_this_is_colabs_ipywidgets():

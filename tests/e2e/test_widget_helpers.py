@@ -1,4 +1,4 @@
-"""course_lib.widgets in live mode with whichever ipywidgets is installed.
+"""course_lib.kit.widgets in live mode with whichever ipywidgets is installed.
 
 `make test` runs this with ipywidgets 8 (JupyterLab 4); `make check-e2e` runs it again in the Colab-like environment
 with ipywidgets 7.7.1. Every control type must become the matching ipywidget, hand plot_fn values of the right
@@ -12,8 +12,8 @@ import IPython.display  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from course_lib import widgets  # noqa: E402
-from course_lib.widgets import Choice, IntSlider, Slider, Text, Toggle, interactive  # noqa: E402
+from course_lib.kit import widgets  # noqa: E402
+from course_lib.kit.widgets import Choice, IntSlider, Slider, Text, Toggle, interactive  # noqa: E402
 
 ipywidgets = pytest.importorskip("ipywidgets")
 

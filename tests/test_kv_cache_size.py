@@ -1,0 +1,124 @@
+"""KV-cache calculator: formulas checked against the caches the course's attention modules actually fill."""
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from course_lib import kv_cache_size  # noqa: E402
+from course_lib.mla import GQA, MHA, MLA, MQA  # noqa: E402
+from course_lib.kv_cache_size import AttentionShape  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def cached_elements_per_token(module, B=2, T=5, d_model=64):
+    cache = {}
+    with torch.no_grad():
+        module(torch.randn(B, T, d_model, generator=torch.Generator().manual_seed(0)), cache=cache)
+    return sum(t.numel() for t in cache.values()) / (B * T)
+
+
+@pytest.mark.parametrize("module,shape", [
+    (MHA(64, 8), AttentionShape("m", "mha", 1, 8, 8)),
+    (GQA(64, 8, 2), AttentionShape("g", "gqa", 1, 8, 8, n_kv_heads=2)),
+    (MQA(64, 8), AttentionShape("q", "mqa", 1, 8, 8)),
+    (MLA(64, 8, kv_lora_rank=24, qk_rope_head_dim=6), AttentionShape("l", "mla", 1, 8, 8, kv_lora_rank=24, rope_dim=6)),
+])
+def test_formula_matches_what_the_modules_cache(module, shape):
+    assert kv_cache_size.elements_per_token_per_layer(shape) == cached_elements_per_token(module)
+    assert kv_cache_size.elements_per_token_per_layer(shape) == module.cache_elements_per_token()
+
+
+def test_v2_table1_mla_equals_gqa_with_2_25_groups():
+    # V2 §2.1.4: with d_c = 4 d_h and d^R_h = d_h / 2, MLA caches as much as GQA with 2.25 groups.
+    v2 = kv_cache_size.PRESETS["DeepSeek-V2"]
+    assert kv_cache_size.gqa_equivalent_groups(v2) == pytest.approx(2.25)
+    table = kv_cache_size.v2_table1(n_heads=128, head_dim=128, n_layers=60, n_groups=8)
+    l, d_h = 60, 128
+    assert table["MHA"] == 2 * 128 * d_h * l and table["MQA"] == 2 * d_h * l
+    assert table["MLA"] == pytest.approx(4.5 * d_h * l)                       # "≈ 9/2 d_h l"
+
+
+def test_v2_kv_cache_reduction_against_67b():
+    # V2 abstract: KV cache reduced by 93.3% vs DeepSeek 67B (V2 cache at 6 bits on average, §3.2.3).
+    assert kv_cache_size.v2_vs_67b_reduction() == pytest.approx(0.933, abs=0.001)
+    assert kv_cache_size.v2_vs_67b_reduction(2.0, 2.0) < 0.9                        # elements alone do not give 93.3%
+
+
+def test_per_token_numbers_of_real_models():
+    v3 = kv_cache_size.PRESETS["DeepSeek-V3"]
+    assert kv_cache_size.elements_per_token(v3) == (512 + 64) * 61
+    llama = kv_cache_size.PRESETS["Llama-3-8B"]
+    assert kv_cache_size.bytes_per_token(llama, "bf16") == 2 * 8 * 128 * 32 * 2
+    rows = kv_cache_size.per_token_table()
+    assert {r[0] for r in rows} == set(kv_cache_size.PRESETS)
+
+
+def test_cache_gb_scales_linearly():
+    s = kv_cache_size.PRESETS["DeepSeek-V2"]
+    one = kv_cache_size.cache_gb(s, 1000, 1, "bf16")
+    assert kv_cache_size.cache_gb(s, 4000, 3, "bf16") == pytest.approx(12 * one)
+    assert kv_cache_size.cache_gb(s, 1000, 1, "fp8") == pytest.approx(one / 2)
+    assert one == pytest.approx(kv_cache_size.elements_per_token(s) * 2 * 1000 / 1e9)
+
+
+def test_bad_inputs_raise():
+    s = kv_cache_size.PRESETS["DeepSeek-V2"]
+    with pytest.raises(ValueError, match="dtype"):
+        kv_cache_size.bytes_per_token(s, "int3")
+    with pytest.raises(ValueError, match="context"):
+        kv_cache_size.cache_gb(s, 0)
+    with pytest.raises(ValueError, match="batch"):
+        kv_cache_size.cache_gb(s, 10, batch=-1)
+    with pytest.raises(ValueError, match="kind"):
+        AttentionShape("x", "sparse", 1, 4, 8)
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        AttentionShape("x", "gqa", 1, 8, 8, n_kv_heads=3)
+    with pytest.raises(ValueError, match="kv_lora_rank"):
+        AttentionShape("x", "mla", 1, 8, 8, rope_dim=4)
+    with pytest.raises(ValueError, match="preset"):
+        kv_cache_size.plot_cache_sizes(preset="GPT-5")
+
+
+def test_plot_function_draws_one_bar_per_kind():
+    fig = kv_cache_size.plot_cache_sizes(context=4096, batch=2, dtype="fp8", preset="Llama-3-8B")
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == 4
+    expected = [kv_cache_size.cache_gb(s, 4096, 2, "fp8") for s in kv_cache_size.variants(kv_cache_size.PRESETS["Llama-3-8B"]).values()]
+    assert heights == pytest.approx(expected)
+    matplotlib.pyplot.close(fig)
+
+
+def test_benchmark_cache_bytes_are_exactly_latent_plus_rope_key():
+    """Smoke-run the benchmark at a tiny context: MLA caches exactly (d_c + d^R_h) float32 numbers per token."""
+    from course_lib.bench import mla as bench
+    rows = bench.run(contexts=(8,), d_model=64, n_heads=2, repeat=1, device=torch.device("cpu"))
+    dims = bench.V3_HEAD_DIMS
+    assert rows[0]["cache_bytes_per_token"]["MLA absorbed"] == (dims["kv_lora_rank"] + dims["qk_rope_head_dim"]) * 4
+    assert rows[0]["cache_bytes_per_token"]["MHA"] == 2 * 2 * dims["v_head_dim"] * 4
+    assert set(rows[0]["seconds"]) == {"MHA", "MLA naive", "MLA absorbed"}
+
+
+def test_matches_v2_table9_cache_sizes():
+    """V2 Appendix D.2, Table 9 reports KV cache per token (elements): small MoE w/ MLA 15.6K and its MHA twin 110.6K
+    (V2-Lite's shape: 27 layers, 16 heads of 128), large MoE w/ MLA 34.6K (V2's shape)."""
+    lite, v2 = kv_cache_size.PRESETS["DeepSeek-V2-Lite"], kv_cache_size.PRESETS["DeepSeek-V2"]
+    assert round(kv_cache_size.elements_per_token(lite) / 1e3, 1) == 15.6
+    assert round(kv_cache_size.elements_per_token(v2) / 1e3, 1) == 34.6
+    mha_twin = kv_cache_size.variants(lite)["MHA"]
+    assert round(kv_cache_size.elements_per_token(mha_twin) / 1e3, 1) == 110.6
+
+
+def test_benchmark_command_line_prints_and_records(tmp_path, capsys):
+    import json
+
+    from course_lib.bench import mla as bench
+    out = tmp_path / "run.json"
+    assert bench.main(["--contexts", "4,8", "--d-model", "64", "--heads", "2", "--repeat", "1",
+                       "--record", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "naive/absorbed" in printed and "(512 + 64) * 4 = 2304 bytes" in printed
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["context"] for r in rows] == [4, 8]
