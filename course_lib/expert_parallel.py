@@ -102,7 +102,7 @@ def init_distributed(timeout_s: float = 60.0) -> DistInfo:
 
 # PyTorch's gloo process group, when its last reference goes, joins its worker threads while holding the GIL; a
 # worker still releasing a finished collective's tensors needs the GIL: a deadlock, seen in about 1 of 45 runs of
-# notebook 10's command on a busy 2-core machine (py-spy: the main thread in ~ProcessGroupGloo -> thread::join, a
+# notebook 11's command on a busy 2-core machine (py-spy: the main thread in ~ProcessGroupGloo -> thread::join, a
 # worker in ~AsyncBarrierWork -> decref, waiting for the GIL). So whatever holds the group (DDP's reducer, the
 # world's registry) stays referenced until the rank leaves through ``exit_rank``, which runs no destructor.
 _KEEP_UNTIL_EXIT: list = []

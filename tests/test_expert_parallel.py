@@ -224,7 +224,7 @@ def test_heartbeat_survives_two_writers(tmp_path):
 
 
 def test_recorded_four_process_run_has_what_notebook_10_reads():
-    # notebook 10 falls back to this recording when its live run cannot finish
+    # notebook 11 falls back to this recording when its live run cannot finish
     lines = (ROOT / "assets" / "scaleout" / "ep4_run" / "log.jsonl").read_text().splitlines()
     steps = [json.loads(line) for line in lines]
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
@@ -241,7 +241,7 @@ def test_recorded_four_process_run_has_what_notebook_10_reads():
 def test_notebook_10_runs_the_demo_arguments():
     # the cell spells the command out for the learner; the recording and the stress check use train_ep.demo_args
     from course_lib.nano.train_ep import demo_args
-    nb = json.loads((ROOT / "notebooks" / "10_scale_out.ipynb").read_text(encoding="utf-8"))
+    nb = json.loads((ROOT / "notebooks" / "11_scale_out.ipynb").read_text(encoding="utf-8"))
     cell = next("".join(c["source"]) for c in nb["cells"] if "launch.run_torchrun(4, args" in "".join(c["source"]))
     scope = {"STEPS": 6, "run_dir": "OUT"}
     exec(cell[cell.index("args = "):cell.index("\n# The ranks")], scope)      # the cell's `args = [...]`

@@ -78,7 +78,7 @@ def test_shipped_timeline_reaches_past_the_v4_preview():
     assert names.index("DeepSeek-V4-Pro") < names.index("DeepSeek-V4.1-Flash")
     assert rel[-1].date > dt.date(2026, 4, 24)
     v41 = next(r for r in rel if r.name == "DeepSeek-V4.1-Flash")
-    assert "Engram" in v41.introduced and "08" in v41.notebooks
+    assert "Engram" in v41.introduced and "09" in v41.notebooks
 
 
 def test_shipped_v4_rows_say_how_flash_and_pro_differ():

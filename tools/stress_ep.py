@@ -1,4 +1,4 @@
-"""Stress check of notebook 10's four-process run: its exact command, N times in a row, optionally with a process
+"""Stress check of notebook 11's four-process run: its exact command, N times in a row, optionally with a process
 that keeps one CPU core busy and without network (a loopback-only namespace, as CI runs the notebooks).
 
     python tools/stress_ep.py --runs 20 --burn                 # as is

@@ -1,4 +1,4 @@
-"""Recorded runs for notebook 09 (nano-DeepSeek): the three arms, the three ablations, the V4-style variant
+"""Recorded runs for notebook 10 (nano-DeepSeek): the three arms, the three ablations, the V4-style variant
 (course_lib.nano.v4) and the 8-layer nano-deep (for the decoding speed-up of §5), longer than the notebook can
 afford. Writes assets/nano/runs/<name>.json and, for nano and nano_deep, the trained model in transformers' layout
 (assets/nano/nano_tiny/ and assets/nano/nano_deep/: config.json + model.safetensors, read with

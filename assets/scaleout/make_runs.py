@@ -1,4 +1,4 @@
-"""Recorded runs for notebook 10 (python assets/scaleout/make_runs.py [--steps 300]; about 10 minutes on 2 CPU cores).
+"""Recorded runs for notebook 11 (python assets/scaleout/make_runs.py [--steps 300]; about 10 minutes on 2 CPU cores).
 
 1. node_limited.json: nano-DeepSeek with 16 routed experts (4 per token) on 4 "nodes" (n_group = 4), trained with
    node-limited routing M = topk_group = 1, 2 and 4 (4 of 4 = unrestricted). For each: the loss curves and the
@@ -8,7 +8,7 @@
    blocks of 32 because the toy's matrices are 96 wide), same seed and batches; loss curves and the relative gap.
    A third run, full precision from another initial seed (same batches), measures how far two runs differ without
    any FP8: the yardstick for the FP8 gap.
-3. ep4_run/: notebook 10's four-process expert-parallel run (its exact command, through course_lib.kit.launch), the
+3. ep4_run/: notebook 11's four-process expert-parallel run (its exact command, through course_lib.kit.launch), the
    log and history only: the notebook shows it when the live run cannot finish on the learner's machine.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main(argv=None):
 
 
 def record_ep4(steps: int = 6) -> None:
-    """Notebook 10's live run, recorded: the same arguments as its cell, four ranks on the CPU."""
+    """Notebook 11's live run, recorded: the same arguments as its cell, four ranks on the CPU."""
     import shutil
     import tempfile
 

@@ -1,4 +1,4 @@
-"""Exercises of 08_v4_building_blocks: hyper-connections, Sinkhorn-Knopp, Newton-Schulz, Muon's scale, hash routing,
+"""Exercises of 08_deep_training: hyper-connections, Sinkhorn-Knopp, Newton-Schulz, Muon's scale, hash routing,
 and (written by the Engram / on-policy distillation helper) an Engram n-gram hash, the OPD loss, Engram's rows per token."""
 import math
 

@@ -1,59 +1,41 @@
-"""Exercises of 10_scale_out: all-to-all rows per rank, FP8 tile scales, pipeline bubbles, V3's experts per node."""
+"""Exercises of 10_nano_deepseek: the capstone's parameter arithmetic, checkpoint layout and speed-up estimate."""
 import torch
 
 from course_lib.checks.core import register
 
-_G = torch.Generator().manual_seed(10)
+_G = torch.Generator().manual_seed(9)
 
 
-def _topk(n_tok, n_exp, k):
-    return torch.rand(n_tok, n_exp, generator=_G).topk(k, dim=-1).indices
+@register(cases=[(96, 48, 8, 1, 2), (7168, 2048, 256, 1, 8), (64, 32, 16, 2, 4), (10, 5, 4, 0, 1)],
+          hint="Each expert is a SwiGLU with 3 d h weights. One token runs the shared experts and its top-K routed "
+               "ones, never the other N_r - K.",
+          wrong=[lambda d, h, n, s, k: 3 * d * h * (n + s),              # every expert
+                 lambda d, h, n, s, k: 3 * d * h * k,                    # forgot the shared experts
+                 lambda d, h, n, s, k: 2 * d * h * (k + s)])             # a two-matrix FFN, not SwiGLU
+def moe_activated_ffn(d, h, n_routed, n_shared, k):
+    """FFN weights one token multiplies with in one DeepSeekMoE layer (V3 Eq. 12)."""
+    return 3 * d * h * (k + n_shared)
 
 
-@register(cases=[(torch.tensor([[0, 1], [2, 7], [5, 6]]), 8, 4), (torch.tensor([[0, 3, 5]]), 6, 2),
-                 (_topk(20, 16, 4), 16, 4), (_topk(30, 8, 2), 8, 2), (_topk(12, 16, 4), 16, 8)],
-          hint="Rank q holds experts q*E/W ... (q+1)*E/W - 1. A token goes to rank q once if at least one of its "
-               "experts is there: count, for each rank, the tokens with any expert // (E/W) == q.",
-          wrong=[lambda idx, e, w: torch.bincount((idx // (e // w)).reshape(-1), minlength=w),   # one row per slot
-                 lambda idx, e, w: torch.bincount(idx.reshape(-1) % w, minlength=w)])            # round-robin experts
-def ep_dispatch_rows(indices, n_experts, world):
-    """Tokens each rank receives in the dispatch: (world,) counts, one per token that has an expert there."""
-    per = n_experts // world
-    hit = torch.zeros(indices.shape[0], world, dtype=torch.bool)
-    hit[torch.arange(indices.shape[0]).unsqueeze(1), indices // per] = True
-    return hit.sum(0)
+@register(cases=[(torch.randn(4, 8, generator=_G),), (torch.randn(6, 12, generator=_G),),
+                 (torch.arange(8.0).view(2, 4),)],
+          hint="The paper's M_k acts on [h; Emb]: columns 0..d-1 read h, d..2d-1 read the embedding. The release's "
+               "eh_proj acts on [Emb; h]: swap the two column blocks.",
+          wrong=[lambda w: w.clone(),                                   # unchanged
+                 lambda w: w.flip(1),                                   # reverses the columns inside each block too
+                 lambda w: torch.cat([w[w.shape[0] // 2:], w[:w.shape[0] // 2]])])   # swaps rows, not columns
+def eh_proj_from_paper(w):
+    """The release's eh_proj weight (d, 2d) from the paper-order projection M_k (d, 2d) (V3 Eq. 21)."""
+    d = w.shape[1] // 2
+    return torch.cat([w[:, d:], w[:, :d]], dim=1)
 
 
-@register(cases=[(torch.tensor([[1.0, -8.0, 2.0, 0.5], [0.5, 0.25, -4.0, 1.0]]), 2),
-                 (torch.randn(3, 12, generator=_G), 4), (torch.randn(5, 8, generator=_G) * 100, 8),
-                 (torch.randn(2, 6, generator=_G), 3)],
-          hint="One scale per row per group of `tile` columns: the group's largest |value| divided by 448, the "
-               "largest E4M3 number (V3 §3.3.2). Reshape to (rows, cols // tile, tile) and take amax over the last "
-               "dimension.",
-          wrong=[lambda x, t: x.abs().amax(-1, keepdim=True).expand(-1, x.shape[1] // t) / 448,   # per row
-                 lambda x, t: x.abs().reshape(x.shape[0], -1, t).amax(-1) / 127,                  # int8's range
-                 lambda x, t: x.reshape(x.shape[0], -1, t).amax(-1) / 448])                      # forgot abs
-def fp8_tile_scales(x, tile):
-    """V3's activation scales: (rows, cols // tile) tensor of amax / 448 over 1 x tile groups."""
-    return x.abs().reshape(x.shape[0], -1, tile).amax(-1) / 448
-
-
-@register(cases=[("1F1B", 4, 1.0, 2.0, 1.0, 2.5), ("ZB1P", 4, 1.0, 2.0, 1.0, 2.5), ("DualPipe", 8, 1.0, 2.0, 1.0, 2.5),
-                 ("DualPipe", 16, 1.0, 2.2, 0.9, 2.7), ("ZB1P", 6, 2.0, 3.0, 0.5, 4.0), ("1F1B", 2, 0.5, 1.0, 0.5, 1.2)],
-          hint="V3 Table 2: 1F1B (PP-1)(F+B); ZB1P (PP-1)(F+B-2W); DualPipe (PP/2-1)(F&B+B-3W), F&B being the "
-               "overlapped forward+backward chunk.",
-          wrong=[lambda s, pp, F, B, W, FB: pp * (F + B),
-                 lambda s, pp, F, B, W, FB: (pp - 1) * (F + B - (2 * W if s != "1F1B" else 0)),
-                 lambda s, pp, F, B, W, FB: {"1F1B": (pp - 1) * (F + B), "ZB1P": (pp - 1) * (F + B - 2 * W),
-                                              "DualPipe": (pp / 2 - 1) * (F + B + B - 3 * W)}[s]])
-def pipeline_bubble(schedule, pp, F, B, W, FB):
-    """The bubble of a pipeline schedule per V3 Table 2."""
-    return {"1F1B": (pp - 1) * (F + B), "ZB1P": (pp - 1) * (F + B - 2 * W),
-            "DualPipe": (pp / 2 - 1) * (FB + B - 3 * W)}[schedule]
-
-
-@register(kind="value", hint="NVLink 160 GB/s against InfiniBand 50 GB/s (V3 §3.2.2): while a token crosses IB "
-                             "once, NVLink can forward it this many times inside the node.",
-          wrong=[50 / 160, 4.0, 8.0, 13.0])
-def v3_experts_per_node():
-    return 160 / 50
+@register(cases=[(0.8, 1.1, 0.3), (1.0, 1.0, 0.0), (0.0, 1.0, 0.2), (0.9, 1.2, 0.25), (0.5, 1.05, 0.5)],
+          hint="Per loop: one verify pass (cost c_verify plain steps) plus one MTP draft (cost c_draft) yield 1 + a "
+               "tokens; plain greedy yields 1 token per step of cost 1.",
+          wrong=[lambda a, cv, cd: 1 + a,                                 # ignores what the passes cost
+                 lambda a, cv, cd: (1 + a) / cv,                          # forgets the draft's cost
+                 lambda a, cv, cd: 2 * a / (cv + cd)])
+def speculative_speedup(acceptance, c_verify, c_draft):
+    """Expected tokens/s of greedy self-speculative decoding relative to plain greedy decoding."""
+    return (1 + acceptance) / (c_verify + c_draft)

@@ -1,4 +1,4 @@
-"""Figures and measurements of notebook 09 (nano-DeepSeek): the architecture, the recorded training runs,
+"""Figures and measurements of notebook 10 (nano-DeepSeek): the architecture, the recorded training runs,
 self-speculative decoding per corpus domain and sampling. The model and its export live in nano / nano_export."""
 from __future__ import annotations
 

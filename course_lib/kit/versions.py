@@ -1,7 +1,7 @@
 """Which optional library versions the course's comparisons need, and a one-line reason when one is missing.
 
 The `ref` extra in pyproject.toml pins ``transformers>=5.24``: the first release whose DeepseekV32 and DeepseekV4
-modules (and DeepseekV3's cached decoding) our reference tests and notebook 09's export were checked against. Colab
+modules (and DeepseekV3's cached decoding) our reference tests and notebook 10's export were checked against. Colab
 and other preinstalled stacks often carry an older one; the comparisons then skip with this reason instead of
 printing numbers that disagree.
 """

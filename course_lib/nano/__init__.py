@@ -1,4 +1,4 @@
-"""nano-DeepSeek: every part of DeepSeek-V3 in one small network (notebook 09, the capstone).
+"""nano-DeepSeek: every part of DeepSeek-V3 in one small network (notebook 10, the capstone).
 
 The configuration uses the field names of transformers' ``DeepseekV3Config`` (the names of DeepSeek-V3's own
 config.json), so a tiny model and the published 671B shape are the same kind of object:
@@ -127,7 +127,7 @@ class NanoConfig:
 TINY = NanoConfig(name="nano-tiny")
 
 # Deep: TINY's widths and experts with 8 layers (the first dense), trained the same way. It exists for the decoding
-# measurement of notebook 09 §5: a self-speculative draft runs ONE decoder layer (the MTP module) next to a main step
+# measurement of notebook 10 §5: a self-speculative draft runs ONE decoder layer (the MTP module) next to a main step
 # of num_hidden_layers layers, so its relative cost falls with depth (3 layers: ~0.45 of a step, 8: ~0.16; V3's one
 # MTP layer next to 61 is nearly free, V3 §5.4.3).
 DEEP = TINY.replace(name="nano-deep", num_hidden_layers=8)

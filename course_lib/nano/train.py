@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-chars", type=int, default=None, help="use only the start of each corpus part (quick runs)")
     p.add_argument("--export", action="store_true", help="also write OUT/hf for transformers (nano_export)")
     p.add_argument("--ep", type=int, default=1,
-                   help="expert-parallel ranks: run under `torchrun --nproc-per-node N` with --ep N (notebook 10)")
+                   help="expert-parallel ranks: run under `torchrun --nproc-per-node N` with --ep N (notebook 11)")
     p.add_argument("--timeout", type=float, default=60.0, help="with --ep: seconds a collective waits before failing")
     a = p.parse_args(argv)
     if a.ep < 1:

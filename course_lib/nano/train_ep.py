@@ -228,7 +228,7 @@ def shut_down(heart, info, holders=()) -> None:
 
 
 def demo_args(out, steps: int = 6) -> list:
-    """The arguments of notebook 10's short four-process run (its cell spells them out; its recorded copy in
+    """The arguments of notebook 11's short four-process run (its cell spells them out; its recorded copy in
     assets/scaleout/make_runs.py and the stress check tools/stress_ep.py use this list)."""
     return ["-m", "course_lib.nano.train_ep", "--ep", "4", "--steps", str(steps), "--out", str(out),
             "--batch-size", "16", "--seq-len", "64", "--max-chars", "50000", "--eval-every", str(steps),

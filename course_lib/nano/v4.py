@@ -1,4 +1,4 @@
-"""nano-V4: the capstone's nano-DeepSeek rebuilt with DeepSeek-V4's residual and attention (notebook 09, last row).
+"""nano-V4: the capstone's nano-DeepSeek rebuilt with DeepSeek-V4's residual and attention (notebook 10, last row).
 
 DeepSeek-V4 technical report ("DeepSeek-V4: Towards Highly Efficient Million-Token Context Intelligence", 2026)
 changes two things around V3's MoE that this model puts together at the capstone's scale:

@@ -45,7 +45,7 @@ def test_figures_draw():
 
 
 def test_shipped_deep_model_decodes_exactly_as_greedy():
-    """The 8-layer model notebook 09 §5 claims its speed-up on: self-speculative decoding returns greedy's tokens,
+    """The 8-layer model notebook 10 §5 claims its speed-up on: self-speculative decoding returns greedy's tokens,
     in float64 (the exactness claim) and in float32 (how the notebook times it), on a prompt of every domain; its
     drafts are mostly accepted (a trained MTP module; an untrained one agrees with the main model by chance only)."""
     import copy

@@ -60,7 +60,7 @@ def test_mtp_checkpoint_holds_every_key_but_the_shared_embedding_and_head():
 
 @pytest.mark.parametrize("name,layers", [("nano_tiny", 3), ("nano_deep", 8)])
 def test_nano_checkpoints_load_strictly_and_round_trip(name, layers):
-    """notebook 09's trained nano-DeepSeeks (transformers' layout): from_transformers raises on a missing, unexpected
+    """notebook 10's trained nano-DeepSeeks (transformers' layout): from_transformers raises on a missing, unexpected
     or mis-shaped tensor; every tensor of the file comes back bit for bit when the model is written again."""
     pytest.importorskip("safetensors")
     from safetensors.torch import load_file

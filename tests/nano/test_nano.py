@@ -43,7 +43,7 @@ def test_param_table_counts_the_built_model():
 
 
 def test_deep_preset_is_tiny_with_more_layers():
-    """nano-deep (notebook 09 §5's decoding model): TINY's widths, experts and MTP module, 8 layers, the first dense;
+    """nano-deep (notebook 10 §5's decoding model): TINY's widths, experts and MTP module, 8 layers, the first dense;
     its parameter table grows by exactly five MoE layers."""
     deep, tiny = nano.get_preset("deep"), nano.TINY
     assert deep is nano.DEEP and deep.name == "nano-deep"
