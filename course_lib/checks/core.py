@@ -2,7 +2,10 @@
 
 An exercise is a reference solution plus hidden cases. `checks.<name>(answer)` runs the learner's function (or compares
 the learner's value) on every case against the reference and prints a friendly verdict: the first failing case with
-input, expected, got and a hint. A wrong answer never raises; the learner's own exception is reported in one line.
+input, expected and got. A wrong answer never raises; the learner's own exception is reported in one line.
+
+Hints come on request, in tiers, and only after a first attempt: a failed check says how to ask, and
+`checks.<name>.hint()` prints the next tier each time it is called (a nudge, then the formula, then code).
 
 The verdict starts with a plain-text mark, PASS_MARK or FAIL_MARK: emoji such as U+2705 show as empty boxes in a
 browser without an emoji font (Chromium on a plain Debian machine has only DejaVu / Liberation). `unsafe_chars`
@@ -115,9 +118,21 @@ class Exercise:
     reference: Callable
     kind: str = "function"                      # "function": the learner passes a function; "value": a value
     cases: list = field(default_factory=list)   # argument tuples (function exercises)
-    hint: str = ""
+    hints: tuple = ()                           # tiers, printed one per .hint() call: a nudge, the formula, code
     wrong: list = field(default_factory=list)   # plausible wrong answers; a test proves each one fails
     compare: Callable = close
+    shown: int = 0                              # hint tiers printed so far
+    module: str = "checks"                      # how a notebook reaches it: checks.<name>
+
+    def hint(self) -> None:
+        """Print the next hint tier (a nudge, then the formula, then code); after the last, print it again."""
+        if not self.hints:
+            print(f"{self.name}: no hint for this one: reread the cell above the exercise.")
+            return
+        i = min(self.shown, len(self.hints) - 1)
+        self.shown = i + 1
+        more = " (call .hint() again for the next one)" if i + 1 < len(self.hints) else ""
+        print(f"Hint {i + 1} of {len(self.hints)} for {self.name}{more}:\n   {self.hints[i]}")
 
     def check(self, answer: Any, quiet: bool = False) -> CheckResult:
         result = self._run(answer)
@@ -127,13 +142,15 @@ class Exercise:
 
     __call__ = check
 
-    def _fail(self, text: str) -> CheckResult:
-        hint = f"\n   Hint: {self.hint}" if self.hint else ""
-        return CheckResult(self.name, False, f"{FAIL_MARK} {self.name}: {text}{hint}")
+    def _fail(self, text: str, attempted: bool = True) -> CheckResult:
+        ask = (f"\n   Stuck? {self.module}.{self.name}.hint() prints a hint" + (f" ({len(self.hints)} in all, one per call)." if len(self.hints) > 1 else ".")"
+               if attempted and self.hints else "")
+        return CheckResult(self.name, False, f"{FAIL_MARK} {self.name}: {text}{ask}")
 
     def _run(self, answer: Any) -> CheckResult:
         if answer is None or answer is Ellipsis:
-            return self._fail("no answer yet — replace the ... / None with your answer and run the cell again.")
+            return self._fail("no answer yet — replace the ... / None with your answer and run the cell again.",
+                              attempted=False)
         if self.kind == "value":
             expected = self.reference()
             if callable(answer) and not callable(expected):
@@ -161,9 +178,11 @@ class Exercise:
         return CheckResult(self.name, True, f"{PASS_MARK} {self.name}: all {len(self.cases)} cases pass!")
 
 
-def register(kind: str = "function", cases=None, hint: str = "", wrong=None, compare: Callable | None = None,
-             name: str | None = None):
-    """Decorator: the decorated function is the reference solution of a new exercise named after it."""
+def register(kind: str = "function", cases=None, hint: str | tuple | list = "", wrong=None,
+             compare: Callable | None = None, name: str | None = None):
+    """Decorator: the decorated function is the reference solution of a new exercise named after it.
+
+    hint: one hint, or a sequence of tiers given one per `.hint()` call (a nudge, then the formula, then code)."""
     if kind not in ("function", "value"):
         raise ValueError(f"kind must be 'function' or 'value', got {kind!r}")
 
@@ -173,7 +192,9 @@ def register(kind: str = "function", cases=None, hint: str = "", wrong=None, com
             raise ValueError(f"exercise {ex_name!r} is registered twice")
         if kind == "function" and not cases:
             raise ValueError(f"exercise {ex_name!r}: a function exercise needs cases")
-        ex = Exercise(ex_name, reference, kind, list(cases or []), hint, list(wrong or []), compare or close)
+        hints = (hint,) if isinstance(hint, str) else tuple(hint)
+        ex = Exercise(ex_name, reference, kind, list(cases or []), tuple(h for h in hints if h), list(wrong or []),
+                      compare or close)
         REGISTRY[ex_name] = ex
         return ex
 

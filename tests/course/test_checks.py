@@ -27,11 +27,49 @@ def test_welcome_exercises_are_registered():
     assert {"v3_active_fraction", "softmax_last_dim"} <= set(EXERCISES)
 
 
-def test_wrong_answer_prints_case_expected_got_and_hint(capsys):
-    result = checks.softmax_last_dim(lambda x: torch.sigmoid(x))
+def test_wrong_answer_prints_case_expected_got_and_how_to_ask_for_a_hint(capsys):
+    ex = checks.softmax_last_dim
+    result = ex(lambda x: torch.sigmoid(x))
     out = capsys.readouterr().out
     assert not result
-    assert "case 1 of" in out and "expected:" in out and "got:" in out and "Hint:" in out
+    assert "case 1 of" in out and "expected:" in out and "got:" in out
+    assert f"{ex.module}.softmax_last_dim.hint()" in out
+    assert not any(h in out for h in ex.hints), "a hint was printed before the learner asked for it"
+
+
+def test_no_hint_before_a_first_attempt(capsys):
+    ex = checks.softmax_last_dim
+    ex(...)
+    out = capsys.readouterr().out
+    assert "no answer yet" in out and ".hint()" not in out and not any(h in out for h in ex.hints)
+
+
+def test_hints_come_one_tier_per_call():
+    ex = register(cases=[(1,)], hint=("nudge text", "formula text", "code text"), name="_tiers_demo",
+                  wrong=[lambda x: 0])(lambda x: x)
+    try:
+        import io
+        from contextlib import redirect_stdout
+        outs = []
+        for _ in range(4):
+            buf = io.StringIO()
+            with redirect_stdout(buf):
+                ex.hint()
+            outs.append(buf.getvalue())
+        assert "nudge text" in outs[0] and "formula text" not in outs[0] and "Hint 1 of 3" in outs[0]
+        assert "formula text" in outs[1] and "code text" not in outs[1]
+        assert "code text" in outs[2] and "again" not in outs[2]
+        assert "code text" in outs[3]                      # after the last tier, the last one again
+    finally:
+        from course_lib.checks.core import REGISTRY
+        REGISTRY.pop("_tiers_demo", None)
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_every_exercise_has_a_hint_reachable_from_its_notebook(name):
+    ex = EXERCISES[name]
+    assert ex.hints, f"{name} has no hint"
+    assert ex.module.startswith("checks"), ex.module
 
 
 def test_learner_exception_is_reported_not_raised(capsys):
