@@ -143,8 +143,8 @@ class Exercise:
     __call__ = check
 
     def _fail(self, text: str, attempted: bool = True) -> CheckResult:
-        ask = (f"\n   Stuck? {self.module}.{self.name}.hint() prints a hint" + (f" ({len(self.hints)} in all, one per call)." if len(self.hints) > 1 else ".")"
-               if attempted and self.hints else "")
+        tiers = f" ({len(self.hints)} in all, one per call)" if len(self.hints) > 1 else ""
+        ask = f"\n   Stuck? {self.module}.{self.name}.hint() prints a hint{tiers}." if attempted and self.hints else ""
         return CheckResult(self.name, False, f"{FAIL_MARK} {self.name}: {text}{ask}")
 
     def _run(self, answer: Any) -> CheckResult:
