@@ -118,41 +118,6 @@ def topk_mask(indices: torch.Tensor, S: int) -> torch.Tensor:
     return mask.scatter(-1, indices, True)
 
 
-# --------------------------------------------------------------------------------------------- cache
-class GrowingCache(dict):
-    """A cache dict (same keys and shapes as the plain one) that appends in place, for inference.
-
-    Each entry is a view of the first S rows of a buffer with spare room (its capacity doubles when full), so a
-    decode step writes one row instead of copying the whole cache as torch.cat does; what an inference engine's
-    paged cache achieves. Not for training (the buffers are written in place)."""
-
-    def __init__(self):
-        super().__init__()
-        self._buffers = {}
-
-    def append(self, key: str, new: torch.Tensor) -> torch.Tensor:
-        n = self[key].shape[1] if key in self else 0
-        buf = self._buffers.get(key)
-        if buf is None or n + new.shape[1] > buf.shape[1]:
-            grown = new.new_empty(new.shape[0], max(256, 2 * (n + new.shape[1])), *new.shape[2:])
-            if n:
-                grown[:, :n] = self[key]
-            self._buffers[key] = buf = grown
-        buf[:, n:n + new.shape[1]] = new
-        self[key] = buf[:, :n + new.shape[1]]
-        return self[key]
-
-    def truncate(self, length: int) -> None:
-        """Forget everything after the first `length` tokens (the buffers keep their room)."""
-        for key in list(self):
-            self[key] = self._buffers[key][:, :length]
-
-    def bytes_per_token(self) -> float:
-        """Bytes of the live (viewed) part per token and sequence; spare room not counted."""
-        t = next(iter(self.values()))
-        return sum(v.numel() * v.element_size() for v in self.values()) / (t.shape[0] * t.shape[1])
-
-
 # --------------------------------------------------------------------------------------------- DSA
 class DSA(MLA):
     """MLA whose queries attend only to the index_topk tokens the lightning indexer ranks highest (V3.2 §2.1).
@@ -184,6 +149,13 @@ class DSA(MLA):
         """(d_c + d^R_h) for the attention plus d^I for the indexer's key."""
         return self.kv_lora_rank + self.qk_rope_head_dim + self.indexer.head_dim
 
+    @staticmethod
+    def cache_append(cache: dict, name: str, new: torch.Tensor) -> torch.Tensor:
+        """Append the new tokens' entry (B, T, ...) to cache[name] along the token axis; returns all S tokens'.
+        (An inference engine writes into preallocated room instead of copying: bench/sparse.py's InPlaceCacheDSA.)"""
+        cache[name] = torch.cat([cache[name], new], dim=1) if name in cache else new
+        return cache[name]
+
     def forward(self, x, start_pos: int = 0, cache: dict | None = None, path: str | None = None,
                 return_indices: bool = False):
         path = self.check_and_choose_path(x, start_pos, path)
@@ -196,20 +168,12 @@ class DSA(MLA):
         c_q, q_nope, q_rope, c_kv, k_rope = self.project(x, start_pos)
         S = start_pos + T
         everything = self.index_topk >= S            # nothing to drop: skip the scoring, attend densely
-        if isinstance(cache, GrowingCache):
-            c_kv, k_rope = cache.append("c_kv", c_kv), cache.append("k_rope", k_rope)
-            k_new = self.indexer.keys(x, start_pos)
-            k_index = cache.append("k_index", k_new)
-            index_scores = None if everything else self.indexer.forward_scores(x, c_q, start_pos, k_index)
-        else:
-            cached = cache is not None and "c_kv" in cache
-            if cached:
-                c_kv = torch.cat([cache["c_kv"], c_kv], dim=1)
-                k_rope = torch.cat([cache["k_rope"], k_rope], dim=1)
-            # Eq. 1 over all S tokens, then Eq. 2's top-k per query.
-            index_scores, k_index = self.indexer(x, c_q, start_pos, cache["k_index"] if cached else None)
-            if cache is not None:
-                cache["c_kv"], cache["k_rope"], cache["k_index"] = c_kv, k_rope, k_index
+        k_index = self.indexer.keys(x, start_pos)                                  # k^I of the new tokens
+        if cache is not None:
+            c_kv, k_rope, k_index = (self.cache_append(cache, name, new) for name, new in
+                                     (("c_kv", c_kv), ("k_rope", k_rope), ("k_index", k_index)))
+        # Eq. 1 over all S tokens, then Eq. 2's top-k per query.
+        index_scores = None if everything else self.indexer.forward_scores(x, c_q, start_pos, k_index)
         causal = causal_mask(T, S, x.device)
         idx = (torch.arange(S, device=x.device).expand(B, T, S) if everything
                else select_topk(index_scores, self.index_topk))                     # (B, T, k)

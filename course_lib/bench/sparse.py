@@ -8,7 +8,7 @@ V4-Flash's (head 512, RoPE 64, q_lora 1024, window 128, m = 4, m' = 128), with a
 real models' ratio of indexer to attention work: n_heads / 2 indexer heads of 128 (V3.2: 64 of 128 for 128 heads).
 One decode step = one new token after `context` cached tokens; the caches are random tensors of the right shapes.
 Dense MLA is the same DSA module with k >= context (it then skips the indexer and runs MLA's absorbed path), so
-both use the same weights and the same in-place cache (dsa.GrowingCache): the timing is the attention, not a copy.
+both use the same weights and the same in-place cache (GrowingCache below): the timing is the attention, not a copy.
 The V4 step shown is a typical one (no window completes; one in m steps also pools m tokens, O(m) work).
 All variants are timed interleaved, round by round (bench.core.compare), on one thread by default.
 """
@@ -23,9 +23,53 @@ from pathlib import Path
 import torch
 
 from course_lib.kit.device import get_device
-from course_lib.dsa import DSA, GrowingCache
+from course_lib.dsa import DSA
 from course_lib.v4_attention import V4Attention, V4Cache
 from course_lib.bench.core import compare, parse_contexts, print_table
+
+class GrowingCache(dict):
+    """A cache dict (same keys and shapes as the plain one) that appends in place, for inference.
+
+    Each entry is a view of the first S rows of a buffer with spare room (its capacity doubles when full), so a
+    decode step writes one row instead of copying the whole cache as torch.cat does; what an inference engine's
+    paged cache achieves. Not for training (the buffers are written in place)."""
+
+    def __init__(self):
+        super().__init__()
+        self._buffers = {}
+
+    def append(self, key: str, new: torch.Tensor) -> torch.Tensor:
+        n = self[key].shape[1] if key in self else 0
+        buf = self._buffers.get(key)
+        if buf is None or n + new.shape[1] > buf.shape[1]:
+            grown = new.new_empty(new.shape[0], max(256, 2 * (n + new.shape[1])), *new.shape[2:])
+            if n:
+                grown[:, :n] = self[key]
+            self._buffers[key] = buf = grown
+        buf[:, n:n + new.shape[1]] = new
+        self[key] = buf[:, :n + new.shape[1]]
+        return self[key]
+
+    def truncate(self, length: int) -> None:
+        """Forget everything after the first `length` tokens (the buffers keep their room)."""
+        for key in list(self):
+            self[key] = self._buffers[key][:, :length]
+
+    def bytes_per_token(self) -> float:
+        """Bytes of the live (viewed) part per token and sequence; spare room not counted."""
+        t = next(iter(self.values()))
+        return sum(v.numel() * v.element_size() for v in self.values()) / (t.shape[0] * t.shape[1])
+
+
+class InPlaceCacheDSA(DSA):
+    """course_lib.dsa.DSA whose decode cache is a GrowingCache (appended in place instead of by torch.cat)."""
+
+    @staticmethod
+    def cache_append(cache: GrowingCache, name: str, new: torch.Tensor) -> torch.Tensor:
+        if not isinstance(cache, GrowingCache):
+            raise TypeError(f"cache must be a GrowingCache, got {type(cache).__name__}")
+        return cache.append(name, new)
+
 
 V32_DIMS = dict(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, q_lora_rank=1536)
 V4_DIMS = dict(head_dim=512, rope_dim=64, q_lora_rank=1024, o_lora_rank=1024, window=128)
@@ -33,7 +77,7 @@ V4_DIMS = dict(head_dim=512, rope_dim=64, q_lora_rank=1024, o_lora_rank=1024, wi
 
 def build(d_model: int, n_heads: int, dsa_topk: int, csa_topk: int, device, dtype=torch.float32):
     torch.manual_seed(0)
-    dsa = DSA(d_model, n_heads, index_topk=dsa_topk, index_n_heads=max(1, n_heads // 2), index_head_dim=128,
+    dsa = InPlaceCacheDSA(d_model, n_heads, index_topk=dsa_topk, index_n_heads=max(1, n_heads // 2), index_head_dim=128,
               **V32_DIMS).to(device, dtype).eval()
     common = dict(o_groups=2 if n_heads % 2 == 0 else 1, index_n_heads=max(1, n_heads // 2), index_head_dim=128,
                   **V4_DIMS)
