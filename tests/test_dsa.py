@@ -229,13 +229,15 @@ def test_plot_sparse_curves_draws_both_panels():
 
 @pytest.mark.parametrize("topk", [3, 100])
 def test_growing_cache_gives_the_same_outputs_as_the_plain_cache(topk):
-    from course_lib.dsa import GrowingCache
+    from course_lib.bench.sparse import GrowingCache, InPlaceCacheDSA
     dsa, _ = dsa_and_mla(topk=topk)
+    in_place = InPlaceCacheDSA(D, H, index_topk=topk, q_lora_rank=12).double().eval()
+    in_place.load_state_dict(dsa.state_dict())
     x = torch.randn(2, 9, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     plain, grow = {}, GrowingCache()
     with torch.no_grad():
         a = [dsa(x[:, :5], 0, plain)] + [dsa(x[:, t:t + 1], t, plain) for t in range(5, 9)]
-        b = [dsa(x[:, :5], 0, grow)] + [dsa(x[:, t:t + 1], t, grow) for t in range(5, 9)]
+        b = [in_place(x[:, :5], 0, grow)] + [in_place(x[:, t:t + 1], t, grow) for t in range(5, 9)]
     assert torch.allclose(torch.cat(a, 1), torch.cat(b, 1), atol=1e-12)
     assert all(torch.equal(plain[k], grow[k]) for k in plain)
     assert grow.bytes_per_token() == dsa.cache_elements_per_token() * 8
