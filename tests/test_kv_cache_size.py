@@ -1,4 +1,5 @@
-"""KV-cache calculator: formulas checked against the caches the course's attention modules actually fill."""
+"""KV-cache calculator: formulas checked against the caches the course's attention modules actually fill; the
+sparse-attention calculator (V3.2 DSA, V4 CSA/HCA) against hand counts and the published figures."""
 import matplotlib
 import pytest
 import torch
@@ -8,6 +9,7 @@ matplotlib.use("Agg")
 from course_lib import kv_cache_size  # noqa: E402
 from course_lib.mla import GQA, MHA, MLA, MQA  # noqa: E402
 from course_lib.kv_cache_size import AttentionShape  # noqa: E402
+from course_lib.configs_v4 import DEEPSEEK_V32, DSAModel, V4Model  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -122,3 +124,60 @@ def test_benchmark_command_line_prints_and_records(tmp_path, capsys):
     assert "naive/absorbed" in printed and "(512 + 64) * 4 = 2304 bytes" in printed
     rows = json.loads(out.read_text())["rows"]
     assert [r["context"] for r in rows] == [4, 8]
+
+
+# --------------------------------------------------------------------------------------------- sparse attention (V3.2, V4)
+def test_sparse_cache_and_flops_by_hand():
+    tiny = DSAModel("t", n_layers=2, n_heads=4, kv_lora_rank=8, rope_dim=2, index_n_heads=3, index_head_dim=5,
+                    index_topk=10, activated_params=1.0)
+    # bf16: per token per layer (8 + 2 + 5) * 2 = 30 bytes; 100 tokens, 2 layers -> 6000.
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100) == 6000
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100, dense=True) == 100 * 10 * 2 * 2
+    # fp8: (8 * 1 + 2 * 2 + 5 * 1) = 17 bytes.
+    assert kv_cache_size.sparse_cache_bytes(tiny, 100, "fp8") == 17 * 100 * 2
+    # FLOPs: indexer 2 * 3 * 100 * 6 = 3600; attention 2 * 4 * 10 * (16 + 2) = 1440; x 2 layers.
+    assert kv_cache_size.sparse_attention_flops(tiny, 100) == 2 * (3600 + 1440)
+    assert kv_cache_size.sparse_attention_flops(tiny, 100, dense=True) == 2 * 2 * 4 * 100 * 18
+    v4 = V4Model("v", (0, 4, 16), n_heads=2, head_dim=8, rope_dim=2, window=3, csa_rate=4, hca_rate=16,
+                 index_n_heads=1, index_head_dim=4, index_topk=5, activated_params=1.0)
+    # bf16 entry 8 * 2 = 16 B. Layer 0: window 3 x 16 = 48. Layer 1: 48 + 100 // 4 = 25 x (16 + 8) = 648.
+    # Layer 2: 48 + 100 // 16 = 6 x 16 = 144.
+    assert kv_cache_size.sparse_cache_bytes(v4, 100) == 48 + 648 + 144
+    # FLOPs: window per layer 2 * 2 * 3 * 16 = 192; CSA: indexer 2 * 1 * 25 * 5 = 250 + 2 * 2 * 5 * 16 = 320;
+    # HCA: 2 * 2 * 6 * 16 = 384.
+    assert kv_cache_size.sparse_attention_flops(v4, 100) == 3 * 192 + 250 + 320 + 384
+    assert kv_cache_size.sparse_token_flops(v4, 100) == 2e9 + 3 * 192 + 250 + 320 + 384
+
+
+def test_v32_fp8_cache_matches_flashmla_format():
+    # FlashMLA's V3.2 FP8 cache: 656 bytes per token and layer = 512 FP8 + 16 B scales + 64 BF16; we leave the
+    # scales out and add the indexer key (128 FP8).
+    assert kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 1, "fp8", dense=True) / 61 == 656 - 16
+
+
+def test_v4_headline_within_a_few_points_of_the_report():
+    # V4 report: at 1M tokens V4-Pro ~27% of V3.2's single-token FLOPs and ~10% of its KV cache; Flash ~10% / 7%.
+    r = kv_cache_size.v4_vs_v32(2 ** 20)
+    assert abs(r["DeepSeek-V4-Pro"]["flops"] - 0.27) < 0.03 and abs(r["DeepSeek-V4-Pro"]["cache"] - 0.10) < 0.03
+    assert abs(r["DeepSeek-V4-Flash"]["flops"] - 0.10) < 0.03 and abs(r["DeepSeek-V4-Flash"]["cache"] - 0.07) < 0.03
+
+
+def test_sparse_calculator_rejects_bad_input():
+    with pytest.raises(ValueError, match="context"):
+        kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 0)
+    with pytest.raises(ValueError, match="storage"):
+        kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, 10, "fp4")
+    with pytest.raises(ValueError, match="models"):
+        kv_cache_size.plot_sparse_curves(("GPT-5",))
+
+
+def test_plot_sparse_curves_draws_both_panels():
+    fig = kv_cache_size.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=2 ** 17)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 * 2 + 1  # 3 curves + 3 markers + the context line
+    matplotlib.pyplot.close(fig)
+
+
+def test_plot_sparse_curves_accepts_a_named_model_set():
+    fig = kv_cache_size.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
+    assert len(fig.axes[1].lines) == 2 * 2 + 1
+    matplotlib.pyplot.close(fig)

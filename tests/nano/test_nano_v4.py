@@ -134,3 +134,14 @@ def test_config_round_trips_through_a_dict():
     d = nano_v4.TINY_V4.to_dict()
     assert d["layer_types"] == ["sliding", "csa", "hca"]
     assert nano_v4.NanoV4Config(**d) == nano_v4.TINY_V4
+
+
+def test_nano_v4_adds_the_index_loss_to_aux_loss_in_training():
+    torch.manual_seed(0)
+    model = nano_v4.build_model(nano_v4.TINY_V4)
+    x = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    out = model(x, x)
+    kl = sum(b.attn.index_loss for b in model.blocks if b.attn.index_loss is not None)
+    moe = sum(b.ffn.aux_loss for b in model.blocks if getattr(b.ffn, "aux_loss", None) is not None)
+    assert kl.item() > 0
+    torch.testing.assert_close(out.aux_loss, moe + kl)
