@@ -30,7 +30,6 @@ class RoutedExperts(nn.Module):
     def __init__(self, n_experts: int, d_model: int, hidden: int):
         super().__init__()
         self.n_experts, self.hidden = n_experts, hidden
-        self.use_grouped_mm = True        # False forces the per-expert loop (to compare the two)
         self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))
         self.down = nn.Parameter(torch.empty(n_experts, d_model, hidden))
         for e in range(n_experts):
@@ -53,7 +52,10 @@ class RoutedExperts(nn.Module):
             offs = counts.cumsum(0).to(torch.int32)
             gate, up = F.grouped_mm(x_sorted, self.gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)
             return F.grouped_mm(swiglu(gate, up), self.down.transpose(1, 2), offs=offs)
-        # portable path (any dtype, device and autograd): one matmul pair per expert that has tokens
+        return self.per_expert(x_sorted, counts)
+
+    def per_expert(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """forward's portable path (any dtype, device and autograd): one matmul pair per expert that has tokens."""
         outs = []
         chunks = x_sorted.split(counts.tolist())
         # unbind once: its backward writes all experts' gradients into the stacked tensor in one go
@@ -84,7 +86,7 @@ class RoutedExperts(nn.Module):
         """Use F.grouped_mm where this PyTorch has a kernel for the case: inference (PyTorch 2.13 has no CPU
         backward), CPU (its CUDA kernels want bfloat16 on recent GPUs), float32/bfloat16/float16 and rows
         whose byte length is a multiple of 16 (the kernel's alignment rule). Everything else takes the loop."""
-        if not self.use_grouped_mm or not hasattr(F, "grouped_mm"):
+        if not hasattr(F, "grouped_mm"):
             return False
         if x.device.type != "cpu" or x.dtype not in _GROUPED_MM_DTYPES:
             return False

@@ -16,11 +16,13 @@ rows are skipped.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
 
 from course_lib.kit.device import get_device
+from course_lib.experts import RoutedExperts
 from course_lib.layers import swiglu
 from course_lib.moe import MoE
 from course_lib.bench.core import compare, print_table
@@ -84,12 +86,11 @@ def activated_only_fn(ours: MoE, x: torch.Tensor, grouped: bool):
     x_sorted = flat[order // idx.shape[1]]
     experts, shared = ours.experts, ours.shared_experts
 
+    run_experts = experts if grouped else experts.per_expert
+
     def run():
-        experts.use_grouped_mm = grouped
         F.linear(flat.float(), ours.gate.weight.float()).sigmoid()
-        out = experts(x_sorted, counts), (shared(flat) if shared is not None else None)
-        experts.use_grouped_mm = True
-        return out
+        return run_experts(x_sorted, counts), (shared(flat) if shared is not None else None)
     return run
 
 
@@ -108,14 +109,21 @@ def one_matrix_fn(ours: MoE, x: torch.Tensor):
     return run
 
 
+class PerExpertExperts(RoutedExperts):
+    """course_lib.experts.RoutedExperts without the grouped GEMM: always one matmul pair per expert."""
+
+    def _grouped_mm_ok(self, x: torch.Tensor) -> bool:
+        return False
+
+
 def per_expert_fn(ours: MoE, x: torch.Tensor):
-    """course_lib's sparse dispatch with the grouped GEMM switched off (one matmul pair per expert)."""
-    def run():
-        ours.experts.use_grouped_mm = False
-        out = ours(x)
-        ours.experts.use_grouped_mm = True
-        return out
-    return run
+    """course_lib's sparse dispatch with the grouped GEMM switched off (one matmul pair per expert), on a copy of
+    `ours` whose experts are PerExpertExperts with the same weights."""
+    looped = copy.deepcopy(ours)
+    e = ours.experts
+    looped.experts = PerExpertExperts(e.n_experts, e.gate_up.shape[-1], e.hidden).to(e.gate_up)
+    looped.experts.load_state_dict(e.state_dict())
+    return lambda: looped(x)
 
 
 def main(argv=None) -> int:
