@@ -36,14 +36,14 @@ from course_lib.nano.train_parts import (CHECKPOINT, activated_params, batch_fn,
 # --------------------------------------------------------------------------------------------- the run
 def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_len: int = 64, lr: float = 3e-3,
           warmup: int = 10, seed: int = 0, eval_every: int = 25, eval_batches: int = 4, out=None,
-          ckpt_every: int = 50, resume: bool = False, stop_at: int | None = None, progress: bool = True,
+          ckpt_every: int = 50, resume: bool = False, stop_after: int | None = None, progress: bool = True,
           desc: str = "nano-DeepSeek", model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Train `cfg` for `steps` steps; returns (model, history).
 
     history: "step", "loss", "main_loss" (and "mtp_loss") per step; "val_step", "val_loss", "val_flops" at each
     evaluation (every `eval_every` steps and at the end); "flops_per_token" and "tokens_per_step".
     out: folder for checkpoint.pt (every `ckpt_every` steps and at the end) and history.json.
-    resume: continue from out/checkpoint.pt. stop_at: end after this step as if interrupted (for tests/demos).
+    resume: continue from out/checkpoint.pt. stop_after: end after this step as if interrupted (for tests/demos).
     """
     from course_lib.toys.corpus import Corpus
 
@@ -77,7 +77,7 @@ def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_le
     get_val = batch_fn(corpus, "val", batch_size, seq_len, seed + 1)
     flops = train_flops_per_token(model, seq_len)
     history["flops_per_token"], history["tokens_per_step"] = flops, batch_size * seq_len
-    end = steps if stop_at is None else min(steps, stop_at)
+    end = steps if stop_after is None else min(steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress, leave=False, mininterval=1.0)
     for step in bar:
         x, y = get_train(step)

@@ -22,7 +22,7 @@ def corpus():
 
 def test_resume_continues_the_same_curve(corpus, tmp_path):
     _, full = train_v3.train(CFG, 6, corpus=corpus, **KW)
-    train_v3.train(CFG, 6, corpus=corpus, out=tmp_path, stop_at=3, **KW)            # "interrupted" after step 3
+    train_v3.train(CFG, 6, corpus=corpus, out=tmp_path, stop_after=3, **KW)            # "interrupted" after step 3
     assert train_v3.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     model, resumed = train_v3.train(CFG, 6, corpus=corpus, out=tmp_path, resume=True, **KW)
     assert resumed["step"] == [1, 2, 3, 4, 5, 6]
@@ -35,7 +35,7 @@ def test_resume_continues_the_same_curve(corpus, tmp_path):
 def test_resume_without_the_optimizer_state_would_differ(corpus, tmp_path):
     """The test above can fail: dropping AdamW's moments at the restart changes the curve."""
     _, full = train_v3.train(CFG, 6, corpus=corpus, **KW)
-    train_v3.train(CFG, 6, corpus=corpus, out=tmp_path, stop_at=3, **KW)
+    train_v3.train(CFG, 6, corpus=corpus, out=tmp_path, stop_after=3, **KW)
     state = train_v3.load_checkpoint(tmp_path / "checkpoint.pt")
     state["opt"]["state"] = {}
     torch.save(state, tmp_path / "checkpoint.pt")
@@ -44,7 +44,7 @@ def test_resume_without_the_optimizer_state_would_differ(corpus, tmp_path):
 
 
 def test_resume_refuses_other_settings(corpus, tmp_path):
-    train_v3.train(CFG, 4, corpus=corpus, out=tmp_path, stop_at=2, **KW)
+    train_v3.train(CFG, 4, corpus=corpus, out=tmp_path, stop_after=2, **KW)
     with pytest.raises(ValueError, match="resume"):
         train_v3.train(CFG, 4, corpus=corpus, out=tmp_path, resume=True, **{**KW, "seq_len": 8})
 
