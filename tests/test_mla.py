@@ -1,11 +1,13 @@
-"""MHA/GQA/MQA baselines and MLA: caches, causality, naive == absorbed, validation."""
+"""course_lib.mla: Multi-head Latent Attention: caches, causality, naive == absorbed, validation.
+
+(The MHA/GQA/MQA baselines it is compared with live in course_lib.layers: tests/test_layers.py.)
+"""
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from course_lib.mla import GQA, MHA, MLA, MQA
+from course_lib.mla import MLA
 
 torch.set_num_threads(2)
 
@@ -172,62 +174,6 @@ def test_mla_plugs_into_the_course_model():
     assert cache[0]["c_kv"].shape == (2, 10, 16)
 
 
-# ---------------------------------------------------------------------------------------------- baselines
-def reference_gqa(m: GQA, x):
-    """Independent GQA: copy each kv head to its query heads and use torch's SDPA."""
-    from course_lib.rope import apply_rope, rope_cos_sin
-    B, T, _ = x.shape
-    H, G, hd = m.n_heads, m.n_kv_heads, m.head_dim
-    q, k, v = m.qkv(x).split([H * hd, G * hd, G * hd], dim=-1)
-    q, k, v = (t.view(B, T, -1, hd).transpose(1, 2) for t in (q, k, v))
-    cos, sin = rope_cos_sin(torch.arange(T), hd, dtype=x.dtype)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return m.out(y.transpose(1, 2).reshape(B, T, -1))
-
-
-@pytest.mark.parametrize("cls,kw,groups", [(MHA, {}, 4), (GQA, {"n_kv_heads": 2}, 2), (MQA, {}, 1)])
-def test_baselines_match_reference_and_cache(cls, kw, groups):
-    torch.manual_seed(0)
-    m = cls(32, 4, **kw).double()
-    x = rand(2, 9, 32, seed=12)
-    with torch.no_grad():
-        full = m(x)
-        assert (full - reference_gqa(m, x)).abs().max() < 1e-10
-        stepped, cache = decode_stepwise(m, x, 3)
-    assert (stepped - full).abs().max() < 1e-10
-    assert cache["k"].shape == (2, groups, 9, 8)
-    assert m.cache_elements_per_token() == 2 * groups * 8
-
-
-@pytest.mark.parametrize("cls,kw", [(MHA, {}), (GQA, {"n_kv_heads": 2}), (MQA, {})])
-def test_fused_float32_path_matches_written_out_float64(cls, kw):
-    """float32 runs torch's fused SDPA, float64 the written-out softmax: same weights -> same outputs (to float32
-    rounding), for a full causal pass and for cached decoding."""
-    torch.manual_seed(0)
-    m64 = cls(32, 4, **kw).double()
-    m32 = cls(32, 4, **kw)
-    m32.load_state_dict(m64.state_dict())
-    x = rand(2, 9, 32, seed=14)
-    with torch.no_grad():
-        full64, full32 = m64(x), m32(x.float())
-        stepped32, _ = decode_stepwise(m32, x.float(), 4)
-    assert full64.abs().mean() > 1e-3
-    assert (full32.double() - full64).abs().max() < 1e-5
-    assert (stepped32.double() - full64).abs().max() < 1e-5
-
-
-def test_tiny_lm_uses_the_shared_mha():
-    """One MHA in the course: TinyLM's attention is course_lib.layers.MHA (no second copy in model.py)."""
-    from course_lib import layers
-    from course_lib.model import ModelConfig, TinyLM
-    m = TinyLM(ModelConfig(vocab_size=11, d_model=32, n_heads=4, n_layers=2, max_seq_len=16))
-    assert all(type(b.attn) is layers.MHA for b in m.blocks)
-    with pytest.raises(ValueError, match="max_seq_len"):
-        m(torch.zeros(1, 17, dtype=torch.long))
-
-
 # ---------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("kw,name", [
     ({"kv_lora_rank": 0}, "kv_lora_rank"), ({"q_lora_rank": -3}, "q_lora_rank"),
@@ -242,12 +188,6 @@ def test_mla_rejects_bad_arguments(kw, name):
 def test_heads_must_divide_dims():
     with pytest.raises(ValueError, match="n_heads"):
         MLA(50, 4)
-    with pytest.raises(ValueError, match="n_heads"):
-        MHA(50, 4)
-    with pytest.raises(ValueError, match="n_kv_heads"):
-        GQA(48, 6, 4)
-    with pytest.raises(ValueError, match="head_dim"):
-        GQA(42, 6, 2)                                                          # head_dim 7 is odd: no RoPE pairs
 
 
 def test_bad_cache_and_inputs_raise():
@@ -268,7 +208,3 @@ def test_bad_cache_and_inputs_raise():
         m(x, start_pos=5, cache={"c_kv": torch.zeros(2, 2, 24, **f64), "k_rope": torch.zeros(2, 2, 8, **f64)})
     with pytest.raises(ValueError, match="x"):
         m(rand(2, 3, 40))
-    g = GQA(32, 4, 2)
-    with pytest.raises(ValueError, match="cache"):
-        g(rand(1, 1, 32, dtype=torch.float32), start_pos=3, cache={"k": torch.zeros(1, 4, 3, 8),
-                                                                   "v": torch.zeros(1, 4, 3, 8)})
