@@ -92,14 +92,44 @@ def test_cycle_finder_finds_a_cycle():
 def test_no_import_cycles_in_course_lib():
     graph = _graph()
     assert {"course_lib.model", "course_lib.layers", "course_lib.moe"} <= set(graph)
-    assert "course_lib.layers" in graph["course_lib.model"]           # the walker sees relative imports
+    assert "course_lib.layers" in graph["course_lib.model"]           # the walker sees the imports
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_layers_import_nothing_but_rope():
-    """Every model may import course_lib.layers; it depends on no other course module (so no cycle can go through it)."""
-    assert _graph()["course_lib.layers"] <= {"course_lib.rope"}
+ROLE_FOLDERS = ("nano", "toys", "figures", "kit", "bonus", "bench", "checks")
+
+
+def _is_idea(module: str) -> bool:
+    """A top-level concept module: course_lib.<idea> that is a file, not a role folder."""
+    parts = module.split(".")
+    return len(parts) == 2 and parts[1] not in ROLE_FOLDERS
+
+
+def test_ideas_import_only_ideas_and_kit():
+    """The layout's one rule for imports: an idea may use other ideas and the plumbing in kit/, never the capstone,
+    the toys, the figures, the benchmarks, the checks or a bonus (those sit below the ideas and use them)."""
+    graph = _graph()
+    ideas = [m for m in graph if _is_idea(m)]
+    assert {"course_lib.moe", "course_lib.mla", "course_lib.mhc"} <= set(ideas)
+    bad = {m: sorted(d for d in graph[m] if not (_is_idea(d) or d == "course_lib" or d.startswith("course_lib.kit")))
+           for m in ideas}
+    assert not {m: d for m, d in bad.items() if d}, f"ideas importing from a role folder: {bad}"
+
+
+def test_nothing_but_bench_and_its_own_tests_imports_a_bonus():
+    graph = _graph()
+    users = sorted(m for m, deps in graph.items() if any(d.startswith("course_lib.bonus") for d in deps)
+                   and not m.startswith(("course_lib.bonus", "course_lib.bench")))
+    assert not users, f"{users} import course_lib.bonus: a bonus is optional, the course must not depend on it"
+
+
+def test_layers_import_nothing_but_rope_and_the_checks():
+    """Every model may import course_lib.layers; it depends on no other course module (so no cycle can go through it)
+    but rope and kit.validate, which import no course module at all."""
+    graph = _graph()
+    assert graph["course_lib.layers"] <= {"course_lib.rope", "course_lib.kit.validate"}
+    assert graph["course_lib.kit.validate"] == set()
 
 
 @pytest.mark.parametrize("module", ["moe", "mla"])     # model <-> moe and model <-> mla (then attention.py) used to cycle
