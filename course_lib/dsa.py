@@ -30,13 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.mla import MLA
-from course_lib.layers import _check_cache, _positive_int, _rope_tables, apply_rope, causal_mask
-
-
-def _check_topk(index_topk) -> int:
-    if isinstance(index_topk, bool) or not isinstance(index_topk, int) or index_topk <= 0:
-        raise ValueError(f"index_topk must be a positive int, got {index_topk!r}")
-    return index_topk
+from course_lib.kit.validate import positive_int
+from course_lib.layers import _check_cache, _rope_tables, apply_rope, causal_mask
 
 
 # --------------------------------------------------------------------------------------------- lightning indexer
@@ -50,9 +45,9 @@ class LightningIndexer(nn.Module):
     def __init__(self, d_model: int, q_dim: int, n_heads: int = 4, head_dim: int = 32, rope_dim: int = 16,
                  rope_base: float = 10000.0, norm_eps: float = 1e-6):
         super().__init__()
-        self.n_heads = _positive_int("index_n_heads", n_heads)
-        self.head_dim = _positive_int("index_head_dim", head_dim)
-        _positive_int("rope_dim", rope_dim)
+        self.n_heads = positive_int("index_n_heads", n_heads)
+        self.head_dim = positive_int("index_head_dim", head_dim)
+        positive_int("rope_dim", rope_dim)
         if rope_dim % 2 or rope_dim > head_dim:
             raise ValueError(f"rope_dim must be even and <= index_head_dim={head_dim}, got {rope_dim}")
         self.rope_dim, self.rope_base = rope_dim, float(rope_base)
@@ -108,7 +103,7 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Fine-grained token selection (V3.2 Eq. 2): indices (B, T, min(k, S)) of the k largest index scores per
     query, in ascending token order. Entries that are -inf (future tokens of early queries) may be among them
     when fewer than k tokens are visible; the attention's causal mask removes those."""
-    k = min(_check_topk(k), scores.shape[-1])
+    k = min(positive_int("index_topk", k), scores.shape[-1])
     return scores.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
@@ -137,8 +132,8 @@ class DSA(MLA):
     def __init__(self, d_model: int, n_heads: int, index_topk: int = 64, index_n_heads: int = 4,
                  index_head_dim: int | None = None, max_context: int | None = None, **mla_kwargs):
         super().__init__(d_model, n_heads, **mla_kwargs)
-        self.index_topk = _check_topk(index_topk)
-        if max_context is not None and index_topk > _positive_int("max_context", max_context):
+        self.index_topk = positive_int("index_topk", index_topk)
+        if max_context is not None and index_topk > positive_int("max_context", max_context):
             raise ValueError(f"index_topk={index_topk} is larger than the context max_context={max_context}: "
                              "nothing would be dropped (use attention.MLA)")
         d_i = 2 * self.qk_rope_head_dim if index_head_dim is None else index_head_dim

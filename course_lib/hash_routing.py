@@ -28,16 +28,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import int_at_least, one_of, positive_int
 from course_lib.layers import SwiGLU
 from course_lib.moe import RoutedExperts
 
 SCORE_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def score(logits: torch.Tensor, score_func: str = "sqrtsoftplus") -> torch.Tensor:
@@ -58,9 +53,9 @@ def hash_table(vocab_size: int, n_experts: int, top_k: int = 1, seed: int = 0,
     Without ``token_counts``: each token id gets top_k experts drawn uniformly at random (Roller et al.'s Random
     Hash). With ``token_counts`` (vocab_size,): greedy balancing, most frequent tokens first, each to the top_k
     experts with the least expected load so far (Roller et al.'s Balanced assignment)."""
-    _positive_int("vocab_size", vocab_size)
-    _positive_int("n_experts", n_experts)
-    _positive_int("top_k", top_k)
+    positive_int("vocab_size", vocab_size)
+    positive_int("n_experts", n_experts)
+    positive_int("top_k", top_k)
     if top_k > n_experts:
         raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
     g = torch.Generator().manual_seed(seed)
@@ -101,17 +96,16 @@ class HashMoE(nn.Module):
                  score_func: str = "sqrtsoftplus", routed_scaling_factor: float = 1.0,
                  table: torch.Tensor | None = None, seed: int = 0):
         super().__init__()
-        _positive_int("d_model", d_model)
-        _positive_int("vocab_size", vocab_size)
-        _positive_int("n_routed_experts", n_routed_experts)
-        if isinstance(n_shared_experts, bool) or not isinstance(n_shared_experts, int) or n_shared_experts < 0:
-            raise ValueError(f"n_shared_experts must be an int >= 0, got {n_shared_experts!r}")
-        _positive_int("num_experts_per_tok", num_experts_per_tok)
+        positive_int("d_model", d_model)
+        positive_int("vocab_size", vocab_size)
+        positive_int("n_routed_experts", n_routed_experts)
+        int_at_least("n_shared_experts", n_shared_experts, 0)
+        positive_int("num_experts_per_tok", num_experts_per_tok)
         if num_experts_per_tok > n_routed_experts:
             raise ValueError(f"num_experts_per_tok must be <= n_routed_experts={n_routed_experts}, "
                              f"got {num_experts_per_tok}")
-        score(torch.zeros(1), score_func)                                   # validates score_func
-        hidden = d_model // 2 if moe_intermediate_size is None else _positive_int("moe_intermediate_size",
+        one_of("score_func", score_func, SCORE_FUNCS)
+        hidden = d_model // 2 if moe_intermediate_size is None else positive_int("moe_intermediate_size",
                                                                                   moe_intermediate_size)
         if table is None:
             table = hash_table(vocab_size, n_routed_experts, num_experts_per_tok, seed)

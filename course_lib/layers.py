@@ -11,7 +11,8 @@ Interface of every attention module:  forward(x: (B, T, d_model), start_pos=0, c
 ``cache`` is a per-layer dict the module reads and appends to; ``start_pos`` is the absolute position of x[:, 0]
 (it must equal the number of tokens already in the cache).
 
-This module imports nothing else from course_lib except ``rope``, so any module may import it (no cycles).
+This module imports nothing else from course_lib except ``rope`` and ``kit.validate`` (the argument checks), so any
+module may import it (no cycles).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import non_negative_int, positive_int, tensor_shape
 from course_lib.rope import apply_rope, rope_cos_sin, rotate_half  # noqa: F401  (re-exported: the one RoPE)
 
 __all__ = ["RMSNorm", "SwiGLU", "swiglu", "GQA", "MHA", "MQA", "attend", "causal_mask", "append_to_cache",
@@ -71,18 +73,9 @@ class SwiGLU(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def _check_input(x: torch.Tensor, d_model: int, start_pos) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must have shape (batch, time, {d_model}), got {shape}")
-    if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
-        raise ValueError(f"start_pos must be a non-negative int, got {start_pos!r}")
+    tensor_shape("x", x, ("batch", "time", d_model))
+    non_negative_int("start_pos", start_pos)
 
 
 def _check_cache(cache, expected: dict, start_pos: int, x: torch.Tensor) -> int:
@@ -166,16 +159,16 @@ class GQA(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int | None = None,
                  rope_base: float = 10000.0, max_seq_len: int | None = None):
         super().__init__()
-        _positive_int("d_model", d_model)
-        _positive_int("n_heads", n_heads)
-        _positive_int("n_kv_heads", n_kv_heads)
+        positive_int("d_model", d_model)
+        positive_int("n_heads", n_heads)
+        positive_int("n_kv_heads", n_kv_heads)
         if n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads={n_kv_heads} must divide n_heads={n_heads}")
         if head_dim is None:
             if d_model % n_heads:
                 raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} (or pass head_dim)")
             head_dim = d_model // n_heads
-        _positive_int("head_dim", head_dim)
+        positive_int("head_dim", head_dim)
         if head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_lib.layers import (GQA, MHA, MQA, RMSNorm, _check_cache, _check_input, _positive_int, _rope_tables,  # noqa: F401
+from course_lib.kit.validate import one_of, positive_int
+from course_lib.layers import (GQA, MHA, MQA, RMSNorm, _check_cache, _check_input, _rope_tables,  # noqa: F401
                      append_to_cache, apply_rope, attend, causal_mask, rope_cos_sin)
 
 
@@ -58,23 +59,21 @@ class MLA(nn.Module):
                  v_head_dim: int | None = None, path: str = "auto", rope_base: float = 10000.0,
                  rope_interleaved: bool = False, softmax_scale: float | None = None, norm_eps: float = 1e-6):
         super().__init__()
-        _positive_int("d_model", d_model)
-        _positive_int("n_heads", n_heads)
+        positive_int("d_model", d_model)
+        positive_int("n_heads", n_heads)
         if None in (kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim) and d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} to derive the default head sizes")
         d_h = d_model // n_heads
         self.d_model, self.n_heads = d_model, n_heads
-        self.qk_nope_head_dim = _positive_int("qk_nope_head_dim", d_h if qk_nope_head_dim is None else qk_nope_head_dim)
-        self.qk_rope_head_dim = _positive_int("qk_rope_head_dim", d_h // 2 if qk_rope_head_dim is None
+        self.qk_nope_head_dim = positive_int("qk_nope_head_dim", d_h if qk_nope_head_dim is None else qk_nope_head_dim)
+        self.qk_rope_head_dim = positive_int("qk_rope_head_dim", d_h // 2 if qk_rope_head_dim is None
                                               else qk_rope_head_dim)
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
-        self.v_head_dim = _positive_int("v_head_dim", d_h if v_head_dim is None else v_head_dim)
-        self.kv_lora_rank = _positive_int("kv_lora_rank", 4 * d_h if kv_lora_rank is None else kv_lora_rank)
-        self.q_lora_rank = None if q_lora_rank is None else _positive_int("q_lora_rank", q_lora_rank)
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-        self.path = path
+        self.v_head_dim = positive_int("v_head_dim", d_h if v_head_dim is None else v_head_dim)
+        self.kv_lora_rank = positive_int("kv_lora_rank", 4 * d_h if kv_lora_rank is None else kv_lora_rank)
+        self.q_lora_rank = None if q_lora_rank is None else positive_int("q_lora_rank", q_lora_rank)
+        self.path = one_of("path", path, PATHS)
         self.rope_base = float(rope_base)
         self.rope_interleaved = bool(rope_interleaved)
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
@@ -142,9 +141,7 @@ class MLA(nn.Module):
     def check_and_choose_path(self, x, start_pos, path: str | None) -> str:
         """Validate x and start_pos; return "naive" or "absorbed" for this call (path=None: the module's path)."""
         _check_input(x, self.d_model, start_pos)
-        path = self.path if path is None else path
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        path = one_of("path", self.path if path is None else path, PATHS)
         if path == "auto":
             # A prompt is compute-bound: decompressing each token once is cheaper than scoring T x T pairs in the
             # 3x wider latent space (d_c + d^R_h = 576 vs d_h + d^R_h = 192 at V3). A decode step reads the whole

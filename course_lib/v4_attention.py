@@ -33,7 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.dsa import indexer_kl_loss
-from course_lib.layers import RMSNorm, _check_input, _positive_int, _rope_tables, apply_rope
+from course_lib.kit.validate import one_of, positive_int
+from course_lib.layers import RMSNorm, _check_input, _rope_tables, apply_rope
 
 KINDS = ("sliding", "csa", "hca")
 
@@ -72,7 +73,7 @@ class Compressor(nn.Module):
     def __init__(self, d_model: int, head_dim: int, rate: int, overlap: bool, rope_dim: int,
                  rope_base: float = 10000.0, norm_eps: float = 1e-6):
         super().__init__()
-        self.rate = _positive_int("compress_rate", rate)
+        self.rate = positive_int("compress_rate", rate)
         self.head_dim, self.overlap, self.rope_dim, self.rope_base = head_dim, bool(overlap), rope_dim, rope_base
         width = 2 * head_dim if overlap else head_dim
         self.kv = nn.Linear(d_model, width, bias=False)                      # W^KV  (Eq. 9 / 20)
@@ -163,10 +164,9 @@ class V4Indexer(nn.Module):
     def __init__(self, d_model: int, q_dim: int, n_heads: int, head_dim: int, rate: int, topk: int, rope_dim: int,
                  rope_base: float = 10000.0, norm_eps: float = 1e-6):
         super().__init__()
-        self.n_heads, self.head_dim = _positive_int("index_n_heads", n_heads), _positive_int("index_head_dim",
+        self.n_heads, self.head_dim = positive_int("index_n_heads", n_heads), positive_int("index_head_dim",
                                                                                             head_dim)
-        if isinstance(topk, bool) or not isinstance(topk, int) or topk <= 0:
-            raise ValueError(f"index_topk must be a positive int, got {topk!r}")
+        positive_int("index_topk", topk)
         self.topk, self.rope_dim, self.rope_base = topk, rope_dim, rope_base
         self.compressor = Compressor(d_model, head_dim, rate, True, rope_dim, rope_base, norm_eps)
         self.wq = nn.Linear(q_dim, n_heads * head_dim, bias=False)
@@ -236,9 +236,8 @@ class V4Attention(nn.Module):
         for name, v in (("d_model", d_model), ("n_heads", n_heads), ("head_dim", head_dim),
                         ("q_lora_rank", q_lora_rank), ("o_groups", o_groups), ("o_lora_rank", o_lora_rank),
                         ("window", window)):
-            _positive_int(name, v)
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            positive_int(name, v)
+        one_of("kind", kind, KINDS)
         if rope_dim % 2 or not 0 < rope_dim <= head_dim:
             raise ValueError(f"rope_dim must be even and in 1..head_dim={head_dim}, got {rope_dim!r}")
         if n_heads % o_groups:

@@ -13,14 +13,15 @@ import torch.nn.functional as F
 
 from course_lib.dsa import (DSA, attention_distribution, indexer_kl_loss, prefill_cache, recall_at_k, select_topk,
                             topk_mask)
-from course_lib.layers import RMSNorm, _positive_int
+from course_lib.kit.validate import positive_int
+from course_lib.layers import RMSNorm
 
 
 def needle_batch(batch: int, length: int, n_keys: int = 256, n_values: int = 16, generator=None):
     """keys (B, T), values (B, T), needle position (B,), answer (B,). keys[:, -1] is the query key; it occurs once
     before, at the needle position; every other key is drawn from the remaining n_keys - 1 (repeats allowed)."""
     for name, v in (("batch", batch), ("length", length), ("n_keys", n_keys), ("n_values", n_values)):
-        _positive_int(name, v)
+        positive_int(name, v)
     if length < 2 or n_keys < 2:
         raise ValueError(f"length and n_keys must be >= 2, got length={length}, n_keys={n_keys}")
     g = generator
