@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import int_at_least, positive_int, positive_number
 from course_lib.layers import RMSNorm
 
 PRIME_STRIDE = 10007          # the demo's per-layer seed offset: seed + 10007 * layer_id
@@ -177,34 +178,13 @@ class Engram(nn.Module):
                  layer_id: int = 0, layer_ids: Sequence[int] | None = None, seed: int = 0,
                  token_map: torch.Tensor | None = None, short_conv: bool = True, norm_eps: float | None = None):
         super().__init__()
-        for name, v in (("d_model", d_model), ("vocab_size", vocab_size), ("n_heads", n_heads), ("d_mem", d_mem),
-                        ("kernel_size", kernel_size), ("hc_mult", hc_mult)):
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(max_ngram, int) or max_ngram < 2:
-            raise ValueError(f"max_ngram must be an int >= 2 (bigrams and up), got {max_ngram!r}")
-        sizes = [table_size] * (max_ngram - 1) if isinstance(table_size, int) else list(table_size)
-        if len(sizes) != max_ngram - 1:
-            raise ValueError(f"table_size must be an int or {max_ngram - 1} sizes (orders 2..{max_ngram}), got {sizes}")
-        if any(not isinstance(s, int) or s < vocab_size for s in sizes):
-            raise ValueError(f"table_size must be >= vocab_size={vocab_size} for every order, got {sizes}")
-        if d_mem % n_heads:
-            raise ValueError(f"d_mem={d_mem} must be divisible by n_heads={n_heads}")
+        sizes, token_map, layer_ids = _check_engram_args(d_model, vocab_size, table_size, max_ngram, n_heads, d_mem,
+                                                         kernel_size, hc_mult, pad_id, layer_id, layer_ids, token_map,
+                                                         norm_eps)
         if token_map is not None:
-            token_map = torch.as_tensor(token_map, dtype=torch.long)
-            if token_map.dim() != 1 or int(token_map.min()) < 0 or int(token_map.max()) >= vocab_size:
-                raise ValueError(f"token_map must be a 1-D map into [0, vocab_size={vocab_size})")
-            if not isinstance(pad_id, int) or not 0 <= pad_id < len(token_map):
-                raise ValueError(f"pad_id must be an original token id in [0, len(token_map)={len(token_map)}), "
-                                 f"got {pad_id!r}")
             pad_id = int(token_map[pad_id])                       # the demo compresses the pad id too
-        elif not isinstance(pad_id, int) or not 0 <= pad_id < vocab_size:
-            raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got {pad_id!r}")
         self.d_model, self.vocab_size, self.max_ngram, self.n_heads = d_model, vocab_size, max_ngram, n_heads
         self.hc_mult, self.pad_id = hc_mult, pad_id
-        layer_ids = [layer_id] if layer_ids is None else list(layer_ids)
-        if layer_id not in layer_ids:
-            raise ValueError(f"layer_id={layer_id} must be one of layer_ids={layer_ids}")
         # primes are handed out over all Engram layers in order, so no two heads anywhere share a table size
         self.primes = head_table_sizes(sizes, n_heads, len(layer_ids))[layer_ids.index(layer_id)]
         self.register_buffer("token_map", token_map, persistent=False)
@@ -217,8 +197,6 @@ class Engram(nn.Module):
         self.key_projs = nn.ModuleList(nn.Linear(d_e, d_model) for _ in range(hc_mult))
         # default: the demo's nn.RMSNorm(hidden_size), eps=None, i.e. the machine epsilon of the input's dtype
         # (1.19e-7 in float32); V4.1's released code uses the model's rms_norm_eps: pass it as norm_eps
-        if norm_eps is not None and not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
-            raise ValueError(f"norm_eps must be a positive float or None, got {norm_eps!r}")
         self.key_norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(hc_mult))
         self.query_norms = nn.ModuleList(nn.RMSNorm(d_model, eps=norm_eps) for _ in range(hc_mult))
         # V4.1-Flash's released inference code drops the convolution (see NVIDIA NeMo AutoModel's port of it)
@@ -335,10 +313,8 @@ def train_on_corpus(model: nn.Module, corpus, steps: int, batch_size: int = 16, 
     training losses."""
     from tqdm.auto import tqdm
 
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if not table_lr_mult > 0:
-        raise ValueError(f"table_lr_mult must be > 0, got {table_lr_mult!r}")
+    int_at_least("steps", steps, 1)
+    positive_number("table_lr_mult", table_lr_mult)
     tables = [p for n, p in model.named_parameters() if n.endswith("table.weight")]
     rest = [p for n, p in model.named_parameters() if not n.endswith("table.weight")]
     groups = [{"params": rest, "lr": lr}] + ([{"params": tables, "lr": lr * table_lr_mult}] if tables else [])
@@ -434,3 +410,38 @@ def gate_figure(model: "EngramLM", ids: torch.Tensor, decode, layer: int = 0):
     ax.set_yticks([])
     ax.set_title(f"Engram gate alpha_t at layer {layer} (darker = more memory let in)")
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_engram_args(d_model, vocab_size, table_size, max_ngram, n_heads, d_mem, kernel_size, hc_mult, pad_id,
+                       layer_id, layer_ids, token_map, norm_eps) -> tuple[list[int], torch.Tensor | None, list[int]]:
+    """Engram's arguments, each bad one a one-line ValueError naming it. Returns the table size of each order
+    2..max_ngram, token_map as an int64 tensor (or None) and the model's Engram layers (layer_ids)."""
+    for name, v in (("d_model", d_model), ("vocab_size", vocab_size), ("n_heads", n_heads), ("d_mem", d_mem),
+                    ("kernel_size", kernel_size), ("hc_mult", hc_mult)):
+        positive_int(name, v)
+    int_at_least("max_ngram", max_ngram, 2, " (bigrams and up)")
+    sizes = [table_size] * (max_ngram - 1) if isinstance(table_size, int) else list(table_size)
+    if len(sizes) != max_ngram - 1:
+        raise ValueError(f"table_size must be an int or {max_ngram - 1} sizes (orders 2..{max_ngram}), got {sizes}")
+    if any(not isinstance(s, int) or s < vocab_size for s in sizes):
+        raise ValueError(f"table_size must be >= vocab_size={vocab_size} for every order, got {sizes}")
+    if d_mem % n_heads:
+        raise ValueError(f"d_mem={d_mem} must be divisible by n_heads={n_heads}")
+    if token_map is not None:
+        token_map = torch.as_tensor(token_map, dtype=torch.long)
+        if token_map.dim() != 1 or int(token_map.min()) < 0 or int(token_map.max()) >= vocab_size:
+            raise ValueError(f"token_map must be a 1-D map into [0, vocab_size={vocab_size})")
+        if not isinstance(pad_id, int) or not 0 <= pad_id < len(token_map):
+            raise ValueError(f"pad_id must be an original token id in [0, len(token_map)={len(token_map)}), "
+                             f"got {pad_id!r}")
+    elif not isinstance(pad_id, int) or not 0 <= pad_id < vocab_size:
+        raise ValueError(f"pad_id must be in [0, vocab_size={vocab_size}), got {pad_id!r}")
+    layer_ids = [layer_id] if layer_ids is None else list(layer_ids)
+    if layer_id not in layer_ids:
+        raise ValueError(f"layer_id={layer_id} must be one of layer_ids={layer_ids}")
+    positive_number("norm_eps", norm_eps, allow_none=True)
+    return sizes, token_map, layer_ids
