@@ -56,21 +56,6 @@ def test_seeded_and_learning(corpus):
     assert a["val_loss"][0] < torch.log(torch.tensor(256.0)).item()   # below uniform guessing
 
 
-def test_flops_count_the_activated_weights():
-    """6 x activated weights: hand count for a dense model (every matrix but the embedding; head counted twice with
-    MTP) and the routed experts' K_r/N_r share for the MoE."""
-    torch.manual_seed(0)
-    dense_cfg = nano.dense_baseline(CFG).replace(num_nextn_predict_layers=0)
-    dense = nano.build_model(dense_cfg)
-    want = sum(p.numel() for p in dense.parameters()) - dense.embed.weight.numel()
-    assert train_v3.activated_params(dense) == want
-    moe = nano.build_model(CFG.replace(num_nextn_predict_layers=0))
-    n_moe = CFG.num_hidden_layers - CFG.first_k_dense_replace
-    routed = n_moe * CFG.n_routed_experts * 3 * CFG.hidden_size * CFG.moe_intermediate_size
-    want = sum(p.numel() for p in moe.parameters()) - moe.embed.weight.numel() - routed + routed * 2 // 8
-    assert train_v3.activated_params(moe) == want
-
-
 def test_cli_trains_and_exports(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_v3, "get_preset", lambda name: CFG)
     assert train_v3.main(["--steps", "2", "--out", str(tmp_path), "--batch-size", "2", "--seq-len", "8",
