@@ -5,13 +5,14 @@ import torch
 from course_lib import hash_routing as hr
 from course_lib.model import ModelConfig, TinyLM
 
-ds4 = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
-from transformers import DeepseekV4Config  # noqa: E402
-
 D, H, E, K, V = 16, 8, 4, 2, 32
 
 
 def _pair(score_func, scaling=1.5, seed=0):
+    """transformers' DeepseekV4SparseMoeBlock and our HashMoE with the same weights and table. Only the tests that
+    compare with transformers call it, so only they are skipped where transformers (with DeepSeek-V4) is missing."""
+    ds4 = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
+    from transformers import DeepseekV4Config
     cfg = DeepseekV4Config(vocab_size=V, hidden_size=D, moe_intermediate_size=H, n_routed_experts=E,
                            num_experts_per_tok=K, n_shared_experts=1, scoring_func=score_func,
                            routed_scaling_factor=scaling, swiglu_limit=1e6, num_hidden_layers=1,
@@ -32,6 +33,13 @@ def _pair(score_func, scaling=1.5, seed=0):
         ours.shared_experts.w3.weight.copy_(ref.shared_experts.up_proj.weight)
         ours.shared_experts.w2.weight.copy_(ref.shared_experts.down_proj.weight)
     return ref, ours
+
+
+def _ours(score_func, seed=0):
+    """Our HashMoE alone (no transformers): random weights, a seeded random table."""
+    torch.manual_seed(seed)
+    return hr.HashMoE(D, V, n_routed_experts=E, n_shared_experts=1, num_experts_per_tok=K, moe_intermediate_size=H,
+                      score_func=score_func, table=hr.hash_table(V, E, K, seed=seed))
 
 
 @pytest.mark.parametrize("score_func", ["sqrtsoftplus", "sigmoid"])   # transformers has no softmax here
@@ -56,14 +64,14 @@ def test_router_equals_transformers_hash_router():
 
 
 def test_same_token_same_experts_whatever_the_context():
-    _, ours = _pair("sigmoid")
+    ours = _ours("sigmoid")
     ids = torch.tensor([[5, 9, 5, 1]])
     _, idx, _ = ours.router(torch.randn(4, D), ids.flatten())
     assert torch.equal(idx[0], idx[2]) and torch.equal(idx[0], ours.tid2eid[5])
 
 
 def test_gates_are_learned_but_the_table_is_not():
-    _, ours = _pair("sqrtsoftplus")
+    ours = _ours("sqrtsoftplus")
     x = torch.randn(1, 5, D)
     ours(x, torch.randint(0, V, (1, 5))).sum().backward()
     assert ours.gate.weight.grad is not None and ours.gate.weight.grad.abs().sum() > 0
