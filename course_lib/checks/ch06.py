@@ -1,4 +1,5 @@
-"""Exercises of 06_distillation: the rejection-sampling filter, the KD loss at temperature T, the R1 data mix."""
+"""Exercises of 06_distillation: the rejection-sampling filter, the KD loss at temperature T, the R1 data mix,
+the reverse KL of on-policy distillation."""
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +60,26 @@ def distill_kd_loss(student_logits, teacher_logits, T):
 def distill_r1_sft_samples():
     """How many samples (approximately) were in the SFT set used for R1's second stage and for the R1-Distill models?"""
     return 800_000
+
+
+# ---------------------------------------------------------------- on-policy distillation (section 9)
+_g6opd = torch.Generator().manual_seed(66)
+
+
+@register(cases=[(torch.tensor([[0.75, 0.25]]).log(), torch.tensor([[0.5, 0.5]]).log()),
+                 (torch.randn(5, 7, generator=_g6opd), torch.randn(5, 7, generator=_g6opd)),
+                 (torch.randn(3, 4, generator=_g6opd) * 4, torch.randn(3, 4, generator=_g6opd) * 4),
+                 (torch.randn(6, 3, generator=_g6opd), torch.randn(6, 3, generator=_g6opd))],
+          hint=("Reverse KL: the student's distribution comes first and weights the log-ratio.",
+                "per position KL(q || p) = sum_v q_v (log q_v - log p_v), q = student, p = teacher; then the mean "
+                "over positions (GKD, arXiv 2306.13649, §3).",
+                "log_q = F.log_softmax(student_logits, -1); log_p = F.log_softmax(teacher_logits, -1); "
+                "return (log_q.exp() * (log_q - log_p)).sum(-1).mean()"),
+          wrong=[lambda s, t: (F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum(-1).mean(),
+                 lambda s, t: (F.softmax(s, -1) * (F.log_softmax(s, -1) - F.log_softmax(t, -1))).sum(),
+                 lambda s, t: (F.softmax(s, -1) * (s - t)).sum(-1).mean()])
+def opd_reverse_kl(student_logits, teacher_logits):
+    """On-policy distillation's per-token loss: mean over positions of KL(student || teacher), full vocabulary."""
+    log_q = F.log_softmax(student_logits, dim=-1)
+    log_p = F.log_softmax(teacher_logits, dim=-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
