@@ -21,6 +21,10 @@ What is here:
 * ``StreamBlock`` / ``StreamLM``: a pre-norm transformer built from ``course_lib.layers`` whose residual is
   "plain", "hc" or "mhc"; ``composite_gains`` measures how much the product of the mixing matrices can amplify.
 
+Everything here is PyTorch operations, written to be read next to the report. The same arithmetic in a few hand-written
+C kernels (several times faster at notebook 08's width) is an optional bonus that builds on these classes:
+``course_lib/bonus/fused_mhc/`` (its README says what fusion buys and when); nothing here imports it.
+
 Where report and code differ (both are followed where they agree):
 * The report's Sinkhorn starts from exp(B~) and applies T_r(T_c(.)) t_max times. transformers (and V4's released
   inference code it ports) does the same but adds eps = hc_eps after the first normalisation and to every
@@ -44,7 +48,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_lib.bonus import fused_mhc
 from course_lib.layers import MHA, RMSNorm, SwiGLU
 
 RESIDUALS = ("plain", "hc", "mhc")
@@ -80,25 +83,29 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20, eps: float = 1e-6, ret
     eps = _non_negative("eps", eps)
     if logits.dim() < 2 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"logits must have shape (..., n, n), got {tuple(logits.shape)}")
-    shape, n = logits.shape, logits.shape[-1]
-    # Work on (row i, column j, matrix) so the many tiny matrices sit in the fast, contiguous last dimension:
-    # the same arithmetic, about 2.5x faster on a CPU than broadcasting over a last dimension of size n.
-    m = logits.reshape(-1, n, n).permute(1, 2, 0).contiguous()
-    back = lambda t: t.permute(2, 0, 1).reshape(shape)
     if not return_history:
-        return back(_SinkhornKnopp.apply(m, iters, eps))
-    m = torch.softmax(m, dim=0) + eps                            # T_c(exp(B~)): columns sum to 1
-    m = m / (m.sum(dim=1, keepdim=True) + eps)                   # T_r
+        return _sinkhorn_fast(logits, iters, eps)             # the loop below, with a hand-written backward
+    m = torch.softmax(logits, dim=-2) + eps                   # T_c(exp(B~)): each column sums to 1
+    m = m / (m.sum(dim=-1, keepdim=True) + eps)               # T_r: each row sums to 1
     history = [m]
-    for _ in range(iters - 1):
-        m = m / (m.sum(dim=0, keepdim=True) + eps)               # T_c
-        m = m / (m.sum(dim=1, keepdim=True) + eps)               # T_r
+    for _ in range(iters - 1):                                # M^(t) = T_r(T_c(M^(t-1)))
+        m = m / (m.sum(dim=-2, keepdim=True) + eps)           # T_c
+        m = m / (m.sum(dim=-1, keepdim=True) + eps)           # T_r
         history.append(m)
-    return back(m), [back(h) for h in history]
+    return m, history
+
+
+def _sinkhorn_fast(logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
+    """sinkhorn_knopp's loop on (row i, column j, matrix): the many tiny matrices sit in the fast, contiguous last
+    dimension (the same arithmetic, about 2.5x faster on a CPU than a last dimension of size n), and a hand-written
+    backward (autograd of 40 tiny divisions is slow)."""
+    shape, n = logits.shape, logits.shape[-1]
+    m = logits.reshape(-1, n, n).permute(1, 2, 0).contiguous()
+    return _SinkhornKnopp.apply(m, iters, eps).permute(2, 0, 1).reshape(shape)
 
 
 class _SinkhornKnopp(torch.autograd.Function):
-    """The same iterations on (n, n, N) with a hand-written backward (autograd of 40 tiny divisions is slow).
+    """sinkhorn_knopp's iterations on (n, n, N) (dim 0: a column's entries, dim 1: a row's) with a hand-written backward.
 
     For one normalisation y = x / (s + eps), s = sum_dim x:   dL/dx = (g - sum_dim(g * y)) / (s + eps);
     for the softmax p over dim 0:                             dL/dx = p * (g - sum_0(g * p)).
@@ -151,13 +158,10 @@ class HyperConnection(nn.Module):
     constrained=False (HC):  A = A~, C = C~, B = B~ with tanh on the dynamic part as in Zhu et al. 2025; the
     static part starts at S^pre = 1/n, S^post = 1, S^res = I, so at initialisation HC is a plain residual
     connection on every stream.
-
-    fused=True runs mHC through ``course_lib.bonus.fused_mhc`` (a C kernel: the same numbers up to rounding, several times
-    faster at notebook 08's size) where it can, and through the PyTorch code below otherwise.
     """
 
     def __init__(self, d_model: int, n_streams: int = 4, sinkhorn_iters: int = 20, eps: float = 1e-6,
-                 rms_eps: float = 1e-6, constrained: bool = True, init_std: float = 0.02, fused: bool = False):
+                 rms_eps: float = 1e-6, constrained: bool = True, init_std: float = 0.02):
         super().__init__()
         self.d_model = _positive_int("d_model", d_model)
         self.n_streams = n = _positive_int("n_streams", n_streams)
@@ -165,7 +169,6 @@ class HyperConnection(nn.Module):
         self.eps = _non_negative("eps", eps)
         self.rms_eps = _non_negative("rms_eps", rms_eps)
         self.constrained = bool(constrained)
-        self.fused = bool(fused)
         self.fn = nn.Parameter(torch.randn((2 + n) * n, n * d_model) * init_std)
         self.base = nn.Parameter(torch.zeros((2 + n) * n))
         self.scale = nn.Parameter(torch.ones(3))
@@ -181,8 +184,6 @@ class HyperConnection(nn.Module):
             raise ValueError(f"streams must have shape (batch, time, {self.n_streams}, {self.d_model}), "
                              f"got {tuple(streams.shape)}")
         n = self.n_streams
-        if self.fused and self.constrained and fused_mhc.supported(streams):
-            return fused_mhc.pre(self, streams)
         # X^_l = RMSNorm(vec(X_l)) (no weight);  raw = alpha * (X^_l W) + S
         flat = _at_least_float32(streams.flatten(2))
         flat = flat * torch.rsqrt(flat.pow(2).mean(-1, keepdim=True) + self.rms_eps)
@@ -255,42 +256,29 @@ class StreamBlock(nn.Module):
     """Pre-norm transformer block (attention, then SwiGLU) whose two residual connections are plain, HC or mHC.
 
     plain: x = x + Attn(norm(x)); x = x + FFN(norm(x)), on (B, T, d).
-    hc / mhc: each sub-layer F is wrapped as X = B X + C F(norm(A X)), on (B, T, n, d) (V4's decoder layer).
-    fused=True: the hyper-connections' own work runs in course_lib.bonus.fused_mhc's kernels (see HyperConnection)."""
+    hc / mhc: each sub-layer F is wrapped as X = B X + C F(norm(A X)), on (B, T, n, d) (V4's decoder layer)."""
 
     def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, residual: str = "mhc", n_streams: int = 4,
-                 sinkhorn_iters: int = 20, max_seq_len: int = 256, fused: bool = False):
+                 sinkhorn_iters: int = 20, max_seq_len: int = 256):
         super().__init__()
         if residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
-        self.residual, self.fused = residual, bool(fused)
+        self.residual = residual
         self.attn_norm, self.ffn_norm = RMSNorm(d_model), RMSNorm(d_model)
         self.attn = MHA(d_model, n_heads, max_seq_len=max_seq_len)
         self.ffn = SwiGLU(d_model, ffn_hidden)
         if residual != "plain":
-            kw = dict(n_streams=n_streams, sinkhorn_iters=sinkhorn_iters, constrained=residual == "mhc", fused=fused)
+            kw = dict(n_streams=n_streams, sinkhorn_iters=sinkhorn_iters, constrained=residual == "mhc")
             self.attn_hc, self.ffn_hc = HyperConnection(d_model, **kw), HyperConnection(d_model, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.residual == "plain":
             x = x + self.attn(self.attn_norm(x))
             return x + self.ffn(self.ffn_norm(x))
-        if self.fused and fused_mhc.supported(x):
-            # the same steps through the fused kernels; the attention's write-back and the FFN's read-in share one call
-            if self.attn_hc.constrained:                  # mHC: three kernel calls (autograd nodes) per block
-                inp, mix, post = fused_mhc.pre(self.attn_hc, x)
-                x, inp, mix, post = fused_mhc.combine_then_pre(x, self.attn(self.attn_norm(inp)), mix, post,
-                                                               self.ffn_hc)
-            else:                                         # HC: A, B, C from the PyTorch code, write-backs fused
-                inp, mix, post = self.attn_hc(x)
-                x = fused_mhc.combine(x, self.attn(self.attn_norm(inp)), mix, post)
-                inp, mix, post = self.ffn_hc(x)
-            return fused_mhc.combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
-        combine = HyperConnection.combine
-        inp, mix, post = self.attn_hc(x)
-        x = combine(x, self.attn(self.attn_norm(inp)), mix, post)
+        inp, mix, post = self.attn_hc(x)                                        # A X, B, C  (Eq. 3-8)
+        x = HyperConnection.combine(x, self.attn(self.attn_norm(inp)), mix, post)   # B X + C F(A X)  (Eq. 1)
         inp, mix, post = self.ffn_hc(x)
-        return combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
+        return HyperConnection.combine(x, self.ffn(self.ffn_norm(inp)), mix, post)
 
 
 class StreamLM(nn.Module):
@@ -298,11 +286,11 @@ class StreamLM(nn.Module):
 
     residual "plain" uses one stream and no hyper-connections; "hc" and "mhc" copy the embedding into n streams
     (as transformers' DeepseekV4Model does) and collapse them with ``HyperHead`` at the end.
-    fused=True: hyper-connections through course_lib.bonus.fused_mhc. forward(idx, targets=None) -> (logits, loss or None)."""
+    forward(idx, targets=None) -> (logits, loss or None)."""
 
     def __init__(self, vocab_size: int = 256, d_model: int = 32, n_layers: int = 24, n_heads: int = 4,
                  residual: str = "mhc", n_streams: int = 4, sinkhorn_iters: int = 20, ffn_hidden: int | None = None,
-                 max_seq_len: int = 256, fused: bool = False):
+                 max_seq_len: int = 256):
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
                             ("n_heads", n_heads), ("n_streams", n_streams)):
@@ -313,7 +301,7 @@ class StreamLM(nn.Module):
         ffn_hidden = ffn_hidden or int(math.ceil(8 * d_model / 3 / 16) * 16)
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(StreamBlock(d_model, n_heads, ffn_hidden, residual, n_streams, sinkhorn_iters,
-                                                max_seq_len, fused) for _ in range(n_layers))
+                                                max_seq_len) for _ in range(n_layers))
         self.hc_head = HyperHead(d_model, n_streams) if residual != "plain" else None
         self.norm = RMSNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -327,31 +315,13 @@ class StreamLM(nn.Module):
         x = self.embed(idx)
         if self.hc_head is not None:
             x = x.unsqueeze(2).expand(-1, -1, self.n_streams, -1).contiguous()
-        if self.residual == "mhc" and self.blocks[0].fused and fused_mhc.supported(x):
-            x = _fused_stack(self.blocks, x)
-        else:
-            for block in self.blocks:
-                x = block(x)
+        for block in self.blocks:
+            x = block(x)
         if self.hc_head is not None:
             x = self.hc_head(x)
         logits = self.head(self.norm(x))
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
-
-
-def _fused_stack(blocks, x: torch.Tensor) -> torch.Tensor:
-    """StreamBlocks with mHC through the fused kernels, each write-back merged with the next read-in, also across
-    blocks: 2 kernel calls (autograd nodes) per block where a block on its own needs 3 (its first read-in has no
-    write-back before it). The same operations as calling the blocks one after the other."""
-    inp, mix, post = fused_mhc.pre(blocks[0].attn_hc, x)
-    for i, block in enumerate(blocks):
-        x, inp, mix, post = fused_mhc.combine_then_pre(x, block.attn(block.attn_norm(inp)), mix, post, block.ffn_hc)
-        out = block.ffn(block.ffn_norm(inp))
-        if i + 1 < len(blocks):
-            x, inp, mix, post = fused_mhc.combine_then_pre(x, out, mix, post, blocks[i + 1].attn_hc)
-        else:
-            x = fused_mhc.combine(x, out, mix, post)
-    return x
 
 
 def mixing_matrices(model: nn.Module) -> list[torch.Tensor]:

@@ -1,14 +1,23 @@
 """mHC: Sinkhorn-Knopp, the hyper-connection and its head against transformers' DeepSeek-V4 modules; the models."""
+import inspect
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from course_lib import mhc
 
-ds4 = pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
-from transformers import DeepseekV4Config  # noqa: E402
+
+@pytest.fixture
+def ds4():
+    """transformers' DeepSeek-V4 modules; only the comparisons with them skip where transformers lacks them."""
+    return pytest.importorskip("transformers.models.deepseek_v4.modeling_deepseek_v4")
 
 
 def _config(hidden=16, n=4, iters=20, eps=1e-6):
+    from transformers import DeepseekV4Config
+
     return DeepseekV4Config(vocab_size=32, hidden_size=hidden, hc_mult=n, hc_sinkhorn_iters=iters, hc_eps=eps,
                             num_hidden_layers=1, num_attention_heads=2, rms_norm_eps=1e-6)
 
@@ -83,7 +92,7 @@ def test_products_of_projected_matrices_keep_their_norm_bounded():
 # ----------------------------------------------------------------------------------------------- vs transformers
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("iters", [1, 3, 20])
-def test_hyper_connection_equals_transformers(dtype, tol, iters):
+def test_hyper_connection_equals_transformers(ds4, dtype, tol, iters):
     ref = ds4.DeepseekV4HyperConnection(_config(iters=iters))
     _randomise(ref, iters)
     ours = mhc.HyperConnection(16, n_streams=4, sinkhorn_iters=iters, eps=1e-6)
@@ -110,7 +119,7 @@ def _ref_float64(ref, x):
         torch.Tensor.float = orig
 
 
-def test_hyper_head_equals_transformers():
+def test_hyper_head_equals_transformers(ds4):
     ref = ds4.DeepseekV4HyperHead(_config())
     _randomise(ref, 1)
     ours = mhc.HyperHead(16, n_streams=4)
@@ -119,7 +128,7 @@ def test_hyper_head_equals_transformers():
     torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
-def test_block_update_equals_transformers_decoder_layer_wiring():
+def test_block_update_equals_transformers_decoder_layer_wiring(ds4):
     """X_{l+1} = B X + C F(A X) equals transformers' comb^T X + post * F (their DecoderLayer's two lines)."""
     ref = ds4.DeepseekV4HyperConnection(_config())
     _randomise(ref, 3)
@@ -168,6 +177,15 @@ def test_stream_lm_trains_and_is_causal(residual):
     if residual != "plain":
         mixes = mhc.mixing_matrices(model)
         assert len(mixes) == 6 and mixes[0].shape == (2, 10, 2, 2)
+
+
+def test_mhc_is_pytorch_only_and_never_imports_the_fused_bonus():
+    # the fused kernels (course_lib/bonus/fused_mhc) build on mhc; mhc must not depend on them
+    code = "import sys, course_lib.mhc; print(sorted(m for m in sys.modules if m.startswith('course_lib.bonus')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    for cls in (mhc.HyperConnection, mhc.StreamBlock, mhc.StreamLM):
+        assert "fused" not in inspect.signature(cls).parameters
 
 
 @pytest.mark.parametrize("call,match", [

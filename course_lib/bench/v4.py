@@ -1,13 +1,15 @@
 """DeepSeek-V4's building blocks: mHC's cost over a plain residual block, and one Muon step against one AdamW step.
 
     python -m course_lib.bench v4 [--d-model 32] [--streams 4] [--sinkhorn-iters 20] [--batch 8] [--seq 32]
-                                  [--repeat 25] [--threads 1]
+                                  [--repeat 25] [--threads 1] [--compile] [--no-model] [--no-optimizers]
 
 1. Forward + backward of ONE transformer block (attention + SwiGLU from course_lib.layers) wired with a plain residual,
    with unconstrained hyper-connections and with mHC, at notebook 08's width and at 8x that width: written with
-   PyTorch operations (course_lib.mhc) and through the fused C kernels (course_lib.bonus.fused_mhc, where a C compiler
-   exists, behind C++ autograd nodes and, for comparison, behind Python autograd Functions); also mHC with 1 Sinkhorn
-   iteration and the two hyper-connection modules alone, to show what dominates.
+   PyTorch operations (course_lib.mhc), through the hand-written fused C kernels (course_lib.bonus.fused_mhc's
+   FusedStreamBlock, where a C compiler exists, behind C++ autograd nodes and, for comparison, behind Python autograd
+   Functions) and, with --compile, the same PyTorch code through torch.compile (the plain block and the mHC block:
+   compilation first takes about a minute per block on a laptop-class CPU, minutes on a busy one, so it is opt-in);
+   also mHC with 1 Sinkhorn iteration and the two hyper-connection modules alone, to show what dominates.
    Then the whole model of notebook 08's experiment (24 such blocks, embedding, head and loss), where each block's
    last write-back and the next block's read-in share one kernel call. The fused kernels were written to keep mHC
    within 1.5x of the plain block at notebook 08's width; the lines ending "on this machine: yes/no" say whether
@@ -25,35 +27,46 @@ import torch
 from course_lib.bench.core import compare, print_table
 
 
-# (name, residual, Sinkhorn iterations (None: --sinkhorn-iters), fused: False, "python" (the kernels behind Python
-# autograd Functions) or "cpp" (behind the C++ autograd nodes, course_lib/bonus/fused_mhc/csrc/mhc_autograd.cpp, where they build))
-VARIANTS = (("plain residual", "plain", None, False), ("HC", "hc", None, False), ("mHC", "mhc", None, False),
-            ("mHC, 1 Sinkhorn iteration", "mhc", 1, False), ("mHC, fused, Python nodes", "mhc", None, "python"),
-            ("mHC, fused kernels", "mhc", None, "cpp"), ("mHC, fused, 1 Sinkhorn iteration", "mhc", 1, "cpp"))
+# (name, residual, Sinkhorn iterations (None: --sinkhorn-iters), how it runs: "eager" (course_lib.mhc's PyTorch
+# code), "compile" (the same code through torch.compile; only with --compile), "python" (the fused kernels behind
+# Python autograd Functions) or "cpp" (behind the C++ autograd nodes, course_lib/bonus/fused_mhc/csrc/mhc_autograd.cpp,
+# where they build; Python Functions where not))
+VARIANTS = (("plain residual", "plain", None, "eager"), ("plain residual, torch.compile", "plain", None, "compile"),
+            ("HC", "hc", None, "eager"), ("mHC", "mhc", None, "eager"),
+            ("mHC, torch.compile", "mhc", None, "compile"), ("mHC, 1 Sinkhorn iteration", "mhc", 1, "eager"),
+            ("mHC, fused, Python nodes", "mhc", None, "python"), ("mHC, fused kernels", "mhc", None, "cpp"),
+            ("mHC, fused, 1 Sinkhorn iteration", "mhc", 1, "cpp"))
 
 
 def _block_fns(args, fused_ok: bool):
-    from course_lib.bonus import fused_mhc
+    import time
+
+    from course_lib.bonus.fused_mhc import FusedStreamBlock
     from course_lib.mhc import HyperConnection, StreamBlock
 
     torch.manual_seed(0)
     hidden = 16 * ((8 * args.d_model // 3 + 15) // 16)
-    fns = {}
-    for name, residual, iters, fused in VARIANTS:
-        if fused and not fused_ok:
+    fns, compile_s = {}, {}
+    for name, residual, iters, how in VARIANTS:
+        if (how in ("python", "cpp") and not fused_ok) or (how == "compile" and not args.compile):
             continue
-        block = StreamBlock(args.d_model, 4, hidden, residual, args.streams, iters or args.sinkhorn_iters,
-                            max_seq_len=args.seq, fused=bool(fused))
+        kw = dict(max_seq_len=args.seq)
+        if how in ("python", "cpp"):
+            cls, kw["cpp_nodes"] = FusedStreamBlock, how == "cpp"
+        else:
+            cls = StreamBlock
+        block = cls(args.d_model, 4, hidden, residual, args.streams, iters or args.sinkhorn_iters, **kw)
         shape = (args.batch, args.seq, args.d_model) if residual == "plain" else \
             (args.batch, args.seq, args.streams, args.d_model)
         x = torch.randn(shape, requires_grad=True)
+        if how == "compile":
+            block = torch.compile(block)
+            start = time.perf_counter()
+            block(x).sum().backward()                     # compiles the forward and the backward graph
+            compile_s[name] = time.perf_counter() - start
 
-        def run(block=block, x=x, cpp=fused == "cpp"):
-            fused_mhc.CPP_NODES = cpp                     # where the C++ nodes did not build, both run Python
-            try:
-                block(x).sum().backward()
-            finally:
-                fused_mhc.CPP_NODES = True
+        def run(block=block, x=x):
+            block(x).sum().backward()
         fns[name] = run
     hcs = [HyperConnection(args.d_model, args.streams, args.sinkhorn_iters) for _ in range(2)]
     xs = torch.randn(args.batch, args.seq, args.streams, args.d_model, requires_grad=True)
@@ -65,19 +78,20 @@ def _block_fns(args, fused_ok: bool):
             out = out + inp.sum() + mix.sum() + post.sum()
         out.backward()
     fns["the 2 mHC modules alone (PyTorch)"] = hc_only
-    return fns
+    return fns, compile_s
 
 
 def _model_fns(args, fused_ok: bool, layers: int = 24):
+    from course_lib.bonus.fused_mhc import FusedStreamLM
     from course_lib.mhc import StreamLM
 
     fns = {}
-    for name, residual, fused in (("plain residual", "plain", False), ("mHC, fused kernels", "mhc", True)):
-        if fused and not fused_ok:
+    for name, residual, cls in (("plain residual", "plain", StreamLM), ("mHC", "mhc", StreamLM),
+                                ("mHC, fused kernels", "mhc", FusedStreamLM)):
+        if cls is FusedStreamLM and not fused_ok:
             continue
         torch.manual_seed(0)
-        model = StreamLM(256, args.d_model, layers, 4, residual, args.streams, args.sinkhorn_iters,
-                         max_seq_len=args.seq, fused=fused)
+        model = cls(256, args.d_model, layers, 4, residual, args.streams, args.sinkhorn_iters, max_seq_len=args.seq)
         idx = torch.randint(0, 256, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
 
         def step(model=model, idx=idx):
@@ -113,6 +127,10 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--repeat", type=int, default=25)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile rows (the plain and the mHC block); compiling takes minutes first")
+    p.add_argument("--no-model", action="store_true", help="skip 1b, notebook 08's whole 24-block model")
+    p.add_argument("--no-optimizers", action="store_true", help="skip 2, the optimizer steps")
     args = p.parse_args(argv)
     for name in ("d_model", "streams", "sinkhorn_iters", "batch", "seq", "repeat", "threads"):
         if getattr(args, name) < 1:
@@ -128,7 +146,8 @@ def main(argv=None) -> int:
         args.d_model = d
         print(f"\n1. one block, forward + backward: d={d}, n={args.streams} streams, {args.sinkhorn_iters} Sinkhorn "
               f"iterations, batch {args.batch} x {args.seq} tokens, {args.threads} thread(s)")
-        times = compare(_block_fns(args, fused_ok), baseline="plain residual", repeat=args.repeat, rewarm=1)
+        fns, compile_s = _block_fns(args, fused_ok)
+        times = compare(fns, baseline="plain residual", repeat=args.repeat, rewarm=1)
         base = times["plain residual"]
         print_table([(k, 1000 * v, v / base) for k, v in times.items()], ["variant", "ms", "x plain"])
         extra = times["mHC"] - base
@@ -155,16 +174,28 @@ def main(argv=None) -> int:
                   f"block's three autograd nodes. The same kernels behind Python autograd.Functions cost "
                   f"{1000 * python_nodes:.2f} ms more ({times['mHC, fused, Python nodes'] / base:.2f}x plain): the "
                   f"Python around each node, forward and backward.")
+        if args.compile:
+            compiled, plain_c = times["mHC, torch.compile"], times["plain residual, torch.compile"]
+            fused = f"; the fused kernels are {compiled / times['mHC, fused kernels']:.2f}x faster than it" \
+                if fused_ok else ""
+            print(f"torch.compile (the same PyTorch code, compiled; compilation first took "
+                  f"{', '.join(f'{s:.0f} s ({k})' for k, s in compile_s.items())}): mHC {1000 * compiled:.2f} ms = "
+                  f"{compiled / base:.2f}x the plain block ({compiled / plain_c:.2f}x the compiled plain block), "
+                  f"{times['mHC'] / compiled:.2f}x faster than uncompiled{fused}.")
+        else:
+            print("(torch.compile rows: add --compile; compiling the plain and the mHC block takes about a minute "
+                  "each first, more on a busy machine)")
     args.d_model = widths[0]
-    if fused_ok:
+    if fused_ok and not args.no_model:
         print(f"\n1b. notebook 08's model: 24 blocks (d={args.d_model}, n={args.streams}), embedding, head and loss, "
               f"forward + backward of one batch of {args.batch} x {args.seq} tokens")
         times = compare(_model_fns(args, fused_ok), baseline="plain residual", repeat=args.repeat, rewarm=1)
         base = times["plain residual"]
         print_table([(k, 1000 * v, v / base) for k, v in times.items()], ["model", "ms", "x plain"])
         ratio = times["mHC, fused kernels"] / base
-        print(f"Per training step of the whole model: mHC / plain = {ratio:.2f}x "
-              f"(<= 1.5x on this machine: {'yes' if ratio <= 1.5 else 'no'}); here a block costs 2 kernel calls, not 3.")
+        print(f"Per training step of the whole model: mHC / plain = {times['mHC'] / base:.2f}x with PyTorch "
+              f"operations, {ratio:.2f}x fused (<= 1.5x on this machine: {'yes' if ratio <= 1.5 else 'no'}); here a "
+              f"block costs 2 kernel calls, not 3.")
     print("Everything mHC adds is O(n d + t_max n^2) per token (norm and projection of the n streams, Sinkhorn on an "
           "n x n matrix, mixing) against the block's O(d^2) matmuls, so the relative overhead shrinks as the layer "
           "widens. Written with PyTorch operations it is dozens of tiny operations per connection, each paying a few "
@@ -173,6 +204,8 @@ def main(argv=None) -> int:
           "recomputation and an adjusted DualPipe 1F1B schedule keep mHC's wall-time overhead to 6.7% of the "
           "overlapped 1F1B pipeline stage (DeepSeek-V4 report, Section 3.4.2). On a busy machine the split above is noisy; compare the totals.")
 
+    if args.no_optimizers:
+        return 0
     print("\n2. one optimizer step (gradients given), TinyLM d=64, 4 layers")
     times = compare(_optimizer_fns(args), baseline="AdamW", repeat=args.repeat, rewarm=1)
     base = times["AdamW"]

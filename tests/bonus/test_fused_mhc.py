@@ -1,11 +1,13 @@
-"""course_lib.bonus.fused_mhc: the C kernels give the numbers of course_lib.mhc's PyTorch code, gradients included."""
+"""course_lib.bonus.fused_mhc: the C kernels give the numbers of course_lib.mhc's PyTorch code, gradients included;
+FusedStreamBlock / FusedStreamLM are mhc.StreamBlock / mhc.StreamLM with the same parameters and numbers."""
 import shutil
 
 import pytest
 import torch
 
-from course_lib.bonus import fused_mhc
 from course_lib import mhc
+from course_lib.bonus import fused_mhc
+from course_lib.bonus.fused_mhc import FusedStreamBlock, FusedStreamLM
 
 HAVE_COMPILER = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 HAVE_CXX = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
@@ -15,10 +17,9 @@ NODES = [pytest.param(True, id="cpp-nodes"), pytest.param(False, id="python-func
 
 
 @pytest.fixture(params=NODES)
-def cpp_nodes(request, monkeypatch):
+def cpp_nodes(request):
     if request.param and not HAVE_CXX:
         pytest.skip("no C++ compiler: the C++ autograd nodes cannot be built here")
-    monkeypatch.setattr(fused_mhc, "CPP_NODES", request.param)
     return request.param
 
 
@@ -53,12 +54,12 @@ def test_a_compiler_that_rejects_march_native_gets_a_build_without_it(tmp_path, 
 def test_the_build_without_march_native_gives_the_same_numbers(tmp_path, cc_without_native, monkeypatch):
     # a CPU or compiler without -march=native gets generic vector code (no AVX: the register hint is off)
     monkeypatch.setattr(fused_mhc, "_libs", {})
-    monkeypatch.setattr(fused_mhc, "CPP_NODES", False)     # the C++ nodes keep the kernels they were given first
     for dtype, tol in ((torch.float64, 1e-11), (torch.float32, 2e-5)):
         hc = _hc(12, 4, 20, dtype)
         x = torch.randn(2, 70, 4, 12, dtype=dtype, generator=torch.Generator().manual_seed(2))
         outs_ref, grads_ref = _run(hc, x, fused=False)
-        outs, grads = _run(hc, x, fused=True)
+        # the Python Functions: the C++ nodes keep the kernels they were given first
+        outs, grads = _run(hc, x, fused=True, cpp_nodes=False)
         for got, ref in zip(outs + grads, outs_ref + grads_ref):
             torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
     assert len(list((tmp_path / "cache").iterdir())) == 2                # both dtypes, built without it
@@ -97,15 +98,14 @@ def _hc(d, n, iters, dtype, seed=0, scale_fn=30.0):
     return hc
 
 
-def _run(hc, x, fused):
-    """Forward through pre + combine with a made-up layer output, then backward; returns outputs and gradients."""
-    hc.fused = fused
+def _run(hc, x, fused, cpp_nodes=True):
+    """Forward through pre + combine with a made-up layer output, then backward; returns outputs and gradients.
+    fused=False: mhc's PyTorch code; True: the kernels (behind the C++ nodes or, cpp_nodes=False, Python's)."""
     x = x.detach().clone().requires_grad_()
     hc.zero_grad(set_to_none=True)
-    inp, mix, post = hc(x)
+    inp, mix, post = fused_mhc.pre(hc, x, cpp_nodes) if fused else hc(x)
     f = torch.sin(inp * 3)                      # a stand-in for the sub-layer, so the gradient reaches inp
-    combine = fused_mhc.combine if fused else mhc.HyperConnection.combine
-    out = combine(x, f, mix, post)
+    out = fused_mhc.combine(x, f, mix, post, cpp_nodes) if fused else mhc.HyperConnection.combine(x, f, mix, post)
     w = torch.linspace(-1, 1, out.numel(), dtype=x.dtype).view_as(out)
     ((out * w).sum() + (mix * mix).sum() + post.sum()).backward()
     return [inp, mix, post, out], [x.grad, hc.fn.grad, hc.base.grad, hc.scale.grad]
@@ -119,7 +119,7 @@ def test_hyper_connection_fused_equals_pytorch(n, d, iters, tokens, dtype, tol, 
     hc = _hc(d, n, iters, dtype)
     x = torch.randn(*tokens, n, d, dtype=dtype, generator=torch.Generator().manual_seed(2))
     outs_ref, grads_ref = _run(hc, x, fused=False)
-    outs, grads = _run(hc, x, fused=True)
+    outs, grads = _run(hc, x, fused=True, cpp_nodes=cpp_nodes)
     for got, ref in zip(outs + grads, outs_ref + grads_ref):
         torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=0)
 
@@ -154,8 +154,9 @@ def test_stream_lm_fused_equals_pytorch(residual, cpp_nodes):
     # whole model, float64: the same loss, the same gradient for every parameter, the same recorded mixing matrices
     torch.manual_seed(0)
     ref = mhc.StreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16).double()
-    fused = mhc.StreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16, fused=True).double()
+    fused = FusedStreamLM(64, 16, 3, 2, residual, 4, 20, max_seq_len=16, cpp_nodes=cpp_nodes).double()
     fused.load_state_dict(ref.state_dict())
+    assert all(type(block) is FusedStreamBlock for block in fused.blocks)
     x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
     losses = []
     for model in (ref, fused):
@@ -171,9 +172,10 @@ def test_stream_lm_fused_equals_pytorch(residual, cpp_nodes):
 
 def test_float32_training_follows_the_pytorch_path(cpp_nodes):
     runs = []
-    for fused in (False, True):
-        torch.manual_seed(0)
-        model = mhc.StreamLM(64, 16, 4, 2, "mhc", 4, 20, max_seq_len=16, fused=fused)
+    for cls in (mhc.StreamLM, FusedStreamLM):
+        torch.manual_seed(0)                    # the same seed gives both the same initial weights
+        kw = {"cpp_nodes": cpp_nodes} if cls is FusedStreamLM else {}
+        model = cls(64, 16, 4, 2, "mhc", 4, 20, max_seq_len=16, **kw)
         gen = torch.Generator().manual_seed(0)
         batch = lambda step: (torch.randint(0, 64, (4, 16), generator=gen),) * 2
         runs.append(mhc.train(model, batch, 6, lr=3e-3, progress=False)["loss"])
@@ -181,36 +183,55 @@ def test_float32_training_follows_the_pytorch_path(cpp_nodes):
 
 
 def test_unsupported_inputs_take_the_pytorch_path():
-    hc = _hc(8, 4, 5, torch.float32)
-    hc.fused = True
     x = torch.randn(2, 3, 4, 8)
     assert fused_mhc.supported(x)
     assert not fused_mhc.supported(x.bfloat16())                  # no bfloat16 kernel
     assert not fused_mhc.supported(torch.randn(2, 3, 9, 8))       # more streams than the kernel's MAXN
-    out = hc.to(torch.bfloat16)(x.bfloat16())                     # runs, through PyTorch
-    assert out[0].dtype == torch.bfloat16
+    torch.manual_seed(0)
+    ref = mhc.StreamBlock(8, 2, 16, "mhc", 4, 5, max_seq_len=8).to(torch.bfloat16)
+    fused = FusedStreamBlock(8, 2, 16, "mhc", 4, 5, max_seq_len=8).to(torch.bfloat16)
+    fused.load_state_dict(ref.state_dict())
+    out = fused(x.bfloat16())                                     # runs, through mhc's PyTorch code
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref(x.bfloat16()))
+
+
+def test_fused_block_equals_the_pytorch_block(cpp_nodes):
+    # one block on its own (3 kernel calls), mHC and HC, float64: output and every gradient
+    for residual in ("mhc", "hc"):
+        torch.manual_seed(0)
+        ref = mhc.StreamBlock(12, 2, 32, residual, 4, 20, max_seq_len=8).double()
+        fused = FusedStreamBlock(12, 2, 32, residual, 4, 20, max_seq_len=8, cpp_nodes=cpp_nodes).double()
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 8, 4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        outs, grads = [], []
+        for block in (ref, fused):
+            xi = x.clone().requires_grad_()
+            out = block(xi)
+            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+            outs.append(out)
+            grads.append([xi.grad] + [p.grad for p in block.parameters()])
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-11, rtol=0)
+        for got, want in zip(grads[1], grads[0]):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
 
 
 def test_fused_pre_records_the_mixing_matrix_like_the_pytorch_path():
     hc = _hc(8, 4, 20, torch.float64)
     x = torch.randn(2, 3, 4, 8, dtype=torch.float64)
-    hc.fused = False
     _, mix_ref, _ = hc(x)
-    hc.fused = True
-    _, mix, _ = hc(x)
+    _, mix, _ = fused_mhc.pre(hc, x)
     torch.testing.assert_close(hc.last_mix, mix_ref, atol=1e-12, rtol=0)
     torch.testing.assert_close(mix.sum(-1), torch.ones(2, 3, 4, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
-def test_the_forward_keeps_the_same_numbers_whatever_the_sinkhorn_iterations(monkeypatch):
+def test_the_forward_keeps_the_same_numbers_whatever_the_sinkhorn_iterations():
     # Sinkhorn's steps are run again in the backward, so what the forward saves must not grow with the iterations
     # (it kept 2n numbers per step and token before: ~0.35 MB per connection at notebook 08's size). Read off the
     # Python Function's saved tensors; the C++ nodes save the same buffer, sized by the same kernel function.
-    monkeypatch.setattr(fused_mhc, "CPP_NODES", False)
     x = torch.randn(2, 70, 4, 8)
     saved = []
     for iters in (1, 20, 50):
-        inp, _, _ = fused_mhc.pre(_hc(8, 4, iters, torch.float32), x)
+        inp, _, _ = fused_mhc.pre(_hc(8, 4, iters, torch.float32), x, cpp_nodes=False)
         saved.append(sum(t.numel() for t in inp.grad_fn.saved_tensors))
     assert saved[0] == saved[1] == saved[2], saved
 
@@ -228,7 +249,7 @@ def test_fused_steps_reject_streams_of_another_shape():
 def test_stream_lm_merges_write_back_and_read_in_across_blocks(cpp_nodes):
     # inside StreamLM a block's last write-back and the next block's read-in are one autograd node: 2 per block + 1
     torch.manual_seed(0)
-    model = mhc.StreamLM(64, 16, 3, 2, "mhc", 4, 5, max_seq_len=8, fused=True)
+    model = FusedStreamLM(64, 16, 3, 2, "mhc", 4, 5, max_seq_len=8, cpp_nodes=cpp_nodes)
     _, loss = model(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
     names, stack, seen = [], [loss.grad_fn], set()
     while stack:

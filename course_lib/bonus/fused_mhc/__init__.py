@@ -23,19 +23,26 @@ fast; any other n runs slower, see the C file):
   connection here.
 * ``MHCCombine``: X_{l+1} = B X + C F(layer_input) and its backward.
 * ``MHCCombinePre``: a combine followed by the next connection's pre step, as one autograd node. Inside a model
-  (``mhc.StreamLM``) every write-back is merged with the next read-in, across blocks too: 2 nodes per block.
+  (``FusedStreamLM``) every write-back is merged with the next read-in, across blocks too: 2 nodes per block.
+
+The models: ``FusedStreamBlock`` and ``FusedStreamLM`` (``model.py``) are ``mhc.StreamBlock`` and ``mhc.StreamLM``
+with the same parameters (state dicts load both ways) whose forward runs these kernels. This package imports
+``course_lib.mhc``; no lesson module imports this package (the benchmark ``python -m course_lib.bench v4``
+does). README.md next to this file says what fusion buys and when.
 
 Each of the three is an autograd node twice over: written here in Python (``torch.autograd.Function``) and in C++
 (``csrc/mhc_autograd.cpp``, ``torch::autograd::Function``), which calls the same kernels without any Python in the
 forward call or the backward pass. At d = 32 the Python around a node costs about as much as its kernels (the bench
 prints both: about 1.43x against 1.3x), so ``pre``, ``combine`` and ``combine_then_pre`` use the C++ nodes where
-they could be built (``CPP_NODES``; ``nodes_available``) and the Python Functions otherwise: the same numbers.
+they could be built (``nodes_available``) and the Python Functions otherwise, or always with ``cpp_nodes=False``
+(an argument of those three functions and of the model classes): the same numbers.
 
 The kernels are built on first use with the system's C compiler (``cc``, or ``$CC``; a second or two per dtype)
 into a cache folder (``$COURSE_LIB_KERNEL_CACHE``, else ``~/.cache/inside-deepseek``, else the temp folder); the C++
 nodes with its C++ compiler (``c++``, or ``$CXX``) against the installed torch's headers and the Python headers, about
 20-30 s once per torch and Python version. Without a compiler, on other devices (CUDA) or dtypes (bfloat16),
-``supported`` says no and ``course_lib.mhc`` uses its PyTorch code, which gives the same numbers up to rounding:
+``supported`` says no and the model classes run ``course_lib.mhc``'s PyTorch code, which gives the same numbers up
+to rounding:
 tests/bonus/test_fused_mhc.py compares the three ways (float64 to 1e-11, float32 to 2e-5, gradients included) and runs
 torch.autograd.gradcheck on the Python Functions and the C++ nodes.
 """
@@ -63,7 +70,6 @@ _CFLAGS = ["-O3", "-march=native", "-std=c99", "-shared", "-fPIC", "-fno-math-er
 _VARIANTS = {torch.float32: ["-DSINGLE"], torch.float64: []}
 _libs: dict = {}
 _failure: str | None = None
-CPP_NODES = True              # use the C++ autograd nodes where they could be built (False: the Python Functions)
 _nodes = None                 # the compiled module of mhc_autograd.cpp; False when it could not be built
 _nodes_failure: str | None = None
 
@@ -358,31 +364,44 @@ def _check(hc, streams: torch.Tensor):
         raise ValueError(f"streams must have shape (..., {hc.n_streams}, {hc.d_model}), got {tuple(streams.shape)}")
 
 
-def pre(hc, streams: torch.Tensor):
+def _nodes_or_none(cpp_nodes: bool):
+    """The C++ autograd nodes when asked for and built, else None (then the Python Functions run)."""
+    return _load_nodes() if cpp_nodes else None
+
+
+def pre(hc, streams: torch.Tensor, cpp_nodes: bool = True):
     """hc's mHC read-in step (hc: a constrained mhc.HyperConnection) on (B, T, n, d) streams through the fused
-    kernel: (layer_input, B, C), as HyperConnection.forward returns them; records hc.last_mix the same way."""
+    kernel: (layer_input, B, C), as HyperConnection.forward returns them; records hc.last_mix the same way.
+    cpp_nodes: run the C++ autograd node where it could be built (False: the Python Function; the same numbers)."""
     _check(hc, streams)
     dt = streams.dtype
-    apply = _load_nodes().pre if CPP_NODES and _load_nodes() else MHCPre.apply
+    nodes = _nodes_or_none(cpp_nodes)
+    apply = nodes.pre if nodes else MHCPre.apply
     out = apply(streams, _as(hc.fn, dt), _as(hc.base, dt), _as(hc.scale, dt), hc.sinkhorn_iters, hc.eps, hc.rms_eps)
     hc.last_mix = out[1].detach()
     return out
 
 
-def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor):
+def combine(streams: torch.Tensor, layer_output: torch.Tensor, mix: torch.Tensor, post: torch.Tensor,
+            cpp_nodes: bool = True):
     """X_{l+1} = B_l X_l + C_l F_l through the fused kernel (streams (B, T, n, d), layer_output (B, T, d))."""
     dt = streams.dtype
-    apply = _load_nodes().combine if CPP_NODES and _load_nodes() else MHCCombine.apply
+    nodes = _nodes_or_none(cpp_nodes)
+    apply = nodes.combine if nodes else MHCCombine.apply
     return apply(streams, _as(layer_output, dt), _as(mix, dt), _as(post, dt))
 
 
-def combine_then_pre(streams, layer_output, mix, post, hc):
+def combine_then_pre(streams, layer_output, mix, post, hc, cpp_nodes: bool = True):
     """combine(...) followed by hc's mHC pre step (hc: a constrained mhc.HyperConnection), as one autograd node.
     Returns (new streams, layer_input, B, C) and records hc.last_mix like HyperConnection.forward."""
     _check(hc, streams)
     dt = streams.dtype
-    apply = _load_nodes().combine_then_pre if CPP_NODES and _load_nodes() else MHCCombinePre.apply
+    nodes = _nodes_or_none(cpp_nodes)
+    apply = nodes.combine_then_pre if nodes else MHCCombinePre.apply
     out = apply(streams, _as(layer_output, dt), _as(mix, dt), _as(post, dt), _as(hc.fn, dt), _as(hc.base, dt),
                 _as(hc.scale, dt), hc.sinkhorn_iters, hc.eps, hc.rms_eps)
     hc.last_mix = out[2].detach()
     return out
+
+
+from course_lib.bonus.fused_mhc.model import FusedStreamBlock, FusedStreamLM  # noqa: E402  (model.py uses the above)
