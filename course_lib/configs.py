@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from course_lib.kit.validate import one_of
+
 
 @dataclass(frozen=True)
 class DeepSeekConfig:
@@ -78,9 +80,7 @@ CONFIGS = {c.name: c for c in (DEEPSEEK_V2_LITE, DEEPSEEK_V2, DEEPSEEK_V3)}
 
 
 def get_config(name: str) -> DeepSeekConfig:
-    if name not in CONFIGS:
-        raise ValueError(f"name must be one of {sorted(CONFIGS)}, got {name!r}")
-    return CONFIGS[name]
+    return CONFIGS[one_of("name", name, sorted(CONFIGS))]
 
 
 # --------------------------------------------------------------------------------------------- counting

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from course_lib.kit.validate import positive_int
+
 MODES = ("window", "full", "reindex", "reuse")
 
 
@@ -75,9 +77,7 @@ class CSA2Layout:
             raise ValueError(f"candidate_source must be -1 or one of kv_sources {kv}, got {self.candidate_source!r}")
         for f in ("candidate_blocks", "candidate_block_size", "index_topk", "window", "head_dim", "n_heads",
                   "index_heads", "index_head_dim"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{f} must be a positive int, got {v!r}")
+            positive_int(f, getattr(self, f))
 
     @property
     def n_layers(self) -> int:
@@ -119,8 +119,7 @@ def cache_bytes(layout: CSA2Layout, context: int, shared: bool = True) -> float:
     """KV-cache bytes of one sequence. Every layer keeps its window (min(S, window) FP8 vectors); only KV sources
     keep S // ratio compressed vectors and index keys (shared=True, V4.1). shared=False: every compressed layer
     keeps its own, as V4 does."""
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
-        raise ValueError(f"context must be a positive int, got {context!r}")
+    positive_int("context", context)
     b = entry_bytes(layout)
     total = 0.0
     for i, r in enumerate(layout.compress_ratios):
@@ -173,8 +172,7 @@ def compress(x, wkv, wgate=None, ratio: int = 2):
     """layers.py DeepseekV41Compressor: for group j of `ratio` consecutive tokens
         c_j = sum_{i in j} softmax_i(W_gate x_i) * (W_kv x_i)     (softmax per channel over the group)
     ratio 1: c_i = W_kv x_i. A trailing partial group gives nothing. (The release then applies RMSNorm and RoPE.)"""
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-        raise ValueError(f"ratio must be a positive int, got {ratio!r}")
+    positive_int("ratio", ratio)
     if ratio == 1:
         return x @ wkv.T
     if wgate is None:

@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from course_lib.kit.validate import in_unit_interval
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Rejection sampling (R1 §2.3.3)
@@ -177,8 +179,7 @@ def kd_loss_fn(teacher, temperature: float = 2.0, alpha: float = 1.0) -> Callabl
     logit distillation. The teacher is frozen and scores the same (x, y) the student sees: only positions with a
     label (y != -100, the completion) count.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    in_unit_interval("alpha", alpha)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     teacher.eval()

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import in_unit_interval
 from course_lib.layers import RMSNorm, SwiGLU, apply_rope, attend, rope_cos_sin
 from course_lib.model import TinyLM
 
@@ -258,8 +259,7 @@ def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 3
 def confident_prefix(conf_logits, threshold: float) -> int:
     """Tokens to verify: all before the first c_k < threshold (draft_ops.py _confident_prefix_length);
     threshold 0 verifies the whole block."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    in_unit_interval("threshold", threshold)
     if threshold == 0.0:
         return conf_logits.shape[-1]
     low = (conf_logits.sigmoid() < threshold).nonzero()

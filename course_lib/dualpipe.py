@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from course_lib.kit.validate import int_at_least, one_of, positive_int
+
 SCHEDULES = ("1F1B", "ZB1P", "DualPipe")
 
 
@@ -68,10 +70,8 @@ class Timeline:
 
 
 def _check(pp: int, micro_batches: int, times: dict) -> None:
-    if isinstance(pp, bool) or not isinstance(pp, int) or pp < 2:
-        raise ValueError(f"pp must be an int >= 2, got {pp!r}")
-    if isinstance(micro_batches, bool) or not isinstance(micro_batches, int) or micro_batches < 1:
-        raise ValueError(f"micro_batches must be a positive int, got {micro_batches!r}")
+    int_at_least("pp", pp, 2)
+    positive_int("micro_batches", micro_batches)
     for k in ("F", "B", "W", "FB", "comm"):
         if times[k] < 0:
             raise ValueError(f"times[{k!r}] must be >= 0, got {times[k]}")
@@ -175,8 +175,7 @@ def dualpipe(pp: int, micro_batches: int) -> list[list[tuple]]:
 def build_ops(schedule: str, pp: int, micro_batches: int) -> list[list[Op]]:
     """The schedule's per-rank orders with micro-batch numbers filled in (each rank runs each direction's forwards,
     and its backwards, in micro-batch order; queued weight gradients come out first in, first out)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    one_of("schedule", schedule, SCHEDULES)
     if schedule == "DualPipe":
         raw = dualpipe(pp, micro_batches)
     else:
@@ -314,8 +313,7 @@ def table2_bubble(schedule: str, pp: int, times: dict | None = None) -> float:
 
 def table2_memory(schedule: str, pp: int) -> tuple[int, int]:
     """(parameter copies, activation micro-batches) per rank from V3 Table 2: 1x/PP, 1x/PP, 2x/PP+1."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    one_of("schedule", schedule, SCHEDULES)
     return (2, pp + 1) if schedule == "DualPipe" else (1, pp)
 
 

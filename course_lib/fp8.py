@@ -26,16 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import one_of, positive_int
 from course_lib.layers import swiglu
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0                                   # largest finite E4M3 value: 1.75 * 2**8
 SCALINGS = ("tensor", "tile", "block")
-
-
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def scales(x: torch.Tensor, scaling: str, tile: int = 128) -> torch.Tensor:
@@ -45,9 +41,8 @@ def scales(x: torch.Tensor, scaling: str, tile: int = 128) -> torch.Tensor:
     channels); "block": ``tile`` x ``tile`` groups (V3: weights, per 128 output x 128 input channels). Ragged edge
     groups are allowed (the last group is smaller).
     """
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
-    _positive("tile", tile)
+    one_of("scaling", scaling, SCALINGS)
+    positive_int("tile", tile)
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D, got shape {tuple(x.shape)}")
     a = x.detach().abs().float()
@@ -105,7 +100,7 @@ def outlier_activations(n: int, k: int, n_outliers: int = 4, magnitude: float = 
 def round_to_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Keep ``bits`` significant bits of each value (truncating the rest, as an adder that aligns and drops the
     low bits of its operands does). float64 in and out."""
-    _positive("bits", bits)
+    positive_int("bits", bits)
     m, e = torch.frexp(x)                          # x = m * 2**e, 0.5 <= |m| < 1
     scale = 2.0 ** bits
     return torch.ldexp(torch.trunc(m * scale) / scale, e)
@@ -120,7 +115,7 @@ def accumulate(a: torch.Tensor, b: torch.Tensor, bits: int | None = 14, n_c: int
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b must be 2-D with the same K, got {tuple(a.shape)} and {tuple(b.shape)}")
     if n_c is not None:
-        _positive("n_c", n_c)
+        positive_int("n_c", n_c)
     prods = a.double().unsqueeze(1) * b.double().unsqueeze(0)         # (N, M, K) products (exact in float64)
     total = prods.new_zeros(prods.shape[:2], dtype=torch.float32)
     part = prods.new_zeros(prods.shape[:2])
@@ -194,7 +189,7 @@ def fp8_model(model: nn.Module, tile: int = 128, skip=("head", "gate")) -> int:
     head and the MoE router, kept in full precision by V3 §3.3.1), and every RoutedExperts runs its experts through
     fp8_linear. Embeddings and norms are not GEMMs and are left alone."""
     from course_lib.experts import RoutedExperts
-    _positive("tile", tile)
+    positive_int("tile", tile)
     n = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):

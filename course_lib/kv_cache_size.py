@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from course_lib import configs
+from course_lib.kit.validate import one_of, positive_int
 
 KINDS = ("mha", "gqa", "mqa", "mla")
 
@@ -33,12 +34,9 @@ class AttentionShape:
     source: str = ""
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        one_of("kind", self.kind, KINDS)
         for field in ("n_layers", "n_heads", "head_dim"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{field} must be a positive int, got {value!r}")
+            positive_int(field, getattr(self, field))
         if self.kind == "gqa" and not (isinstance(self.n_kv_heads, int) and 0 < self.n_kv_heads
                                        and self.n_heads % self.n_kv_heads == 0):
             raise ValueError(f"n_kv_heads must be a positive divisor of n_heads={self.n_heads}, "
@@ -81,10 +79,8 @@ def bytes_per_token(shape: AttentionShape, dtype="bf16") -> float:
 
 def cache_gb(shape: AttentionShape, context: int, batch: int = 1, dtype="bf16") -> float:
     """Cache for `batch` sequences of `context` tokens, in GB (10^9 bytes)."""
-    if not isinstance(context, int) or context <= 0:
-        raise ValueError(f"context must be a positive int, got {context!r}")
-    if not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    positive_int("context", context)
+    positive_int("batch", batch)
     return bytes_per_token(shape, dtype) * context * batch / 1e9
 
 
@@ -146,9 +142,7 @@ PRESETS = {
 
 
 def get_preset(name: str) -> AttentionShape:
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]
+    return PRESETS[one_of("preset", name, sorted(PRESETS))]
 
 
 def per_token_table(dtype="bf16") -> list[tuple]:
@@ -221,15 +215,11 @@ SPARSE_STORAGE = {"bf16": {"nope": 2.0, "rope": 2.0, "index": 2.0, "v4_index": 2
 
 
 def _storage(storage: str) -> dict:
-    if storage not in SPARSE_STORAGE:
-        raise ValueError(f"storage must be one of {sorted(SPARSE_STORAGE)}, got {storage!r}")
-    return SPARSE_STORAGE[storage]
+    return SPARSE_STORAGE[one_of("storage", storage, sorted(SPARSE_STORAGE))]
 
 
 def _context(context) -> int:
-    if isinstance(context, bool) or not isinstance(context, int) or context <= 0:
-        raise ValueError(f"context must be a positive int, got {context!r}")
-    return context
+    return positive_int("context", context)
 
 
 def sparse_cache_bytes(model, context: int, storage: str = "bf16", dense: bool = False) -> float:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib.experts import RoutedExperts
+from course_lib.kit.validate import positive_int
 from course_lib.moe import MoE
 from course_lib.layers import MHA, RMSNorm, SwiGLU  # noqa: F401  (RMSNorm, SwiGLU re-exported for the notebooks)
 
@@ -96,9 +97,7 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
         if (self.d_model // self.n_heads) % 2:

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from course_lib.grpo import aggregate, clipped_surrogate, group_advantages, kl_k3
+from course_lib.kit.validate import in_unit_interval, one_of
 from course_lib.moe import moe_layers
 
 VARIANTS = ("grpo", "dr_grpo", "dapo", "gspo", "gspo_token", "cispo")
@@ -91,8 +92,8 @@ def truncation_mask(logits: torch.Tensor, top_k: int | None = None, top_p: float
     """
     if top_k is not None and not 1 <= top_k:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if top_p is not None:
+        in_unit_interval("top_p", top_p, include_zero=False)
     keep = torch.ones_like(logits, dtype=torch.bool)
     if top_k is not None and top_k < logits.shape[-1]:
         keep &= logits >= logits.topk(top_k, dim=-1).values[..., -1:]
@@ -185,8 +186,7 @@ def replay_routes(model, routes: list[torch.Tensor]):
 # ----------------------------------------------------------------------------------------------------------------
 
 def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    one_of("variant", variant, VARIANTS)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

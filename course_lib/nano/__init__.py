@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch.nn as nn
 
 from course_lib import configs
+from course_lib.kit.validate import non_negative_int, one_of, positive_int
 from course_lib.model import ModelConfig, TinyLM
 from course_lib.mtp import MTPModel
 
@@ -75,13 +76,9 @@ class NanoConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                      "n_routed_experts", "num_experts_per_tok", "n_group", "topk_group", "max_position_embeddings"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("first_k_dense_replace", "n_shared_experts", "num_nextn_predict_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+            non_negative_int(name, getattr(self, name))
         if self.first_k_dense_replace > self.num_hidden_layers:
             raise ValueError(f"first_k_dense_replace must be at most num_hidden_layers={self.num_hidden_layers}, "
                              f"got {self.first_k_dense_replace}")
@@ -89,8 +86,7 @@ class NanoConfig:
             raise ValueError(f"q_lora_rank must be a positive int or None, got {self.q_lora_rank!r}")
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim must be even (RoPE rotates pairs), got {self.qk_rope_head_dim}")
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        one_of("attention", self.attention, ATTENTIONS)
         if self.rms_norm_eps != 1e-6:
             raise ValueError(f"rms_norm_eps must be 1e-6 (the course's RMSNorm eps), got {self.rms_norm_eps!r}")
         if self.tie_word_embeddings:
@@ -151,9 +147,7 @@ PRESETS = {"tiny": TINY, "deep": DEEP, "v3": V3}
 
 
 def get_preset(name: str) -> NanoConfig:
-    if name not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return PRESETS[name]
+    return PRESETS[one_of("preset", name, sorted(PRESETS))]
 
 
 def dense_baseline(cfg: NanoConfig, match: str = "activated") -> NanoConfig:

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import non_negative_int, positive_int
 from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.mhc import HyperConnection, HyperHead
 from course_lib.model import ModelOutput, TinyLM
@@ -99,13 +100,9 @@ class NanoV4Config:
                      "o_lora_rank", "sliding_window", "compress_rate_csa", "compress_rate_hca", "index_n_heads",
                      "index_head_dim", "index_topk", "hc_mult", "hc_sinkhorn_iters", "n_routed_experts",
                      "num_experts_per_tok", "n_group", "topk_group"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("first_k_dense_replace", "n_shared_experts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+            non_negative_int(name, getattr(self, name))
         if self.first_k_dense_replace > self.num_hidden_layers:
             raise ValueError(f"first_k_dense_replace must be at most num_hidden_layers={self.num_hidden_layers}, "
                              f"got {self.first_k_dense_replace}")

@@ -21,6 +21,7 @@ import random
 
 import torch
 
+from course_lib.kit.validate import in_unit_interval
 from course_lib.model import CharTokenizer
 from course_lib.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -110,8 +111,7 @@ def pretrain_batch(tok: CharTokenizer, batch_size: int, rng: random.Random, thin
 
     Each example is prompt + completion, the completion with the scratchpad with probability think_share.
     """
-    if not 0.0 <= think_share <= 1.0:
-        raise ValueError(f"think_share must be in [0, 1], got {think_share}")
+    in_unit_interval("think_share", think_share)
     rows, n_prompt = [], len(tok.encode(prompt(10 ** (n_digits - 1), 10 ** (n_digits - 1), n_digits)))
     for a, b in sample_problems(batch_size, rng, n_digits):
         rows.append(tok.encode(prompt(a, b, n_digits) + completion(a, b, rng.random() < think_share, n_digits)))

@@ -30,6 +30,7 @@ import torch
 
 from course_lib.toys import arith
 from course_lib import ASSETS, distill, grpo, rewards
+from course_lib.kit.validate import in_unit_interval, one_of
 from course_lib.model import CharTokenizer, ModelConfig, TinyLM
 from course_lib.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -58,8 +59,7 @@ def eos_id(tok: CharTokenizer) -> int:
 
 def scratchpad(a: int, b: int, lang: str = "en", rng: random.Random | None = None) -> str:
     """05's column-by-column scratchpad, each step in English or Chinese; lang='mix' flips a coin per step."""
-    if lang not in LANGS:
-        raise ValueError(f"lang must be one of {LANGS}, got {lang!r}")
+    one_of("lang", lang, LANGS)
     if lang == "mix" and rng is None:
         raise ValueError("lang='mix' needs an rng to draw each step's language")
     steps = []
@@ -110,8 +110,7 @@ def base_samples(n: int, rng: random.Random, think_share: float = 0.3, general_s
 
 def sample_prompts(general_share: float = 0.0):
     """A `grpo_train` prompt sampler: addition prompts, a share of them general ones; answers are integers."""
-    if not 0.0 <= general_share <= 1.0:
-        raise ValueError(f"general_share must be in [0, 1], got {general_share}")
+    in_unit_interval("general_share", general_share)
 
     def sample(n, rng):
         prompts, answers = [], []
