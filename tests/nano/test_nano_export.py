@@ -7,15 +7,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from course_lib import nano
 from course_lib.nano import export as nano_export
 from course_lib.toys.corpus import Corpus
 from course_lib.model import generate
-
-transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import DeepseekV3ForCausalLM  # noqa: E402
 
 torch.set_num_threads(2)
 CFG = nano.TINY.replace(max_position_embeddings=256)
@@ -38,11 +35,22 @@ def make_model(cfg=CFG, seed=0, scale=3.0):
     return model
 
 
+def hf_model_class():
+    """transformers' DeepseekV3ForCausalLM; only the tests that load the files with transformers ask for it, so only
+    they are skipped where transformers is missing (writing and reading back needs only safetensors)."""
+    return pytest.importorskip("transformers").DeepseekV3ForCausalLM
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def written(tmp_path_factory):
     model = make_model()
-    directory = nano_export.to_transformers(model, tmp_path_factory.mktemp("nano"), CFG)
-    ref, info = DeepseekV3ForCausalLM.from_pretrained(directory, output_loading_info=True)
+    return model, nano_export.to_transformers(model, tmp_path_factory.mktemp("nano"), CFG)
+
+
+@pytest.fixture(scope="module")
+def exported(written):
+    model, directory = written
+    ref, info = hf_model_class().from_pretrained(directory, output_loading_info=True)
     return model, directory, ref.eval(), info
 
 
@@ -94,8 +102,8 @@ def test_greedy_generation_identical(exported):
     assert ours.shape == (1, 80) and torch.equal(ours, theirs)
 
 
-def test_round_trip_bit_for_bit_with_mtp(exported):
-    model, directory, _, _ = exported
+def test_round_trip_bit_for_bit_with_mtp(written):
+    model, directory = written
     back = nano_export.from_transformers(directory)
     a, b = model.state_dict(), back.state_dict()
     assert set(a) == set(b) and any(k.startswith("mtp.0.block") for k in a)
@@ -106,10 +114,10 @@ def test_round_trip_bit_for_bit_with_mtp(exported):
         assert all(torch.equal(p, q) for p, q in zip(model(x).mtp_logits, back(x).mtp_logits))
 
 
-def test_mtp_layer_follows_the_release_layout(exported):
+def test_mtp_layer_follows_the_release_layout(written):
     """Recompute the MTP module's input projection from the FILE with the release's convention
     h' = eh_proj [enorm(Emb(t)); hnorm(h)] and compare with the course module (paper order [h; Emb])."""
-    model, directory, _, _ = exported
+    model, directory = written
     t = load_file(str(directory / "model.safetensors"))
     p = f"model.layers.{CFG.num_hidden_layers}"
     assert torch.equal(t[f"{p}.embed_tokens.weight"], t["model.embed_tokens.weight"])
@@ -133,7 +141,7 @@ def test_other_rope_layout_gives_same_logits(exported, tmp_path):
     model, _, _, _ = exported
     d = nano_export.to_transformers(model, tmp_path / "half", CFG, rope_interleave=False)
     assert json.loads((d / "config.json").read_text())["rope_interleave"] is False
-    ref = DeepseekV3ForCausalLM.from_pretrained(d).eval()
+    ref = hf_model_class().from_pretrained(d).eval()
     x = corpus_batch()
     with torch.no_grad():
         assert torch.allclose(model.model(x).logits, ref(x).logits, atol=1e-5, rtol=1e-5)
@@ -151,15 +159,15 @@ def test_other_rope_layout_gives_same_logits(exported, tmp_path):
 def test_model_built_in_half_layout_matches_transformers(tmp_path):
     cfg = CFG.replace(rope_interleave=False, q_lora_rank=None)
     model = make_model(cfg, seed=2)
-    ref = DeepseekV3ForCausalLM.from_pretrained(nano_export.to_transformers(model, tmp_path, cfg)).eval()
+    ref = hf_model_class().from_pretrained(nano_export.to_transformers(model, tmp_path, cfg)).eval()
     x = corpus_batch()
     with torch.no_grad():
         assert torch.allclose(model.model(x).logits, ref(x).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("damage", ["missing", "shape", "extra"])
-def test_broken_checkpoint_names_the_tensor(exported, tmp_path, damage):
-    model, directory, _, _ = exported
+def test_broken_checkpoint_names_the_tensor(written, tmp_path, damage):
+    model, directory = written
     t = load_file(str(directory / "model.safetensors"))
     name = "model.layers.2.mlp.experts.5.up_proj.weight"
     if damage == "missing":
@@ -184,6 +192,7 @@ def test_mha_model_cannot_be_exported(tmp_path):
 
 def test_bench_v3_runs_and_compares_the_same_function():
     """Smoke test of `python -m course_lib.bench v3` at toy sizes (no timing is asserted)."""
+    pytest.importorskip("transformers")
     from course_lib.bench import v3
 
     r = v3.run(batch=1, seq_len=8, prompt=8, new=4, repeat=1)
