@@ -1,10 +1,9 @@
-import subprocess
+"""course_lib.kit.glossary: the bilingual glossary (assets/glossary/glossary.csv), its lookup and its display."""
 import sys
 
 import pytest
 
 from course_lib.kit import glossary
-from course_lib.bench import core as bench_core
 
 
 def test_glossary_has_about_thirty_terms_with_chinese():
@@ -35,30 +34,22 @@ def test_glossary_lookup_by_term_and_notebook():
         glossary.lookup("banana")
 
 
-def test_glossary_show_without_ipython_display_prints(capsys):
+def test_glossary_show_without_ipython_display_prints(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "IPython.display", None)         # as if IPython were not installed
     rows = glossary.show(["reward"])
     assert rows and rows[0]["term_zh"] == "奖励"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"{r['term_en']} — 奖励: {r['definition']}" for r in rows]
+    assert len(printed) == len(rows)
 
 
-def test_bench_cli_lists_and_rejects():
-    out = subprocess.run([sys.executable, "-m", "course_lib.bench"], capture_output=True, text=True)
-    assert out.returncode == 2 and "usage" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "course_lib.bench", "no_such_bench"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown benchmark" in bad.stderr
-
-
-def test_bench_timing_helpers(capsys):
-    assert bench_core.time_fn(lambda: sum(range(100)), repeat=3, warmup=1) >= 0
-    times = bench_core.compare({"a": lambda: None, "b": lambda: sum(range(1000))}, repeat=3)
-    assert set(times) == {"a", "b"}
-    with pytest.raises(ValueError, match="baseline"):
-        bench_core.compare({"a": lambda: None}, baseline="z")
-    # rewarm: each timed call is preceded by that many untimed ones
-    calls = []
-    bench_core.compare({"a": lambda: calls.append(1)}, repeat=4, warmup=1, rewarm=2)
-    assert len(calls) == (1 + 1) + 4 * (2 + 1)          # warm-up pass (1 untimed + 1 timed), then 4 rounds
-    with pytest.raises(ValueError, match="rewarm"):
-        bench_core.compare({"a": lambda: None}, rewarm=-1)
-    text = bench_core.print_table([["x", 1.23456]], ["name", "value"])
-    assert "1.235" in text
-
+def test_glossary_show_in_jupyter_displays_one_html_row_per_term(monkeypatch):
+    display = pytest.importorskip("IPython.display")
+    shown = []
+    monkeypatch.setattr(display, "display", shown.append)
+    rows = glossary.show(notebook=5)
+    assert len(shown) == 1 and len(rows) > 0
+    html = shown[0].data
+    assert html.count("<tr><td>") == len(rows)
+    assert "<th>English</th><th>中文</th>" in html
+    assert all(r["term_zh"] in html and f"<td>{r['notebook']}</td>" in html for r in rows)
