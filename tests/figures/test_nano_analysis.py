@@ -38,10 +38,43 @@ def test_sample_is_seeded_and_checks_input(model):
         nano_analysis.plot_sample(model, domain="klingon")
 
 
-def test_figures_draw():
-    assert nano_analysis.plot_architecture(nano.TINY) is not None
+def test_architecture_figure_shows_the_configs_sizes():
+    import matplotlib.pyplot as plt
+
+    cfg = nano.TINY
+    fig = nano_analysis.plot_architecture(cfg)
+    texts = " | ".join(t.get_text() for t in fig.axes[0].texts)
+    assert f"embed  (vocab {cfg.vocab_size} x d {cfg.hidden_size})" in texts
+    assert f"first_k_dense_replace = {cfg.first_k_dense_replace}" in texts
+    assert f"top-{cfg.num_experts_per_tok} of {cfg.n_routed_experts}" in texts
+    assert f"MTP module (stored as layer {cfg.num_hidden_layers})" in texts
+    assert "nano-tiny" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = nano_analysis.plot_architecture(cfg.replace(num_nextn_predict_layers=0, first_k_dense_replace=2))
+    texts = " | ".join(t.get_text() for t in fig.axes[0].texts)
+    assert "MTP module" not in texts and "layers 0..1: dense FFN" in texts
+    plt.close(fig)
+
+
+def test_runs_figure_plots_the_recorded_losses_and_the_table_lists_them():
+    import math
+
+    import matplotlib.pyplot as plt
+
     runs = nano_analysis.load_runs(("nano",))
-    assert nano_analysis.plot_runs(runs) is not None and "val loss" in nano_analysis.runs_table(runs)
+    h = runs["nano"]["history"]
+    fig = nano_analysis.plot_runs(runs, title="t")
+    steps_ax, flops_ax = fig.axes
+    (by_step,), (by_flops,) = steps_ax.lines, flops_ax.lines
+    assert list(by_step.get_xdata()) == h["val_step"] and list(by_step.get_ydata()) == h["val_loss"]
+    assert list(by_flops.get_xdata()) == h["val_flops"] and list(by_flops.get_ydata()) == h["val_loss"]
+    assert (steps_ax.get_xlabel(), steps_ax.get_title(), flops_ax.get_xscale()) == ("training step", "t", "log")
+    assert [t.get_text() for t in steps_ax.get_legend().get_texts()] == [runs["nano"]["label"]]
+    plt.close(fig)
+    table = nano_analysis.runs_table(runs).splitlines()
+    assert "val loss" in table[0] and len(table) == 2
+    assert table[1].startswith(runs["nano"]["label"][:30])
+    assert f"{h['val_loss'][-1]:.4f}" in table[1] and f"{math.exp(h['val_loss'][-1]):.3f}" in table[1]
 
 
 def test_shipped_deep_model_decodes_exactly_as_greedy():
