@@ -220,7 +220,7 @@ def test_mla_and_mtp_speculative_decoding(monkeypatch):
 
 def test_dsa_and_v4_attention_with_caches(monkeypatch):
     from course_lib.dsa import DSA
-    from course_lib.toys.needle import evaluate, make_needle_model, train_dense, warmup_indexer
+    from course_lib.toys.needle import accuracy_and_recall, make_needle_model, train_dense, warmup_indexer
     from course_lib.v4_attention import Compressor, V4Attention, V4Cache
 
     dsa = DSA(64, 4, index_topk=8, q_lora_rank=32)
@@ -249,7 +249,7 @@ def test_dsa_and_v4_attention_with_caches(monkeypatch):
         needle = _params_on(to_dev(needle))
         train_dense(needle, 1, 32, batch=2)                        # the needle batches follow the model's device
         warmup_indexer(needle, 1, 32, batch=2)
-        evaluate(needle, 32, [4], batch=2)
+        accuracy_and_recall(needle, 32, [4], batch=2)
 
 
 # ---------------------------------------------------------------------------------------- 05-06: GRPO, distillation
@@ -360,7 +360,7 @@ def test_nano_deepseek_and_nano_v4_train_step(monkeypatch):
     from course_lib import nano
     from course_lib.nano import v4 as nano_v4
     from course_lib.mtp import MTPModel, speculative_generate
-    from course_lib.nano.train_parts import evaluate, make_optimizer, train_step
+    from course_lib.nano.train_parts import make_optimizer, train_step, validation_loss
 
     # 09's dense baselines are TinyLMs, covered above; its recorded checkpoints load as these same classes
     models = [nano.build_model(nano.TINY), nano_v4.build_model(nano_v4.TINY_V4)]
@@ -371,7 +371,7 @@ def test_nano_deepseek_and_nano_v4_train_step(monkeypatch):
             opt = make_optimizer(model, 1e-3)
             lam = 0.3 if isinstance(model, MTPModel) else None
             train_step(model, opt, x, x, 1e-3, lam)
-            assert evaluate(model, lambda i: (x, x), 1) == 0.5           # the placeholder value: it ran
+            assert validation_loss(model, lambda i: (x, x), 1) == 0.5           # the placeholder value: it ran
             if isinstance(model, MTPModel):
                 out, _ = speculative_generate(model, x[:1, :8], 4)
                 assert out.device == DEV

@@ -243,8 +243,8 @@ def test_evaluate_reports_shares_for_a_random_model():
     tok = r1_recipe.make_tokenizer()
     torch.manual_seed(0)
     model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
-    r = r1_recipe.evaluate(model, tok, n=8)
-    again = r1_recipe.evaluate(model, tok, n=8)                       # seeded: the same numbers twice
+    r = r1_recipe.held_out_metrics(model, tok, n=8)
+    again = r1_recipe.held_out_metrics(model, tok, n=8)                       # seeded: the same numbers twice
     assert all(r[k] == again[k] or (r[k] != r[k] and again[k] != again[k]) for k in r)
     for key in ("accuracy", "think_share", "general"):
         assert 0.0 <= r[key] <= 1.0
@@ -279,7 +279,7 @@ def test_shipped_base_models_load_with_weights_only():
     lambda: r1_recipe.sample_prompts(1.5),
     lambda: r1_recipe.reward_fns("accuracy", "speed"),
     lambda: r1_recipe.reward_fns(),
-    lambda: r1_recipe.evaluate(None, r1_recipe.make_tokenizer(), n=0),
+    lambda: r1_recipe.held_out_metrics(None, r1_recipe.make_tokenizer(), n=0),
     lambda: r1_recipe.results_table({"a": {}}, ["nope"]),
     lambda: r1_recipe.stages_figure({}),
     lambda: r1_recipe.students_figure({"a": {}}, ["b"]),

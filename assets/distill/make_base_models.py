@@ -34,7 +34,7 @@ def pretrain(cfg, tok, steps, batch_size, lr, seed, log_every=500):
 
     def callback(step, m):
         if (step + 1) % log_every == 0:
-            stats = r1_recipe.evaluate(m, tok)
+            stats = r1_recipe.held_out_metrics(m, tok)
             m.train()
             print(f"d={cfg.d_model} step {step + 1}:", {k: round(v, 3) for k, v in stats.items()}, flush=True)
 
@@ -59,7 +59,7 @@ def main(argv=None):
     student = pretrain(r1_recipe.student_config(tok.vocab_size), tok, args.steps, args.batch_size, 3e-3, args.seed)
     print(f"pretraining took {time.perf_counter() - t0:.0f} s")
     for name, m in (("teacher", teacher), ("student", student)):
-        print(name, m.num_params(), {k: round(v, 3) for k, v in r1_recipe.evaluate(m, tok).items()})
+        print(name, m.num_params(), {k: round(v, 3) for k, v in r1_recipe.held_out_metrics(m, tok).items()})
     r1_recipe.save_base_models(teacher, student, args.out)
     print("saved", args.out)
 

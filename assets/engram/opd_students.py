@@ -4,7 +4,7 @@ Runs the code cells of notebooks/06_distillation.ipynb in order (the same teache
 arms (a) SFT on traces, (b) logit KD, (c) RL, so their numbers are 06's), then trains (d): the same student base by
 `distill.on_policy_distill` from the final R1 teacher, with the budget of (c): STEPS["student"] optimizer steps of
 8 prompts x 4 samples = 32 student-sampled sequences each (the (a)/(b) arms take 32 teacher sequences per step).
-Writes opd_students.json (every arm's `r1_recipe.evaluate` metrics and training seconds) and opd_teacher.pt (the final
+Writes opd_students.json (every arm's `r1_recipe.held_out_metrics` metrics and training seconds) and opd_teacher.pt (the final
 R1 teacher's weights, which notebook 08 distils from) next to this file. Extra --lr values rerun arm (d) at other
 learning rates from the same student base, for the sensitivity table in README.md.
 

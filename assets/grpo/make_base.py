@@ -66,7 +66,7 @@ def main(argv=None):
             print(f"step {step + 1}/{args.stop}  loss {sum(losses[-100:]) / 100:.4f}  {time.time() - t0:.0f} s", flush=True)
     model.eval()
     seconds = time.time() - t0
-    stats = arith.evaluate(model, tok)
+    stats = arith.held_out_pass_at_1(model, tok)
     forced = {}
     for name, think in (("direct", False), ("scratchpad", True)):
         forced[name] = arith.evaluate_forced(model, tok, think)

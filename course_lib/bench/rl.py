@@ -63,7 +63,7 @@ def train_steps(name: str, steps: int, mu: int, refill: int, eval_every: int, de
     eos, fns, G, n = arith.eos_id(tok), arith.reward_fns(), cfg.group_size, cfg.prompts_per_step
     rng, gen = random.Random(seed), torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    hist = {"eval_step": [0], "eval_accuracy": [arith.evaluate(model, tok)["accuracy"]], "time_s": [],
+    hist = {"eval_step": [0], "eval_accuracy": [arith.held_out_pass_at_1(model, tok)["accuracy"]], "time_s": [],
             "reward": [], "dropped": [], "samples": 0}
     train_s = 0.0
     for step in range(steps):
@@ -108,7 +108,7 @@ def train_steps(name: str, steps: int, mu: int, refill: int, eval_every: int, de
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             model.eval()
             hist["eval_step"].append(step + 1)
-            hist["eval_accuracy"].append(arith.evaluate(model, tok)["accuracy"])
+            hist["eval_accuracy"].append(arith.held_out_pass_at_1(model, tok)["accuracy"])
         yield hist
 
 

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from course_lib.mtp import MTPModel, lambda_schedule
 from course_lib.nano import NanoConfig, build_model, get_preset
 from course_lib.kit.train_loop import lr_at
-from course_lib.nano.train_parts import (CHECKPOINT, activated_params, batch_fn, evaluate, load_checkpoint,  # noqa: F401 (re-exported)
-                          loss_of, make_optimizer, save_checkpoint, train_flops_per_token, train_step)
+from course_lib.nano.train_parts import (CHECKPOINT, activated_params, batch_fn, load_checkpoint,  # noqa: F401 (re-exported)
+                          loss_of, make_optimizer, save_checkpoint, train_flops_per_token, train_step, validation_loss)
 
 # --------------------------------------------------------------------------------------------- the run
 def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_len: int = 64, lr: float = 3e-3,
@@ -90,7 +90,7 @@ def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_le
         done = step + 1
         if done % eval_every == 0 or done == steps:
             history["val_step"].append(done)
-            history["val_loss"].append(evaluate(model, get_val, eval_batches))
+            history["val_loss"].append(validation_loss(model, get_val, eval_batches))
             history["val_flops"].append(flops * batch_size * seq_len * done)
             bar.set_postfix(val=f"{history['val_loss'][-1]:.3f}", refresh=False)
         if ckpt is not None and (done % ckpt_every == 0 or done == end):

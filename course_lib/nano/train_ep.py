@@ -98,7 +98,7 @@ def traffic(model, info) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, get_val, batches: int, info) -> float:
+def validation_loss(model, get_val, batches: int, info) -> float:
     """Mean main-model loss over fixed validation batches, each split over the ranks (all ranks must take part:
     the MoE layers exchange tokens)."""
     was = model.training
@@ -108,6 +108,9 @@ def evaluate(model, get_val, batches: int, info) -> float:
               for i in range(batches)]
     model.train(was)
     return sum(losses) / len(losses)
+
+
+evaluate = validation_loss  # old name: notebooks still call it; removed after their rewrite
 
 
 def save(path, model, opt, step, history, cfg, run, info) -> None:
@@ -193,7 +196,7 @@ def train_ep(cfg, steps: int, out, ep: int, batch_size: int = 16, seq_len: int =
             done = step + 1
             if done % eval_every == 0 or done == steps:
                 history["val_step"].append(done)
-                history["val_loss"].append(evaluate(model, get_val, eval_batches, info))
+                history["val_loss"].append(validation_loss(model, get_val, eval_batches, info))
             if done % ckpt_every == 0 or done == steps:
                 save(out / CHECKPOINT, model, opt, done, _with(history, done, logs), cfg, run, info)
         except (RuntimeError, dist.DistBackendError) as err:

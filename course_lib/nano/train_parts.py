@@ -100,7 +100,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x, y, lr: float, la
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, get_val, batches: int) -> float:
+def validation_loss(model: nn.Module, get_val, batches: int) -> float:
     """Mean next-token loss of the main model over `batches` fixed validation batches."""
     was = model.training
     model.eval()
@@ -108,6 +108,9 @@ def evaluate(model: nn.Module, get_val, batches: int) -> float:
     losses = [lm(*get_val(i)).loss.item() for i in range(batches)]
     model.train(was)
     return sum(losses) / len(losses)
+
+
+evaluate = validation_loss  # old name: notebooks still call it; removed after their rewrite
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:

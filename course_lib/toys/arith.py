@@ -139,8 +139,8 @@ def is_thinking(completion_text: str) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, tok: CharTokenizer, problems: list[tuple[int, int]] | None = None, temperature: float = 1.0,
-             seed: int = 0, n_digits: int = N_DIGITS) -> dict:
+def held_out_pass_at_1(model, tok: CharTokenizer, problems: list[tuple[int, int]] | None = None,
+                       temperature: float = 1.0, seed: int = 0, n_digits: int = N_DIGITS) -> dict:
     """Held-out pass@1: one sample per problem (temperature 1, a fixed seed, so the same model gives the same number).
 
     Returns accuracy, think_share (share of completions with a non-empty scratchpad) and length (mean tokens).
@@ -157,6 +157,9 @@ def evaluate(model, tok: CharTokenizer, problems: list[tuple[int, int]] | None =
     return {"accuracy": sum(acc) / len(acc),
             "think_share": sum(map(is_thinking, roll["texts"])) / len(acc),
             "length": roll["mask"].sum(1).mean().item()}
+
+
+evaluate = held_out_pass_at_1  # old name: notebooks still call it; removed after their rewrite
 
 
 @torch.no_grad()
@@ -215,4 +218,4 @@ def r1_zero(model, tok: CharTokenizer, cfg=None, eval_problems: list[tuple[int, 
     from course_lib.grpo import grpo_train
 
     return grpo_train(model, tok, sample_prompts, reward_fns(), cfg or grpo_config(), eos_id=eos_id(tok),
-                      evaluate=lambda m: evaluate(m, tok, eval_problems), progress=progress)
+                      evaluate=lambda m: held_out_pass_at_1(m, tok, eval_problems), progress=progress)

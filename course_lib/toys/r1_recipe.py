@@ -159,7 +159,7 @@ def _mean(xs) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, tok: CharTokenizer, n: int = 128, seed: int = 0) -> dict:
+def held_out_metrics(model, tok: CharTokenizer, n: int = 128, seed: int = 0) -> dict:
     """Held-out metrics, one sample per problem at temperature 1 with a fixed seed (the same model gives the same
     numbers): addition accuracy (overall, and with / without a scratchpad), think share, language consistency (English
     share of the reasoning, over the completions that reason), mixed share (reasoning completions that mix both
@@ -184,6 +184,9 @@ def evaluate(model, tok: CharTokenizer, n: int = 128, seed: int = 0) -> dict:
             "mixed": _mean([float(mixes_languages(t)) for t in thinking]),
             "length": roll["mask"][:n].sum(1).mean().item(),
             "general": sum(acc[n:]) / n}
+
+
+evaluate = held_out_metrics  # old name: notebooks still call it; removed after their rewrite
 
 
 # ----------------------------------------------------------------------------------------------------------------

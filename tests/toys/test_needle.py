@@ -1,13 +1,13 @@
 """course_lib.toys.needle: notebook 07's find-the-needle task, its one-layer DSA model, training and measuring.
 
 The batch's promises are checked row by row; the model's dense answer against a plain full-sequence DSA pass (DSA
-keeping every token is MLA); training against which parameters moved; evaluate's recall against its definition.
+keeping every token is MLA); training against which parameters moved; accuracy_and_recall's recall against its definition.
 """
 import pytest
 import torch
 
-from course_lib.toys.needle import (accuracy, evaluate, indexer_scores_and_target, make_needle_model, needle_batch,
-                                    train_dense, warmup_indexer)
+from course_lib.toys.needle import (accuracy, accuracy_and_recall, indexer_scores_and_target, make_needle_model,
+                                    needle_batch, train_dense, warmup_indexer)
 
 torch.set_num_threads(2)
 
@@ -103,16 +103,16 @@ def test_train_dense_leaves_the_indexer_and_warmup_trains_only_it():
     assert changed and all(n.startswith("attention.indexer.") for n in changed)
 
 
-def test_evaluate_reports_accuracy_and_recall_per_k():
+def test_accuracy_and_recall_reports_both_per_k():
     model = small_model()
-    out = evaluate(model, 6, [1, 6], batch=8)
+    out = accuracy_and_recall(model, 6, [1, 6], batch=8)
     assert set(out) == {"dense", "sparse", "recall_needle", "recall_top1"}
     assert set(out["sparse"]) == set(out["recall_needle"]) == {1, 6}
     # keeping all 6 tokens: the needle and the most-attended token are always among them, and the answer is dense's
     assert out["recall_needle"][6] == 1.0 and out["recall_top1"][6] == 1.0
     assert out["sparse"][6] == out["dense"]
     assert all(0.0 <= v <= 1.0 for d in (out["sparse"], out["recall_needle"], out["recall_top1"]) for v in d.values())
-    # the accuracy is the fraction of right answers on evaluate's own batch (seed 3)
+    # the accuracy is the fraction of right answers on accuracy_and_recall's own batch (seed 3)
     keys, values, _, answer = needle_batch(8, 6, 8, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert out["dense"] == accuracy(model(keys, values), answer)
