@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from course_lib import grpo
-from course_lib.figures import grpo_figures
 
 torch.set_num_threads(1)
 
@@ -234,26 +233,3 @@ def test_rollout_validation():
         grpo.rollout(model, tok, ["ab", "abx"], 2, 3)
     with pytest.raises(ValueError, match="reward_fns"):
         grpo.grpo_train(model, tok, _prompts, {}, grpo.GRPOConfig(steps=1), progress=False)
-
-
-# ---------------------------------------------------------------- figures (pure functions behind the widget)
-
-def test_figures_draw_and_validate():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = grpo_figures.advantage_playground([1, 0, 0, 1, 0, 0], lengths=[8, 8, 8, 34, 34, 34])
-    bars = [p.get_height() for p in fig.axes[1].patches]
-    adv = grpo.group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 0]), 6)
-    assert bars[0] == pytest.approx(adv[0].item() / (6 * 8)) and bars[6] == pytest.approx(adv[0].item() / (6 * 34))
-    plt.close(fig)
-    with pytest.raises(ValueError, match="lengths"):
-        grpo_figures.advantage_playground([1, 0, 0], lengths=[8, 8])
-    with pytest.raises(ValueError, match="group_size"):
-        grpo_figures.advantage_playground([1.0])
-    plt.close(grpo_figures.ppo_vs_grpo_figure())
-    hist = {"step": [1, 2], "reward": [0.5, 1.0], "length": [3, 4], "kl": [0, 0.1], "eval_step": [0, 2],
-            "eval_accuracy": [0.1, 0.9]}
-    plt.close(grpo_figures.plot_history({"a": hist, "b": hist}))
