@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import one_of
 from course_lib.layers import swiglu
 
 SCORING_FUNCS = ("sigmoid", "softmax")   # V3 scores experts with a sigmoid, V2 with a softmax
@@ -96,9 +97,12 @@ class RoutedExperts(nn.Module):
         return (x.shape[-1] * size) % 16 == 0 and (self.hidden * size) % 16 == 0
 
 
-def check_moe_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n_group, topk_group,
-                     gamma, alpha, seq_alpha, dispatch) -> None:
-    """course_lib.moe.MoE's settings: bad ones fail early with a one-line message naming the parameter."""
+def check_moe_config(*, d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size,
+                     scoring_func, n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha,
+                     dispatch) -> None:
+    """course_lib.moe.MoE's settings, by keyword under MoE's (DeepseekV3Config's) names: bad ones fail early with a
+    one-line message naming the parameter."""
+    n_routed, n_shared, top_k, hidden = n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size
     if d_model < 1:
         raise ValueError(f"d_model must be >= 1, got {d_model}")
     if n_routed < 1:
@@ -109,8 +113,7 @@ def check_moe_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n
         raise ValueError(f"moe_intermediate_size must be >= 1, got {hidden}")
     if not 1 <= top_k <= n_routed:
         raise ValueError(f"num_experts_per_tok must be in 1..n_routed_experts={n_routed}, got {top_k}")
-    if scoring_func not in SCORING_FUNCS:
-        raise ValueError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
+    one_of("scoring_func", scoring_func, SCORING_FUNCS)
     if n_group < 1 or n_routed % n_group:
         raise ValueError(f"n_group must be >= 1 and divide n_routed_experts={n_routed}, got {n_group}")
     if not 1 <= topk_group <= n_group:
@@ -118,8 +121,8 @@ def check_moe_config(d_model, n_routed, n_shared, top_k, hidden, scoring_func, n
     if topk_group * (n_routed // n_group) < top_k:
         raise ValueError(f"topk_group={topk_group} groups of {n_routed // n_group} experts hold fewer than "
                          f"num_experts_per_tok={top_k} experts")
-    for name, value in (("bias_update_speed", gamma), ("aux_loss_alpha", alpha), ("seq_aux_loss_alpha", seq_alpha)):
+    for name, value in (("bias_update_speed", bias_update_speed), ("aux_loss_alpha", aux_loss_alpha),
+                        ("seq_aux_loss_alpha", seq_aux_loss_alpha)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    if dispatch not in DISPATCH_MODES:
-        raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
+    one_of("dispatch", dispatch, DISPATCH_MODES)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 # The validation and the constants sit with the experts; SCORING_FUNCS and DISPATCH_MODES are re-exported here.
 from course_lib.experts import DISPATCH_MODES, SCORING_FUNCS, RoutedExperts, check_moe_config  # noqa: F401
+from course_lib.kit.validate import one_of
 from course_lib.layers import SwiGLU
 
 
@@ -66,8 +67,7 @@ def route(logits: torch.Tensor, top_k: int, scoring_func: str = "sigmoid", bias:
     ``scores`` are the unbiased affinities s_{i,t}.
     """
     n_exp = logits.shape[-1]
-    if scoring_func not in SCORING_FUNCS:
-        raise ValueError(f"scoring_func must be one of {SCORING_FUNCS}, got {scoring_func!r}")
+    one_of("scoring_func", scoring_func, SCORING_FUNCS)
     if not 1 <= top_k <= n_exp:
         raise ValueError(f"top_k must be in 1..{n_exp} (the number of experts), got {top_k}")
     if n_group < 1 or n_exp % n_group or not 1 <= topk_group <= n_group:
@@ -207,8 +207,10 @@ class MoE(nn.Module):
                  dispatch: str = "sparse"):
         super().__init__()
         hidden = d_model // 2 if moe_intermediate_size is None else moe_intermediate_size
-        check_moe_config(d_model, n_routed_experts, n_shared_experts, num_experts_per_tok, hidden, scoring_func,
-                         n_group, topk_group, bias_update_speed, aux_loss_alpha, seq_aux_loss_alpha, dispatch)
+        check_moe_config(d_model=d_model, n_routed_experts=n_routed_experts, n_shared_experts=n_shared_experts,
+                         num_experts_per_tok=num_experts_per_tok, moe_intermediate_size=hidden, n_group=n_group,
+                         topk_group=topk_group, scoring_func=scoring_func, bias_update_speed=bias_update_speed,
+                         aux_loss_alpha=aux_loss_alpha, seq_aux_loss_alpha=seq_aux_loss_alpha, dispatch=dispatch)
         self.d_model, self.moe_intermediate_size, self.dispatch = d_model, hidden, dispatch
         self.n_routed_experts, self.n_shared_experts = n_routed_experts, n_shared_experts
         self.num_experts_per_tok, self.scoring_func = num_experts_per_tok, scoring_func
