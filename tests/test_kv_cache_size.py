@@ -172,12 +172,41 @@ def test_sparse_calculator_rejects_bad_input():
 
 
 def test_plot_sparse_curves_draws_both_panels():
-    fig = kv_cache_size.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=2 ** 17)
-    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3 * 2 + 1  # 3 curves + 3 markers + the context line
+    from course_lib.configs_v4 import DEEPSEEK_V4_PRO
+    ctx = 2 ** 17
+    fig = kv_cache_size.plot_sparse_curves(("DeepSeek-V3.2", "DeepSeek-V4-Pro"), context=ctx)
+    cache_ax, flops_ax = fig.axes
+    assert len(cache_ax.lines) == 3 * 2 + 1                  # 3 curves + 3 markers + the context line
+    assert [t.get_text() for t in cache_ax.get_legend().get_texts()] == ["V3.2 run dense (MLA)", "DeepSeek-V3.2",
+                                                                        "DeepSeek-V4-Pro"]
+    assert (cache_ax.get_ylabel(), flops_ax.get_ylabel()) == ("KV cache of one sequence (GB, fp8)",
+                                                              "GFLOPs per decoded token")
+    assert cache_ax.get_xscale() == flops_ax.get_xscale() == "log"
+    # the curves are the calculator's numbers: dense V3.2 first, then each model, each followed by its marker
+    dense_curve, dense_marker, v32_curve, v32_marker, pro_curve, pro_marker, context_line = cache_ax.lines
+    assert list(context_line.get_xdata()) == [ctx, ctx]
+    xs = [int(x) for x in dense_curve.get_xdata()]
+    assert ctx in xs and xs == sorted(xs) and xs[0] == 4096 and xs[-1] == 2 ** 20
+    assert list(pro_curve.get_ydata()) == pytest.approx([kv_cache_size.sparse_cache_bytes(DEEPSEEK_V4_PRO, s, "fp8") / 1e9
+                                                         for s in xs])
+    assert list(dense_marker.get_xdata()) == [ctx] and list(pro_marker.get_ydata()) == pytest.approx(
+        [kv_cache_size.sparse_cache_bytes(DEEPSEEK_V4_PRO, ctx, "fp8") / 1e9])
+    assert list(dense_curve.get_ydata()) == pytest.approx([kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, s, "fp8",
+                                                                                            dense=True) / 1e9 for s in xs])
+    assert list(v32_curve.get_ydata()) == pytest.approx([kv_cache_size.sparse_cache_bytes(DEEPSEEK_V32, s, "fp8") / 1e9
+                                                         for s in xs])
+    assert list(v32_marker.get_xdata()) == [ctx]
+    flops_pro = flops_ax.lines[4]
+    assert list(flops_pro.get_ydata()) == pytest.approx([kv_cache_size.sparse_token_flops(DEEPSEEK_V4_PRO, s) / 1e9
+                                                         for s in xs])
+    f = kv_cache_size.sparse_token_flops(DEEPSEEK_V4_PRO, ctx) / kv_cache_size.sparse_token_flops(DEEPSEEK_V32, ctx)
+    assert fig._suptitle.get_text().startswith(f"at {ctx:,} tokens vs V3.2: DeepSeek-V4-Pro: {100 * f:.0f}% FLOPs")
     matplotlib.pyplot.close(fig)
 
 
 def test_plot_sparse_curves_accepts_a_named_model_set():
     fig = kv_cache_size.plot_sparse_curves("V3.2 vs V4-Flash", context=2 ** 16, storage="bf16", dense_v32=False)
     assert len(fig.axes[1].lines) == 2 * 2 + 1
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == list(kv_cache_size.SPARSE_MODEL_SETS["V3.2 vs V4-Flash"]) and "bf16" in fig.axes[0].get_ylabel()
     matplotlib.pyplot.close(fig)
