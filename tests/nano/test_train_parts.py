@@ -115,17 +115,17 @@ def test_train_step_sets_the_lr_steps_and_updates_the_routing_biases():
     assert any(b.abs().sum() > 0 for b in biases)
 
 
-def test_evaluate_is_the_mean_of_the_batches_and_keeps_the_mode():
+def test_validation_loss_is_the_mean_of_the_batches_and_keeps_the_mode():
     model = build()
     get_val = tp.batch_fn(FakeCorpus(), "train", 2, 8, seed=0)
     model.train()
-    got = tp.evaluate(model, get_val, 3)
+    got = tp.validation_loss(model, get_val, 3)
     assert model.training
     model.eval()
     with torch.no_grad():
         want = sum(model.model(*get_val(i)).loss.item() for i in range(3)) / 3
     assert got == pytest.approx(want, rel=1e-6)
-    assert tp.evaluate(model, get_val, 3) == pytest.approx(want, rel=1e-6) and not model.training
+    assert tp.validation_loss(model, get_val, 3) == pytest.approx(want, rel=1e-6) and not model.training
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
