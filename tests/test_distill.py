@@ -175,119 +175,35 @@ def test_validation(call):
         call()
 
 
-# ------------------------------------------------------------------------------------------------ the toy pipeline
-import random  # noqa: E402
+# ------------------------------------------------------------------------------------------------ temperature figure
+def test_temperature_figure_draws_softmax_at_1_and_at_t():
+    import matplotlib
 
-import matplotlib  # noqa: E402
-
-from course_lib.toys import arith, r1_recipe  # noqa: E402
-
-
-def _sum_from_steps(pad: str) -> int:
-    # independent re-reading of a bilingual scratchpad: words -> symbols, then the column sums of 05's format
-    pad = pad.replace(r1_recipe.EN_PLUS, "+").replace(r1_recipe.EN_IS, "=")
-    pad = pad.replace(r1_recipe.ZH_PLUS, "+").replace(r1_recipe.ZH_IS, "=")
-    sums = [int(step.split("=")[1]) for step in pad.split(",")]
-    digits = [s % 10 for s in sums] + ([1] if sums[-1] >= 10 else [])
-    return int("".join(map(str, reversed(digits))))
-
-
-def test_bilingual_scratchpads_say_the_same_arithmetic():
-    rng = random.Random(0)
-    for a, b in arith.sample_problems(200, rng):
-        en, zh = r1_recipe.scratchpad(a, b, "en"), r1_recipe.scratchpad(a, b, "zh")
-        mix = r1_recipe.scratchpad(a, b, "mix", rng)
-        assert _sum_from_steps(en) == _sum_from_steps(zh) == _sum_from_steps(mix) == a + b
-        assert rewards.language_consistency(f"<think>{en}</think>", "en") == 1.0
-        assert rewards.language_consistency(f"<think>{zh}</think>", "zh") == 1.0
-    assert r1_recipe.scratchpad(358, 467, "en") == "8 plus 7 plus 0 is 15,5 plus 6 plus 1 is 12,3 plus 4 plus 1 is 08"
-    assert r1_recipe.scratchpad(358, 467, "zh") == "8加7加0得15,5加6加1得12,3加4加1得08"
-
-
-def test_mixed_scratchpads_really_mix_and_every_text_round_trips():
-    rng, tok = random.Random(1), r1_recipe.make_tokenizer()
-    pads = [r1_recipe.scratchpad(123, 456, "mix", rng) for _ in range(200)]
-    shares = [rewards.language_consistency(f"<think>{p}</think>", "en") for p in pads]
-    assert 0.4 < sum(shares) / len(shares) < 0.6                     # a fair coin per step
-    assert any(0 < s < 1 for s in shares)                            # some traces mix both languages
-    for p, c in r1_recipe.base_samples(100, random.Random(2), think_share=0.5):
-        assert tok.decode(tok.encode(p + c)) == p + c
-        assert len(tok.encode(c)) <= r1_recipe.MAX_NEW_TOKENS
-
-
-def test_samples_and_prompts_carry_correct_answers():
-    for p, c in r1_recipe.general_samples(50, random.Random(3)):
-        a, b = map(int, p.rstrip("=").split(r1_recipe.GENERAL_OP))
-        assert rewards.accuracy_reward([c], [max(a, b)]) == [1.0] and not arith.is_thinking(c)
-    for p, c in r1_recipe.reasoning_samples(50, random.Random(4), "en"):
-        a, b = map(int, p.rstrip("=").split("+"))
-        assert rewards.accuracy_reward([c], [a + b]) == [1.0] and rewards.format_reward([c]) == [1.0]
-        assert arith.is_thinking(c) and rewards.language_consistency(c, "en") == 1.0
-    prompts, answers = r1_recipe.sample_prompts(0.5)(200, random.Random(5))
-    n_general = sum(r1_recipe.GENERAL_OP in p for p in prompts)
-    assert 60 < n_general < 140
-    for p, ans in zip(prompts, answers):
-        op = r1_recipe.GENERAL_OP if r1_recipe.GENERAL_OP in p else "+"
-        a, b = map(int, p.rstrip("=").split(op))
-        assert ans == (max(a, b) if op == r1_recipe.GENERAL_OP else a + b)
-
-
-def test_base_mix_shares():
-    samples = r1_recipe.base_samples(2000, random.Random(6), think_share=0.3, general_share=0.2)
-    general = sum(r1_recipe.GENERAL_OP in p for p, _ in samples) / len(samples)
-    thinking = [arith.is_thinking(c) for p, c in samples if r1_recipe.GENERAL_OP not in p]
-    assert abs(general - 0.2) < 0.03 and abs(sum(thinking) / len(thinking) - 0.3) < 0.03
-
-
-def test_evaluate_reports_shares_for_a_random_model():
-    tok = r1_recipe.make_tokenizer()
-    torch.manual_seed(0)
-    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
-    r = r1_recipe.held_out_metrics(model, tok, n=8)
-    again = r1_recipe.held_out_metrics(model, tok, n=8)                       # seeded: the same numbers twice
-    assert all(r[k] == again[k] or (r[k] != r[k] and again[k] != again[k]) for k in r)
-    for key in ("accuracy", "think_share", "general"):
-        assert 0.0 <= r[key] <= 1.0
-    assert 1 <= r["length"] <= r1_recipe.MAX_NEW_TOKENS
-
-
-def test_reporting_helpers():
     matplotlib.use("Agg")
-    res = {"base": {"accuracy": 0.25, "think_share": 0.5, "language": float("nan"), "length": 12.0},
-           "student": {"accuracy": 0.75, "think_share": 1.0, "language": 1.0, "length": 30.0}}
-    table = r1_recipe.results_table(res, ["accuracy", "language", "length"]).splitlines()
-    assert table[1].split() == ["base", "0.25", "-", "12.0"] and table[2].split() == ["student", "0.75", "1.00", "30.0"]
-    assert r1_recipe.stages_figure(res) is not None
-    assert r1_recipe.students_figure(res, ["base", "student"]) is not None
-    assert distill.temperature_figure(torch.tensor([2.0, 1.0, 0.0]), 2.0, ["a", "b", "c"]) is not None
-    assert r1_recipe.token_label(r1_recipe.EN_PLUS) == repr(" plus ")
-    assert r1_recipe.token_label(r1_recipe.ZH_IS) in (repr(r1_recipe.ZH_IS), repr("de"))
+    import matplotlib.pyplot as plt
+
+    logits = [2.0, 1.0, 0.0]
+    fig = distill.temperature_figure(torch.tensor(logits), 2.0, ["a", "b", "c"])
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    z1 = [math.exp(v) for v in logits]
+    z2 = [math.exp(v / 2) for v in logits]
+    p1, p2 = [v / sum(z1) for v in z1], [v / sum(z2) for v in z2]
+    assert heights == pytest.approx(p1 + p2, rel=1e-6)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["T = 1", "T = 2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    entropy = -sum(p * math.log(p) for p in p2)
+    assert ax.get_title().endswith(f"(entropy at T: {entropy:.2f} nats)")
+    plt.close(fig)
 
 
-def test_shipped_base_models_load_with_weights_only():
-    if not r1_recipe.CHECKPOINT.exists():
-        pytest.skip("assets/distill/base_models.pt not built")
-    teacher, student = r1_recipe.load_base_models()
-    assert student.num_params() < teacher.num_params()
-    assert teacher.cfg.vocab_size == student.cfg.vocab_size == r1_recipe.make_tokenizer().vocab_size
-
-
-@pytest.mark.parametrize("call", [
-    lambda: r1_recipe.scratchpad(123, 456, "fr"),
-    lambda: r1_recipe.scratchpad(123, 456, "mix"),
-    lambda: r1_recipe.general_prompt(12, 456),
-    lambda: r1_recipe.sample_prompts(1.5),
-    lambda: r1_recipe.reward_fns("accuracy", "speed"),
-    lambda: r1_recipe.reward_fns(),
-    lambda: r1_recipe.held_out_metrics(None, r1_recipe.make_tokenizer(), n=0),
-    lambda: r1_recipe.results_table({"a": {}}, ["nope"]),
-    lambda: r1_recipe.stages_figure({}),
-    lambda: r1_recipe.students_figure({"a": {}}, ["b"]),
-    lambda: distill.temperature_figure(torch.zeros(3), 0.0),
-    lambda: distill.temperature_figure(torch.zeros(3), 1.0, ["a"]),
+@pytest.mark.parametrize("call,match", [
+    (lambda: distill.temperature_figure(torch.zeros(3), 0.0), "temperature"),
+    (lambda: distill.temperature_figure(torch.zeros(3), 1.0, ["a"]), "labels"),
+    (lambda: distill.temperature_figure(torch.zeros(1), 1.0), "logits"),
 ])
-def test_pipeline_validation(call):
-    with pytest.raises(ValueError):
+def test_temperature_figure_validation(call, match):
+    with pytest.raises(ValueError, match=match):
         call()
 
 
