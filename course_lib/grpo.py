@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from course_lib.kit.validate import int_at_least, one_of
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
@@ -48,10 +50,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
 
     rewards: (B,) with B = n_prompts * group_size, each group's samples consecutive.
     """
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2 (a group of one has no baseline), got {group_size!r}")
-    if scale not in SCALE_REWARDS:
-        raise ValueError(f"scale must be one of {SCALE_REWARDS}, got {scale!r}")
+    int_at_least("group_size", group_size, 2, " (a group of one has no baseline)")
+    one_of("scale", scale, SCALE_REWARDS)
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (one reward per completion), got shape {tuple(rewards.shape)}")
@@ -117,8 +117,7 @@ def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str =
         dr_grpo (Dr. GRPO §3.1):       sum_i sum_t l_it / (B * L)            -- L a constant: max_completion_length
     The |o_i| of grpo is the reason long wrong answers are punished less per token (Dr. GRPO's length bias).
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    one_of("loss_type", loss_type, LOSS_TYPES)
     if mask.shape != per_token_loss.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match the loss shape {tuple(per_token_loss.shape)}")
     mask = mask.to(per_token_loss.dtype)
@@ -250,10 +249,8 @@ class GRPOConfig:
         for name in ("steps", "prompts_per_step", "max_new_tokens", "num_iterations", "eval_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        one_of("loss_type", self.loss_type, LOSS_TYPES)
+        one_of("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         if self.lr <= 0 or self.beta < 0 or self.temperature <= 0:
             raise ValueError(f"lr and temperature must be > 0 and beta >= 0, got {self.lr}, {self.temperature}, {self.beta}")
 

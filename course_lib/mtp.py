@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_lib.kit.validate import int_at_least, positive_int
 from course_lib.model import Block, RMSNorm, TinyLM
 
 # V3 §4.2: lambda = 0.3 for the first 10T training tokens, 0.1 for the remaining 4.8T.
@@ -33,9 +34,7 @@ V3_SWITCH = 10.0 / 14.8
 
 
 def _check_depth(depth) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive int (V3 uses 1), got {depth!r}")
-    return depth
+    return int_at_least("depth", depth, 1, " (V3 uses 1)")
 
 
 def _check_lam(lam) -> float:
@@ -50,8 +49,7 @@ def lambda_schedule(step: int, steps: int, start: float = V3_LAMBDA[0], end: flo
 
     V3 §4.2 switches from 0.3 to 0.1 after 10T of its 14.8T tokens (switch = 0.676).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    positive_int("steps", steps)
     if not 0.0 <= switch <= 1.0:
         raise ValueError(f"switch must be a fraction in [0, 1], got {switch!r}")
     _check_lam(start), _check_lam(end)
@@ -232,8 +230,7 @@ def speculative_generate(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens:
     """
     if not isinstance(mtp_model, MTPModel):
         raise ValueError(f"mtp_model must be an MTPModel, got {type(mtp_model).__name__}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    positive_int("max_new_tokens", max_new_tokens)
     if idx.dim() != 2 or idx.shape[1] < 1:
         raise ValueError(f"idx must be (batch, time) prompt ids with time >= 1, got shape {tuple(idx.shape)}")
     model, drafter = mtp_model.model, mtp_model.mtp[0]
@@ -303,8 +300,7 @@ def speculative_sample(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens: i
         raise ValueError(f"idx must be one prompt of shape (1, time), got {tuple(idx.shape)}")
     if not isinstance(temperature, (int, float)) or temperature <= 0:
         raise ValueError(f"temperature must be a positive number (use speculative_generate for greedy), got {temperature!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    positive_int("max_new_tokens", max_new_tokens)
     model, drafter = mtp_model.model, mtp_model.mtp[0]
     P = idx.shape[1]
     if P + max_new_tokens > model.cfg.max_seq_len:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from course_lib.mtp import MTPModel, lambda_schedule
 from course_lib.nano import NanoConfig, build_model, get_preset
 from course_lib.kit.train_loop import lr_at
+from course_lib.kit.validate import positive_int
 from course_lib.nano.train_parts import (CHECKPOINT, activated_params, batch_fn, load_checkpoint,  # noqa: F401 (re-exported)
                           loss_of, make_optimizer, save_checkpoint, train_flops_per_token, train_step, validation_loss)
 
@@ -47,14 +48,14 @@ def train(cfg: NanoConfig, steps: int, corpus=None, batch_size: int = 16, seq_le
     """
     from course_lib.toys.corpus import Corpus
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    positive_int("steps", steps)
+    if stop_after is not None:
+        positive_int("stop_after", stop_after)
     if resume and out is None:
         raise ValueError("resume needs out (the folder holding checkpoint.pt)")
     for name, v in (("eval_every", eval_every), ("ckpt_every", ckpt_every), ("batch_size", batch_size),
                     ("seq_len", seq_len), ("eval_batches", eval_batches)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+        positive_int(name, v)
     corpus = corpus if corpus is not None else Corpus()
     run = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, warmup=warmup, seed=seed)
     ckpt = Path(out) / CHECKPOINT if out is not None else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from course_lib import asset_path
+from course_lib.kit.validate import one_of
 from course_lib.model import ByteTokenizer
 
 DOMAINS = ("english", "python", "arithmetic", "chinese")
@@ -70,8 +71,8 @@ class Corpus:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        if domain is not None and domain not in self.domains:
-            raise ValueError(f"domain must be one of {self.domains}, got {domain!r}")
+        if domain is not None:
+            one_of("domain", domain, self.domains)
         if domain is None:
             dom = torch.randint(len(self.domains), (batch_size,), generator=generator)
         else:
@@ -96,5 +97,4 @@ class Corpus:
 
     @staticmethod
     def _check_split(split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        one_of("split", split, SPLITS)
