@@ -1,26 +1,93 @@
-"""Exercises of 10_nano_deepseek: the capstone's parameter arithmetic, checkpoint layout and speed-up estimate."""
+"""Exercises of 10_nano_deepseek: DeepSeek-V3's training loss (build it from tensors), the checkpoint layout of the
+MTP projection and the speed-up estimate of self-speculative decoding."""
 import torch
+import torch.nn.functional as F
 
 from course_lib.checks.core import register
+from course_lib.moe import expert_balance_loss, sequence_balance_loss
 
 _G = torch.Generator().manual_seed(9)
 
 
-@register(cases=[(96, 48, 8, 1, 2), (7168, 2048, 256, 1, 8), (64, 32, 16, 2, 4), (10, 5, 4, 0, 1)],
-          hint="Each expert is a SwiGLU with 3 d h weights. One token runs the shared experts and its top-K routed "
-               "ones, never the other N_r - K.",
-          wrong=[lambda d, h, n, s, k: 3 * d * h * (n + s),              # every expert
-                 lambda d, h, n, s, k: 3 * d * h * k,                    # forgot the shared experts
-                 lambda d, h, n, s, k: 2 * d * h * (k + s)])             # a two-matrix FFN, not SwiGLU
-def moe_activated_ffn(d, h, n_routed, n_shared, k):
-    """FFN weights one token multiplies with in one DeepSeekMoE layer (V3 Eq. 12)."""
-    return 3 * d * h * (k + n_shared)
+def _loss_case(B, T, V, E, K, D, lam, alpha):
+    """Seeded random inputs of v3_training_loss: logits, D MTP logits, targets, one MoE layer's routing."""
+    logits = torch.randn(B, T, V, generator=_G)
+    mtp_logits = tuple(torch.randn(B, T - k, V, generator=_G) for k in range(1, D + 1))
+    targets = torch.randint(0, V, (B, T), generator=_G)
+    scores = torch.sigmoid(2 * torch.randn(B * T, E, generator=_G))
+    indices = scores.topk(K, dim=-1).indices
+    return logits, mtp_logits, targets, scores, indices, lam, alpha
+
+
+def _ce(logits, targets):
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _main_and_mtp(logits, mtp_logits, targets):
+    return _ce(logits, targets), [_ce(m, targets[:, k:]) for k, m in enumerate(mtp_logits, 1)]
+
+
+def _wrong_no_shift(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    T = targets.shape[1]
+    mtp = [_ce(m, targets[:, :T - k]) for k, m in enumerate(mtp_logits, 1)]      # module k compared with t_{i+1}
+    return (_ce(logits, targets) + lam * torch.stack(mtp).mean()
+            + alpha * sequence_balance_loss(scores, indices, scores.shape[1], indices.shape[1], T))
+
+
+def _wrong_batch_balance(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    main, mtp = _main_and_mtp(logits, mtp_logits, targets)                      # balance over the whole batch
+    return main + lam * torch.stack(mtp).mean() + alpha * expert_balance_loss(scores, indices, scores.shape[1],
+                                                                               indices.shape[1])
+
+
+def _wrong_raw_scores(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    main, mtp = _main_and_mtp(logits, mtp_logits, targets)                      # P_i from s, not s' (Eq. 19)
+    T, E, K = targets.shape[1], scores.shape[1], indices.shape[1]
+    f = F.one_hot(indices, E).sum(1).view(-1, T, E).sum(1) * E / (K * T)
+    P = scores.view(-1, T, E).mean(1)
+    return main + lam * torch.stack(mtp).mean() + alpha * (f * P).sum(-1).mean()
+
+
+def _wrong_mtp_sum(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    main, mtp = _main_and_mtp(logits, mtp_logits, targets)                      # lambda * sum, not lambda / D * sum
+    return main + lam * torch.stack(mtp).sum() + alpha * sequence_balance_loss(
+        scores, indices, scores.shape[1], indices.shape[1], targets.shape[1])
+
+
+def _wrong_no_balance(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    main, mtp = _main_and_mtp(logits, mtp_logits, targets)
+    return main + lam * torch.stack(mtp).mean()
+
+
+@register(cases=[_loss_case(2, 6, 10, 8, 2, 1, 0.3, 0.1), _loss_case(3, 5, 7, 8, 2, 2, 0.3, 0.5),
+                 _loss_case(2, 8, 12, 16, 4, 2, 0.1, 1.0)],
+          hint=("Three terms. The main model's next-token cross-entropy; each MTP module's cross-entropy, where "
+                "module k at position i predicts targets[:, i + k]; and the sequence-wise balance loss, counted "
+                "inside each sequence of T = targets.shape[1] tokens and then averaged over the sequences.",
+                "L = CE(logits, targets) + lam * mean_k CE(mtp_logits[k-1], targets[:, k:]) + alpha * L_Bal, "
+                "L_Bal = mean over sequences b of sum_i f_bi * P_bi, f_bi = N_r / (K_r T) * (slots of b routed "
+                "to expert i), P_bi = mean over the tokens t of b of s_it / sum_j s_jt (V3 Eq. 17-20, 24-25).",
+                "ce = lambda l, t: F.cross_entropy(l.flatten(0, 1), t.flatten())\n"
+                "   T, E, K = targets.shape[1], scores.shape[1], indices.shape[1]\n"
+                "   mtp = torch.stack([ce(m, targets[:, k:]) for k, m in enumerate(mtp_logits, 1)]).mean()\n"
+                "   f = F.one_hot(indices, E).sum(1).view(-1, T, E).sum(1) * E / (K * T)\n"
+                "   P = (scores / scores.sum(-1, keepdim=True)).view(-1, T, E).mean(1)\n"
+                "   return ce(logits, targets) + lam * mtp + alpha * (f * P).sum(-1).mean()"),
+          wrong=[_wrong_no_shift, _wrong_batch_balance, _wrong_raw_scores, _wrong_mtp_sum, _wrong_no_balance])
+def v3_training_loss(logits, mtp_logits, targets, scores, indices, lam, alpha):
+    """DeepSeek-V3's training loss (Eq. 17-20, 24-25) of a model with D = len(mtp_logits) MTP modules and one MoE
+    layer: logits (B, T, V), mtp_logits[k-1] (B, T-k, V), targets (B, T), scores (B*T, N_r) sigmoid affinities,
+    indices (B*T, K_r) the experts each token used."""
+    main, mtp = _main_and_mtp(logits, mtp_logits, targets)
+    balance = sequence_balance_loss(scores, indices, scores.shape[1], indices.shape[1], targets.shape[1])
+    return main + lam / len(mtp) * torch.stack(mtp).sum() + alpha * balance
 
 
 @register(cases=[(torch.randn(4, 8, generator=_G),), (torch.randn(6, 12, generator=_G),),
                  (torch.arange(8.0).view(2, 4),)],
-          hint="The paper's M_k acts on [h; Emb]: columns 0..d-1 read h, d..2d-1 read the embedding. The release's "
-               "eh_proj acts on [Emb; h]: swap the two column blocks.",
+          hint=("The paper's M_k acts on [h; Emb], the release's eh_proj on [Emb; h]: which columns of w read h?",
+                "Columns 0..d-1 of w read h, columns d..2d-1 read the embedding; swap the two column blocks.",
+                "d = w.shape[1] // 2\n   return torch.cat([w[:, d:], w[:, :d]], dim=1)"),
           wrong=[lambda w: w.clone(),                                   # unchanged
                  lambda w: w.flip(1),                                   # reverses the columns inside each block too
                  lambda w: torch.cat([w[w.shape[0] // 2:], w[:w.shape[0] // 2]])])   # swaps rows, not columns
@@ -31,8 +98,10 @@ def eh_proj_from_paper(w):
 
 
 @register(cases=[(0.8, 1.1, 0.3), (1.0, 1.0, 0.0), (0.0, 1.0, 0.2), (0.9, 1.2, 0.25), (0.5, 1.05, 0.5)],
-          hint="Per loop: one verify pass (cost c_verify plain steps) plus one MTP draft (cost c_draft) yield 1 + a "
-               "tokens; plain greedy yields 1 token per step of cost 1.",
+          hint=("Compare tokens per unit of time: what does one loop yield, and what does it cost in plain steps?",
+                "Per loop: one verify pass (c_verify plain steps) plus one MTP draft (c_draft) yield 1 + a tokens; "
+                "plain greedy yields 1 token per step of cost 1.",
+                "return (1 + acceptance) / (c_verify + c_draft)"),
           wrong=[lambda a, cv, cd: 1 + a,                                 # ignores what the passes cost
                  lambda a, cv, cd: (1 + a) / cv,                          # forgets the draft's cost
                  lambda a, cv, cd: 2 * a / (cv + cd)])
