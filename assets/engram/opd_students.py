@@ -5,7 +5,7 @@ arms (a) SFT on traces, (b) logit KD, (c) RL, so their numbers are 06's), then t
 `distill.on_policy_distill` from the final R1 teacher, with the budget of (c): STEPS["student"] optimizer steps of
 8 prompts x 4 samples = 32 student-sampled sequences each (the (a)/(b) arms take 32 teacher sequences per step).
 Writes opd_students.json (every arm's `r1_recipe.held_out_metrics` metrics and training seconds) and opd_teacher.pt (the final
-R1 teacher's weights, which notebook 08 distils from) next to this file. Extra --lr values rerun arm (d) at other
+R1 teacher's weights, to distil from without rerunning 06) next to this file. Extra --lr values rerun arm (d) at other
 learning rates from the same student base, for the sensitivity table in README.md.
 
     python assets/engram/opd_students.py            # about 2-5 minutes on a 2-core CPU
