@@ -171,7 +171,8 @@ class Exercise:
                 return self._fail(f"case {i} of {len(self.cases)} raised {type(exc).__name__}: {exc}{where}\n"
                                   f"   input:    {_short(args)}")
             if got is None and expected is not None:
-                return self._fail(f"your function returned None on case {i} — not written yet, or a missing `return`?")
+                return self._fail(f"your function returned None on case {i} — not written yet, or a missing `return`?",
+                                  attempted=False)
             if not self.compare(expected, got):
                 return self._fail(f"case {i} of {len(self.cases)} differs.\n   input:    {_short(args)}\n"
                                   f"   expected: {_short(expected)}\n   got:      {_short(got)}")
