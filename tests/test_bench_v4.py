@@ -47,7 +47,7 @@ def test_bench_v4_compile_rows_sit_beside_the_others(capsys, monkeypatch):
     rows = _rows(out)
     assert len(rows["plain residual, torch.compile"]) == 2 and len(rows["mHC, torch.compile"]) == 2
     found = re.findall(r"torch\.compile \(.*compilation first took ([\d]+) s \(plain residual, torch.compile\), "
-                       r"([\d]+) s \(mHC, torch.compile\)\): mHC [\d.]+ ms = [\d.]+x the plain block", out)
+                       r"([\d]+) s \(mHC, torch.compile\), [^)]*\): mHC [\d.]+ ms = [\d.]+x the plain block", out)
     assert len(found) == 2, out
 
 

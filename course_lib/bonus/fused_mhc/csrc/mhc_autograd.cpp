@@ -1,15 +1,15 @@
-// mHC's three autograd nodes in C++: the same steps as MHCPre, MHCCombine and MHCCombinePre in fused_mhc.py.
+// mHC's three autograd nodes in C++: the same steps as MHCPre, MHCCombine and MHCCombinePre in fused_mhc/__init__.py.
 //
 // Why: the kernels in mhc_fused.c do the arithmetic in a few microseconds, but each node written as a Python
 // torch.autograd.Function also pays for Python around it, forward and backward: unpacking arguments, allocating
 // outputs, ctypes calls, returning gradients. At notebook 08's size that Python costs about as much as the kernels.
 // Here the nodes are torch::autograd::Function subclasses (PyTorch's C++ API for custom autograd functions), so
-// neither the forward call nor the backward pass runs Python. The kernels are not compiled again: fused_mhc.py
+// neither the forward call nor the backward pass runs Python. The kernels are not compiled again: fused_mhc/__init__.py
 // passes the addresses of the functions it has already built from mhc_fused.c (set_kernels).
 //
-// fused_mhc.py compiles this file on first use with the system's C++ compiler against the installed torch's headers
+// fused_mhc/__init__.py compiles this file on first use with the system's C++ compiler against the installed torch's headers
 // (20-30 s, once per torch and Python version: the result is cached); where that fails, it keeps the Python
-// Functions, which give the same numbers. tests/test_fused_mhc.py checks both against course_lib/mhc.py.
+// Functions, which give the same numbers. tests/bonus/test_fused_mhc.py checks both against course_lib/mhc.py.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -61,7 +61,7 @@ static void set_kernels(bool is_double, std::vector<int64_t> a, int64_t chunk) {
     if (is_double) set(kernels_d); else set(kernels_f);
 }
 
-// ------------------------------------------------------------------------------- the steps, as in fused_mhc.py
+// ------------------------------------------------------------------------------- the steps, as in fused_mhc/__init__.py
 // X's leading dimensions (all but the last two: n, d) followed by tail.
 static std::vector<int64_t> lead_shape(const Tensor &X, std::initializer_list<int64_t> tail) {
     auto s = X.sizes().vec();
@@ -135,7 +135,7 @@ static variable_list combine_backward(const Tensor &X, const Tensor &f, const Te
     return {gX, gf, gmix, gpost};
 }
 
-// Run body<float> or body<double> by the tensor's dtype (fused_mhc.py only sends these two).
+// Run body<float> or body<double> by the tensor's dtype (fused_mhc/__init__.py only sends these two).
 #define BY_DTYPE(t, call) ((t).scalar_type() == at::kDouble ? call<double> : call<float>)
 
 // ------------------------------------------------------------------------------------------------ the nodes

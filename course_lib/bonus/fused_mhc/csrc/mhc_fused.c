@@ -4,12 +4,12 @@
  * 2 x 20 Sinkhorn normalisations of an n x n matrix per token) and as many again for the backward; at the toy's
  * sizes each costs a few microseconds of dispatch and almost no arithmetic. Here one call does all of it, as fused
  * kernels do at scale (the mHC paper, arXiv 2512.24880, reports about 6.7% extra training time with them).
- * course_lib/fused_mhc.py compiles this file with the system's C compiler and calls it through ctypes;
- * tests/test_fused_mhc.py checks it against the PyTorch version in course_lib/mhc.py.
+ * course_lib/bonus/fused_mhc/__init__.py compiles this file with the system's C compiler and calls it through ctypes;
+ * tests/bonus/test_fused_mhc.py checks it against the PyTorch version in course_lib/mhc.py.
  *
  * Layouts (row-major, contiguous): X (N, n, d) streams; W (m, n d) the projection, m = 2n + n*n rows [pre (n) |
  * post (n) | res (n*n): row j*n + i holds B~_ij, transformers' "comb" layout]; base (m); scale (3) = (alpha_pre,
- * alpha_post, alpha_res). fused_mhc.py compiles the file twice: with -DSINGLE (float, exp_f32 below, sqrtf) and
+ * alpha_post, alpha_res). fused_mhc/__init__.py compiles the file twice: with -DSINGLE (float, exp_f32 below, sqrtf) and
  * without (double, libm's exp and sqrt). Needs GCC's or clang's vector extension (see v8 below).
  *
  * Speed: the work on the small per-token quantities (the 2n sigmoids, the softmax, the 40 Sinkhorn steps, their
@@ -50,7 +50,7 @@ typedef double real;
  * pre step's time when it ran token by token). Cody & Waite's range reduction: x = k ln2 + r with k = round(x / ln2)
  * and |r| <= ln2 / 2, so exp(x) = 2^k exp(r). ln2 is split in two parts, the first with few significant bits, so
  * that k * ln2_hi is exact and r keeps its accuracy. exp(r) comes from a polynomial (the coefficients of Cephes'
- * expf, S. L. Moshier), 2^k is written straight into the exponent bits of a float. About 1 ulp: tests/test_fused_mhc.py
+ * expf, S. L. Moshier), 2^k is written straight into the exponent bits of a float. About 1 ulp: tests/bonus/test_fused_mhc.py
  * checks a relative error below 3e-7 against exp in float64. Results below FLT_MIN (x < -87.3) are 0, results above
  * 2.2e38 (x > 88.3) are inf: they only feed sigmoids and softmaxes, where both are exact enough. NaN stays NaN. */
 static inline float exp_f32(float x) {
@@ -205,7 +205,7 @@ INLINE void column_softmax(int n, const real *restrict raw, real *restrict p) {
 
 /* The forward keeps, per chunk of CHUNK tokens, what the backward needs: r (1 per token), the two sigmoids (2n),
  * the softmax p (n^2) and the projection P (m = 2n + n^2), in chunk layout; Sinkhorn's steps are run again in the
- * backward. Numbers per chunk (fused_mhc.py allocates chunks * this), and the size of the backward's buffer for
+ * backward. Numbers per chunk (fused_mhc/__init__.py allocates chunks * this), and the size of the backward's buffer for
  * Sinkhorn's history: */
 int mhc_chunk_size(void) { return CHUNK; }
 
@@ -550,7 +550,7 @@ void mhc_combine_backward(int N, int n, int d, const real *X, const real *f, con
     WITH_N(combine_backward, N, d, X, f, mix, post, G, gX, gf, gmix, gpost)
 }
 
-/* Apply EXP to n numbers: lets tests/test_fused_mhc.py check the float32 exp against torch. */
+/* Apply EXP to n numbers: lets tests/bonus/test_fused_mhc.py check the float32 exp against torch. */
 void mhc_exp(long n, const real *restrict x, real *restrict y) {
     for (long i = 0; i < n; i++) y[i] = EXP(x[i]);
 }
