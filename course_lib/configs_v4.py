@@ -65,7 +65,10 @@ class V4Model:
         return len(self.layer_ratios)
 
     def count(self, kind: str) -> int:
-        rate = {"sliding": 0, "csa": self.csa_rate, "hca": self.hca_rate}[kind]
+        rates = {"sliding": 0, "csa": self.csa_rate, "hca": self.hca_rate}
+        if kind not in rates:
+            raise ValueError(f"kind must be one of {tuple(rates)}, got {kind!r}")
+        rate = rates[kind]
         return sum(r == rate for r in self.layer_ratios)
 
 

@@ -122,7 +122,7 @@ class DSA(MLA):
       index_n_heads     H^I (V3.2: 64)     index_head_dim  d^I (V3.2: 128)
       max_context       optional longest context; index_topk above it raises (the selection would keep everything)
     Every MLA weight keeps its name, so MLA.state_dict() loads into a DSA (strict=False: the indexer is new), and
-    with index_topk >= context the output equals MLA's (tests/test_sparse_attention.py).
+    with index_topk >= context the output equals MLA's (tests/test_dsa.py).
 
     Paths: "naive" masks the unselected tokens out of the full decompressed attention (what the official prefill
     does); "absorbed" gathers the k selected latents and attends in latent space over those only, so a decode step

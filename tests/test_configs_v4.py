@@ -63,3 +63,9 @@ def test_count_of_a_small_custom_model():
     m = V4Model("t", (0, 4, 16, 4), n_heads=2, head_dim=8, rope_dim=2, window=3, csa_rate=4, hca_rate=16,
                 index_n_heads=1, index_head_dim=4, index_topk=5, activated_params=1.0)
     assert (m.n_layers, m.count("sliding"), m.count("csa"), m.count("hca")) == (4, 1, 2, 1)
+
+
+def test_count_of_an_unknown_kind_names_the_parameter():
+    from course_lib.configs_v4 import DEEPSEEK_V4_FLASH
+    with pytest.raises(ValueError, match="kind must be one of"):
+        DEEPSEEK_V4_FLASH.count("dense")

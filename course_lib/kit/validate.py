@@ -13,13 +13,15 @@ bool is not accepted where an int or a number is asked for (True is an int to Py
 """
 from __future__ import annotations
 
+import numbers
 from typing import Collection, Sequence
 
 import torch
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Any integer type (Python's int, numpy's int64, ...) but bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def positive_int(name: str, value) -> int:

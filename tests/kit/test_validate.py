@@ -74,3 +74,11 @@ def test_tensor_shape():
     assert msg == "x must have shape (batch, time, 8), got (2, 3)"
     _rejects(v.tensor_shape, "x", torch.zeros(2, 3, 4), ("batch", "time", 8), name="x", got="(2, 3, 4)")
     _rejects(v.tensor_shape, "x", [[1.0]], ("batch", "time", 8), name="x", got="list")
+
+
+def test_numpy_integers_are_ints_but_bool_is_not():
+    import numpy as np
+    from course_lib.kit.validate import positive_int
+    assert positive_int("context", np.int64(4096)) == 4096
+    with pytest.raises(ValueError, match="context must be a positive int, got True"):
+        positive_int("context", True)
