@@ -258,8 +258,10 @@ def train_dspark(target, corpus, cfg: DSparkConfig | None = None, steps: int = 3
 
 def confident_prefix(conf_logits, threshold: float) -> int:
     """Tokens to verify: all before the first c_k < threshold (draft_ops.py _confident_prefix_length);
-    threshold 0 verifies the whole block."""
+    threshold 0 verifies the whole block. conf_logits: the block's gamma confidence logits, one dimension."""
     in_unit_interval("threshold", threshold)
+    if conf_logits.dim() != 1:
+        raise ValueError(f"conf_logits must be one block's (gamma,) logits, got shape {tuple(conf_logits.shape)}")
     if threshold == 0.0:
         return conf_logits.shape[-1]
     low = (conf_logits.sigmoid() < threshold).nonzero()

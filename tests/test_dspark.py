@@ -200,3 +200,13 @@ def test_markov_head_and_loss_match_nemo_automodel_dspark():
                                           confidence_head_alpha=1.0)
     got, _ = loss_terms(logits, tgt.softmax(-1), labels, conf, 4.0, (0.1, 0.9, 1.0))
     assert got.item() == pytest.approx(expect.item(), rel=1e-5)
+
+
+def test_confident_prefix_wants_one_block():
+    """A (1, gamma) batch would otherwise give a row index, not a length."""
+    import pytest
+    import torch
+    from course_lib.dspark import confident_prefix
+    assert confident_prefix(torch.tensor([3.0, 3.0, -3.0, 3.0]), 0.5) == 2
+    with pytest.raises(ValueError, match="conf_logits must be one block"):
+        confident_prefix(torch.tensor([[3.0, 3.0, -3.0, 3.0]]), 0.5)
