@@ -40,7 +40,7 @@ MILESTONES = {
 
 # Course notebooks that the README's course map plans but that may not be written yet: `notebooks` may name them.
 # A test checks that every other number names an existing notebooks/NN_*.ipynb.
-PLANNED_NOTEBOOKS = ("09", "12", "13")
+PLANNED_NOTEBOOKS: tuple = ()
 
 
 # MoE releases labelled on the parameter chart: name -> (horizontal offset in points, alignment).
