@@ -1,10 +1,10 @@
-"""Exercises of 10_nano_deepseek: DeepSeek-V3's training loss (build it from tensors), the checkpoint layout of the
-MTP projection and the speed-up estimate of self-speculative decoding."""
+"""Exercises of 10_nano_deepseek: DeepSeek-V3's training loss and a DeepSeekMoE layer (build them from tensors), the
+checkpoint layout of the MTP projection and the speed-up estimate of self-speculative decoding."""
 import torch
 import torch.nn.functional as F
 
 from course_lib.checks.core import register
-from course_lib.moe import expert_balance_loss, sequence_balance_loss
+from course_lib.moe import MoE, expert_balance_loss, sequence_balance_loss
 
 _G = torch.Generator().manual_seed(9)
 
@@ -108,3 +108,67 @@ def eh_proj_from_paper(w):
 def speculative_speedup(acceptance, c_verify, c_draft):
     """Expected tokens/s of greedy self-speculative decoding relative to plain greedy decoding."""
     return (1 + acceptance) / (c_verify + c_draft)
+
+
+def _moe_case(N, d, E, K, h, n_group, topk_group):
+    """Seeded random tokens and weights of one DeepSeekMoE layer (one shared expert of width h)."""
+    u = torch.randn(N, d, generator=_G)
+    e = torch.randn(E, d, generator=_G) / d ** 0.5                   # router centroids e_i
+    b = 0.3 * torch.randn(E, generator=_G)                           # aux-loss-free bias
+    gate_up = torch.randn(E, 2 * h, d, generator=_G) / d ** 0.5      # [W1; W3] of each routed expert
+    down = torch.randn(E, d, h, generator=_G) / h ** 0.5             # W2 of each routed expert
+    w1, w3 = (torch.randn(h, d, generator=_G) / d ** 0.5 for _ in range(2))
+    w2 = torch.randn(d, h, generator=_G) / h ** 0.5
+    return u, e, b, gate_up, down, w1, w3, w2, K, n_group, topk_group
+
+
+def _moe_wrong(score="sigmoid", gate_with_bias=False, normalise=True, groups=True, shared=True):
+    def ffn(u, e, b, gate_up, down, w1, w3, w2, k, n_group, topk_group):
+        N, E = u.shape[0], e.shape[0]
+        s = torch.sigmoid(u @ e.T) if score == "sigmoid" else torch.softmax(u @ e.T, -1)
+        choice = s + b
+        if groups:
+            best = choice.view(N, n_group, -1).topk(min(2, E // n_group), -1).values.sum(-1).topk(topk_group, -1).indices
+            keep = torch.zeros(N, n_group, dtype=torch.bool).scatter(1, best, True).repeat_interleave(E // n_group, 1)
+            choice = choice.masked_fill(~keep, float("-inf"))
+        idx = choice.topk(k, -1).indices
+        g = (s + b if gate_with_bias else s).gather(1, idx)
+        if normalise:
+            g = g / g.sum(-1, keepdim=True)
+        gt, up = torch.einsum("nd,nkhd->nkh", u, gate_up[idx]).chunk(2, -1)
+        y = (g[..., None] * torch.einsum("nkh,nkdh->nkd", F.silu(gt) * up, down[idx])).sum(1)
+        return y + (F.silu(u @ w1.T) * (u @ w3.T)) @ w2.T if shared else y
+    return ffn
+
+
+@register(cases=[_moe_case(12, 16, 8, 2, 8, 4, 2), _moe_case(10, 12, 16, 4, 6, 4, 2), _moe_case(6, 8, 6, 3, 4, 1, 1)],
+          hint=("Four steps per token: affinities, choose the experts (bias and groups only choose), gate values, "
+                "then the weighted sum of the chosen experts' SwiGLUs plus the shared expert.",
+                "s = sigmoid(u e^T) (Eq. 15); choose the top-k of s + b among the experts of the topk_group groups "
+                "with the largest sum of their two best s + b (Eq. 16); g = s of the chosen, divided by their sum "
+                "(Eq. 13); y = sum_k g_k W2_k (SiLU(W1_k u) * W3_k u) + W2 (SiLU(W1 u) * W3 u) (Eq. 12), where "
+                "gate_up[i] stacks [W1_i; W3_i].",
+                "N, E = u.shape[0], e.shape[0]\n"
+                "   s = torch.sigmoid(u @ e.T); c = s + b\n"
+                "   best = c.view(N, n_group, -1).topk(min(2, E // n_group), -1).values.sum(-1).topk(topk_group, -1).indices\n"
+                "   keep = torch.zeros(N, n_group, dtype=torch.bool).scatter(1, best, True).repeat_interleave(E // n_group, 1)\n"
+                "   idx = c.masked_fill(~keep, float('-inf')).topk(k, -1).indices\n"
+                "   g = s.gather(1, idx); g = g / g.sum(-1, keepdim=True)\n"
+                "   gate, up = torch.einsum('nd,nkhd->nkh', u, gate_up[idx]).chunk(2, -1)\n"
+                "   y = (g[..., None] * torch.einsum('nkh,nkdh->nkd', F.silu(gate) * up, down[idx])).sum(1)\n"
+                "   return y + (F.silu(u @ w1.T) * (u @ w3.T)) @ w2.T"),
+          wrong=[_moe_wrong(score="softmax"), _moe_wrong(gate_with_bias=True), _moe_wrong(normalise=False),
+                 _moe_wrong(groups=False), _moe_wrong(shared=False)])
+def deepseek_moe_ffn(u, e, b, gate_up, down, w1, w3, w2, k, n_group, topk_group):
+    """DeepSeekMoE (V3 Eq. 12-16, node-limited routing) on tokens u (N, d): course_lib.moe.MoE with these weights."""
+    E, h = e.shape[0], down.shape[2]
+    moe = MoE(u.shape[1], n_routed_experts=E, n_shared_experts=1, num_experts_per_tok=k, moe_intermediate_size=h,
+              scoring_func="sigmoid", n_group=n_group, topk_group=topk_group).eval()
+    with torch.no_grad():
+        moe.gate.weight.copy_(e)
+        moe.e_score_correction_bias.copy_(b)
+        moe.experts.gate_up.copy_(gate_up)
+        moe.experts.down.copy_(down)
+        for name, w in (("w1", w1), ("w3", w3), ("w2", w2)):
+            getattr(moe.shared_experts, name).weight.copy_(w)
+        return moe(u[None])[0]
