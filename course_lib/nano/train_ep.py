@@ -110,7 +110,6 @@ def validation_loss(model, get_val, batches: int, info) -> float:
     return sum(losses) / len(losses)
 
 
-evaluate = validation_loss  # old name: notebooks still call it; removed after their rewrite
 
 
 def save(path, model, opt, step, history, cfg, run, info) -> None:

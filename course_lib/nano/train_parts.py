@@ -110,7 +110,6 @@ def validation_loss(model: nn.Module, get_val, batches: int) -> float:
     return sum(losses) / len(losses)
 
 
-evaluate = validation_loss  # old name: notebooks still call it; removed after their rewrite
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:

@@ -159,7 +159,6 @@ def held_out_pass_at_1(model, tok: CharTokenizer, problems: list[tuple[int, int]
             "length": roll["mask"].sum(1).mean().item()}
 
 
-evaluate = held_out_pass_at_1  # old name: notebooks still call it; removed after their rewrite
 
 
 @torch.no_grad()

@@ -150,4 +150,3 @@ def accuracy_and_recall(model: NeedleModel, length: int, ks, batch: int = 128, s
     return out
 
 
-evaluate = accuracy_and_recall  # old name: notebooks still call it; removed after their rewrite

@@ -186,7 +186,6 @@ def held_out_metrics(model, tok: CharTokenizer, n: int = 128, seed: int = 0) -> 
             "general": sum(acc[n:]) / n}
 
 
-evaluate = held_out_metrics  # old name: notebooks still call it; removed after their rewrite
 
 
 # ----------------------------------------------------------------------------------------------------------------
