@@ -99,6 +99,16 @@ def test_markdown_cells_have_no_broken_markup(path):
     assert not found, "\n".join(found)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_no_control_characters_in_cells(path):
+    """A tab, backspace or form feed in a cell is nearly always LaTeX written into a Python string without escaping
+    its backslash: "\\theta" became a tab followed by "heta", and the page shows no theta)."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    found = [f"cell {i}: {ch!r} before {''.join(c['source'])[k + 1:k + 12]!r}" for i, c in enumerate(cells)
+             for k, ch in enumerate("".join(c["source"])) if ch in "\t\b\f\v\r"]
+    assert not found, "\n".join(found)
+
+
 # ---------------------------------------------------------------- stated runtime vs README's measured table
 
 def measured_runtimes():
