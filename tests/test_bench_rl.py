@@ -32,3 +32,21 @@ def test_bench_rl_rejects_bad_options():
     for bad in (["--steps", "0"], ["--variants", "ppo"], ["--target", "1.5"], ["--mu", "0"]):
         with pytest.raises(SystemExit):
             main(bad)
+
+
+def test_train_variant_records_dapo_steps():
+    """The loop the bench and assets/grpo/record_rl_after_r1.py share: cumulative counts, the evaluations, DAPO drops."""
+    import math
+
+    from course_lib.bench.rl import VARIANTS, train_variant
+
+    run = train_variant(VARIANTS["dapo"], 2, 1, 2, 1, "cpu", dynamic_sampling=True, filter_truncated=True)
+    evals = next(run)
+    assert evals["eval_step"] == [0] and 0 <= evals["eval_accuracy"][0] <= 1
+    recs = list(run)
+    assert len(recs) == 2 and evals["eval_step"] == [0, 1, 2] and len(evals["eval_accuracy"]) == 3
+    assert 64 <= recs[0]["samples"] < recs[1]["samples"] <= 2 * 3 * 64 and 0 < recs[0]["time_s"] < recs[1]["time_s"]
+    for rec in recs:
+        assert 0 <= rec["dropped"] <= rec["groups"] and rec["groups"] * 8 <= rec["samples"]
+        assert 0 <= rec["no_signal"] <= 1 and 0 <= rec["accuracy"] <= 1 and 0 <= rec["clip_frac"] <= 1
+        assert math.isnan(rec["reward"]) or 0 <= rec["reward"] <= 2

@@ -52,35 +52,61 @@ def _pad_cat(rolls: list[dict], eos: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def train_steps(name: str, steps: int, mu: int, refill: int, eval_every: int, device, seed: int = 0):
-    """One RL run of variant `name` on the addition toy, one step per next(); yields its history after each step."""
+def train_variant(spec: dict, steps: int, mu: int, refill: int, eval_every: int, device, seed: int = 0, *,
+                  dynamic_sampling: bool = False, filter_truncated: bool = False):
+    """One RL run on the addition toy, the loop the bench and assets/grpo/record_rl_after_r1.py share; a generator.
+
+    Starts from the shipped base policy with notebook 05's settings (`arith.grpo_config()`), beta = 0, and trains with
+    `pl.policy_loss(..., **spec)` (spec: "variant" and the loss's keyword arguments, like VARIANTS' values), taking
+    `mu` policy updates per rollout. dynamic_sampling: DAPO §3.2, groups whose rewards are all equal are dropped and
+    refilled from up to `refill` extra rollouts; filter_truncated: completions cut at max_new_tokens are masked out.
+    Yields {"eval_step": [0], "eval_accuracy": [held-out pass@1 of the base policy]} first, two lists it extends
+    after every eval_every-th step and the last, then one record per RL step:
+      reward               mean reward of the completions trained on (nan when dynamic sampling kept none)
+      samples, time_s      completions drawn (refills included) and training seconds (evaluation excluded) so far
+      groups, dropped      groups drawn, and those dynamic sampling dropped (0 without it)
+      no_signal, accuracy, len_right, len_wrong   of the step's first rollout, before any filtering: the share of
+                           groups whose rewards are all equal, accuracy, mean completion length of right / wrong answers
+      entropy, clip_frac   mean -log pi_old of the tokens trained on; the last update's clip fraction
+    """
     model, tok = arith.load_base(device)
     cfg = arith.grpo_config(steps=steps, seed=seed)
-    kw = dict(VARIANTS[name])
+    kw = dict(spec)
     variant = kw.pop("variant")
     if variant == "dr_grpo":
         kw["max_completion_length"] = cfg.max_new_tokens
     eos, fns, G, n = arith.eos_id(tok), arith.reward_fns(), cfg.group_size, cfg.prompts_per_step
     rng, gen = random.Random(seed), torch.Generator(device=device).manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    hist = {"eval_step": [0], "eval_accuracy": [arith.held_out_pass_at_1(model, tok)["accuracy"]], "time_s": [],
-            "reward": [], "dropped": [], "samples": 0}
-    train_s = 0.0
+    evals = {"eval_step": [0], "eval_accuracy": [arith.held_out_pass_at_1(model, tok)["accuracy"]]}
+    yield evals
+    samples, time_s = 0, 0.0
     for step in range(steps):
         t0 = time.perf_counter()
         model.eval()
-        rolls, rewards, kept, dropped, seen = [], [], 0, 0, 0
-        for _ in range(1 + (refill if name == "dapo" else 0)):
+        rec = {"groups": 0, "dropped": 0}
+        rolls, rewards, kept = [], [], 0
+        for i in range(1 + (refill if dynamic_sampling else 0)):
             prompts, answers = arith.sample_prompts(n, rng)
             roll = grpo.rollout(model, tok, prompts, G, cfg.max_new_tokens, cfg.temperature, eos, gen)
-            r = sum(torch.tensor(f(roll["texts"], [a for a in answers for _ in range(G)])) for f in fns.values())
-            hist["samples"] += len(r)
-            if name == "dapo":     # DAPO §3.2: keep only groups whose rewards differ, refill the rest
-                keep = pl.informative_groups(r, G)
-                seen, dropped = seen + len(keep), dropped + int((~keep).sum())
-                rows = keep.repeat_interleave(G).to(roll["ids"].device)
-                roll = {"ids": roll["ids"][rows], "mask": roll["mask"][rows], "n_prompt": roll["n_prompt"]}
-                r = r[keep.repeat_interleave(G)]
+            ans = [a for a in answers for _ in range(G)]
+            parts = {k: torch.tensor(f(roll["texts"], ans)) for k, f in fns.items()}
+            r = sum(parts.values())
+            samples += len(r)
+            informative = pl.informative_groups(r, G)
+            rec["groups"] += len(informative)
+            if i == 0:      # the first rollout of the step is the statistic every run logs alike
+                acc, lens = parts["accuracy"], roll["mask"].sum(1).cpu()
+                rec["no_signal"] = 1.0 - informative.float().mean().item()
+                rec["accuracy"] = acc.mean().item()
+                rec["len_right"] = lens[acc == 1].mean().item() if (acc == 1).any() else float("nan")
+                rec["len_wrong"] = lens[acc == 0].mean().item() if (acc == 0).any() else float("nan")
+            if dynamic_sampling:     # DAPO §3.2: keep only groups whose rewards differ, refill the rest
+                rec["dropped"] += int((~informative).sum())
+                rows = informative.repeat_interleave(G)
+                roll = {"ids": roll["ids"][rows.to(roll["ids"].device)],
+                        "mask": roll["mask"][rows.to(roll["mask"].device)], "n_prompt": roll["n_prompt"]}
+                r = r[rows]
             rolls.append(roll)
             rewards.append(r)
             kept += len(r) // G
@@ -88,27 +114,43 @@ def train_steps(name: str, steps: int, mu: int, refill: int, eval_every: int, de
                 break
         rewards = torch.cat(rewards).float().to(device)
         ids, mask = _pad_cat(rolls, eos)
-        hist["reward"].append(rewards.mean().item() if len(rewards) else float("nan"))
-        hist["dropped"].append(dropped / seen if seen else 0.0)
+        rec["reward"] = rewards.mean().item() if len(rewards) else float("nan")
+        rec["entropy"], rec["clip_frac"] = float("nan"), 0.0
         if len(rewards):
             adv = pl.advantages(rewards, G, variant).to(device)
-            truncated = (mask.sum(1) == mask.shape[1]) & (ids[:, -1] != eos) if name == "dapo" else None
+            truncated = (mask.sum(1) == mask.shape[1]) & (ids[:, -1] != eos) if filter_truncated else None
+            n_prompt = rolls[0]["n_prompt"]
             model.train()
             with torch.no_grad():
-                old = grpo.completion_logprobs(model, ids, rolls[0]["n_prompt"])
+                old = grpo.completion_logprobs(model, ids, n_prompt)
+            rec["entropy"] = (-(old * mask).sum() / mask.sum()).item()
             for _ in range(mu):
-                logp = grpo.completion_logprobs(model, ids, rolls[0]["n_prompt"])
-                loss, _ = pl.policy_loss(logp, old, adv, mask, variant, truncated=truncated, **kw)
+                logp = grpo.completion_logprobs(model, ids, n_prompt)
+                loss, stats = pl.policy_loss(logp, old, adv, mask, variant, truncated=truncated, **kw)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
-        train_s += time.perf_counter() - t0
-        hist["time_s"].append(train_s)
+                rec["clip_frac"] = stats["clip_frac"]
+        time_s += time.perf_counter() - t0
+        rec["samples"], rec["time_s"] = samples, time_s
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             model.eval()
-            hist["eval_step"].append(step + 1)
-            hist["eval_accuracy"].append(arith.held_out_pass_at_1(model, tok)["accuracy"])
+            evals["eval_step"].append(step + 1)
+            evals["eval_accuracy"].append(arith.held_out_pass_at_1(model, tok)["accuracy"])
+        yield rec
+
+
+def train_steps(name: str, steps: int, mu: int, refill: int, eval_every: int, device, seed: int = 0):
+    """One RL run of variant `name` on the addition toy, one step per next(); yields its history after each step."""
+    run = train_variant(VARIANTS[name], steps, mu, refill, eval_every, device, seed,
+                        dynamic_sampling=name == "dapo", filter_truncated=name == "dapo")
+    hist = {**next(run), "time_s": [], "reward": [], "dropped": [], "samples": 0}   # train_variant extends eval_*
+    for rec in run:
+        hist["reward"].append(rec["reward"])
+        hist["dropped"].append(rec["dropped"] / rec["groups"] if rec["groups"] else 0.0)
+        hist["time_s"].append(rec["time_s"])
+        hist["samples"] = rec["samples"]
         yield hist
 
 
