@@ -92,7 +92,7 @@ def has_format(text: str, require_thinking: bool = False) -> bool:
     return not require_thinking or bool(t[len(THINK_OPEN):i1].strip())
 
 
-def format_reward(completions: Sequence[str], require_thinking: bool = False) -> list[float]:
+def format_reward(completions: Sequence[str], *, require_thinking: bool = False) -> list[float]:
     """1.0 where `has_format` holds, else 0.0 (R1 §2.2.2: 'put its thinking process between <think> and </think>')."""
     return [1.0 if has_format(c, require_thinking) else 0.0 for c in _check_texts(completions)]
 

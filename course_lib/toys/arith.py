@@ -196,10 +196,13 @@ def load_base(device=None):
 
 
 def reward_fns() -> dict:
-    """R1-Zero's two rule-based rewards (R1 §2.2.2): accuracy + format, summed by `grpo.grpo_train`."""
+    """R1-Zero's two rule-based rewards (R1 §2.2.2): accuracy + format, summed by `grpo.grpo_train`.
+
+    Every reward is called as `fn(completions, answers)`. The format reward ignores the answers and does not require a
+    non-empty thinking block, so a direct answer and a scratchpad are equally well formed."""
     from course_lib.rewards import accuracy_reward, format_reward
 
-    return {"accuracy": accuracy_reward, "format": format_reward}
+    return {"accuracy": accuracy_reward, "format": lambda completions, answers: format_reward(completions)}
 
 
 def grpo_config(**overrides):

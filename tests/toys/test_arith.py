@@ -50,6 +50,20 @@ def test_completions_earn_full_reward_and_fit_the_budget():
     assert len(tok.encode(arith.completion(999, 999, True))) == arith.max_completion_tokens()
 
 
+def test_reward_fns_score_both_styles_as_well_formed():
+    # called exactly as grpo.grpo_train and bench.rl.train_variant call them: fn(texts, answers)
+    texts = [arith.completion(358, 467, think=False), arith.completion(358, 467, think=True), "<answer>825</answer>"]
+    answers = [825, 825, 825]
+    fns = arith.reward_fns()
+    assert fns["format"](texts, answers) == [1.0, 1.0, 0.0]        # a direct answer is well formed too
+    assert fns["accuracy"](texts, answers) == [1.0, 1.0, 1.0]
+    # the old dict handed `answers` to format_reward's second parameter, silently requiring a non-empty <think>;
+    # require_thinking is keyword-only now, so that call fails loudly instead
+    assert rewards.format_reward(texts, require_thinking=True) == [0.0, 1.0, 0.0]
+    with pytest.raises(TypeError):
+        rewards.format_reward(texts, answers)
+
+
 def test_held_out_is_fixed_and_never_trained_on():
     held = arith.held_out_problems()
     assert held == arith.held_out_problems() and len(set(held)) == arith.HELD_OUT_SIZE
