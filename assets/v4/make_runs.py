@@ -1,4 +1,5 @@
-"""Record the longer runs that notebooks 08 (mHC, Muon) and 09 (hash routing) plot (their live runs are shorter to stay within CI time).
+"""Record the longer runs that notebooks 08 (mHC, Muon) and 09 (hash routing) plot (their live runs are shorter to
+stay within CI time).
 
     python assets/v4/make_runs.py [mhc|muon|hash ...]      (default: all three; about 15 min of CPU on one thread)
 
