@@ -55,7 +55,12 @@ def _probe_notebook() -> str:
 
 def _run_nbval(notebook: str, **env) -> subprocess.CompletedProcess:
     env = {**os.environ, **env}
-    env.pop("PYTHONPATH", None)
+    # The kernels get the block from the root conftest.py alone: drop a netblock folder this process inherited, keep
+    # the rest of PYTHONPATH (where pytest and nbval may be installed).
+    netblock = str(ROOT / "tools" / "e2e" / "netblock")
+    kept = [p for p in env.pop("PYTHONPATH", "").split(os.pathsep) if p and os.path.abspath(p) != netblock]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
     return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout=120", "-q",
                            "-p", "no:cacheprovider", notebook], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -70,3 +75,5 @@ def test_probe_fails_without_the_block():
     run = _run_nbval(_probe_notebook(), COURSE_NETBLOCK="0",
                      COURSE_NB_OUTPUTS=str(ARTIFACTS / "offline_probe" / "outputs"))
     assert run.returncode != 0, "the probe passed with the block switched off: it proves nothing"
+    assert "outcome" in run.stdout and "NetworkBlocked" in run.stdout, (
+        f"nbval did not get as far as the probe cell, so this failure proves nothing:\n{run.stdout[-3000:]}")
