@@ -15,10 +15,12 @@ Indexer) and transformers' DeepseekV32Indexer, which is the test oracle (tests/r
   and the dot products scaled by 1 / sqrt(d^I).
 Left out: the Hadamard rotation before the FP8 cast (orthogonal: q.k is unchanged) and the FP8 quantisation itself
 (a precision choice). The indexer's RoPE is non-interleaved (rotate-half: feature j pairs with j + d^R_h/2), unlike
-the main MLA attention's interleaved pairs in DeepSeek's code. The first public V3.2-Exp code (inference/model.py of 2025-09-29) rotated
-the indexer's q^I and k^I with the interleaved layout too; DeepSeek announced this as a bug on 2025-11-18 (UTC) and
-fixed it in the official repository (commit 8631a81); vLLM (PR #28968, "ROPE in indexer shouldn't be interleaved")
-and SGLang (PR #13531) followed the same day: the official layout of the indexer is non-interleaved.
+the main MLA attention's interleaved pairs in DeepSeek's code. The first public V3.2-Exp code (inference/model.py of
+2025-09-29) rotated the indexer's q^I and k^I with the interleaved layout too, and that was a bug: DeepSeek changed
+its inference code to the non-interleaved layout (Hugging Face deepseek-ai/DeepSeek-V3.2-Exp commit 1938e9df, which
+SGLang PR #13439 cites on 2025-11-17 after long-context needle tests had failed; GitHub commit 8631a81) and
+announced the fix on 2025-11-18 (UTC); vLLM (PR #28968, "ROPE in indexer shouldn't be interleaved") and SGLang
+(PR #13531) followed. The official layout of the indexer is non-interleaved.
 
 Cache per layer (dict): {"c_kv": (B, S, d_c), "k_rope": (B, S, d^R_h), "k_index": (B, S, d^I)}: MLA's latent and
 RoPE key plus the indexer's one key per token (V3.2 stores it in FP8: d^I bytes + a scale).

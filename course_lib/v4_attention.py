@@ -5,14 +5,16 @@ DeepSeek-V4 technical report ("DeepSeek-V4: Towards Highly Efficient Million-Tok
 §2.3. Every attention block is shared-KV multi-query attention (one 512-wide head whose key is also its value) over
   * a sliding window of the last n_win tokens (every block), and
   * compressed KV entries, each one pooling m consecutive tokens:
-      CSA (§2.3.1, Eq. 9-17): m = 4, windows of 2m tokens that overlap by m, then the lightning indexer of V3.2
+      CSA (§2.3.1, Eq. 9-19): m = 4, windows of 2m tokens that overlap by m, then the lightning indexer of V3.2
           (course_lib.dsa) scores the compressed entries and each query keeps its top-k;
-      HCA (§2.3.2, Eq. 20-23): m' = 128, non-overlapping windows, dense attention over all compressed entries.
+      HCA (§2.3.2, Eq. 20-26): m' = 128, non-overlapping windows, dense attention over all compressed entries.
 The official configs interleave CSA and HCA layers (course_lib.configs_v4).
 
 The token-level compressor (Eq. 9-12 / 20-23): C = H W^KV, Z = H W^Z; one entry per window,
-      C^Comp_i = RMSNorm( sum_{j in window i} softmax_j(Z_j + B_j) * C_j ),   B = learned positional bias (m x c)
-then RoPE at the window's first position. The softmax runs per feature over the tokens of the window.
+      C^Comp_i = sum_{j in window i} softmax_j(Z_j + B_j) * C_j,   B = learned positional bias (m x c)
+The softmax runs per feature over the tokens of the window. The report then RMS-normalises every KV entry "just
+before the core attention" (§2.3.3, not part of Eq. 12; the code applies that norm in the compressor) and applies
+partial RoPE (§2.3.3) at the window's first position.
 
 Details follow transformers' modeling_deepseek_v4.py (DeepseekV4CSACompressor, DeepseekV4HCACompressor,
 DeepseekV4Indexer, DeepseekV4Attention), the test oracle (tests/reference/test_v4_attention_reference.py):
@@ -39,18 +41,33 @@ from course_lib.layers import RMSNorm, _check_input, _rope_tables, apply_rope
 KINDS = ("sliding", "csa", "hca")
 
 
-def _rope_tail(x, positions_start, rope_dim, base, sign=1.0, positions=None):
-    """Interleaved RoPE on the last rope_dim features of x (..., T, D) at positions start .. start + T - 1
-    (or the given positions); sign=-1 rotates back."""
-    T = x.shape[-2]
+def partial_rope(x, positions_start, rope_dim, base, sign=1.0, positions=None):
+    """Partial RoPE of V4 §2.3.3 ("Partial Rotary Positional Embedding"): rotate the LAST rope_dim features of
+    x (..., T, D) by their token's position and leave the first D - rope_dim untouched,
+
+        x_t -> [x_t[:D - r], R(sign * theta_t) x_t[D - r:]],   theta_{t,j} = t / base^(2j / r), r = rope_dim,
+
+    in interleaved pairs (x_{2j}, x_{2j+1}), as transformers' DeepSeek-V4 code (the test oracle) pairs them. The positions are positions_start ..
+    positions_start + T - 1, or the given 1-D tensor `positions` (length T; a compressed entry sits at its window's
+    first token). sign = -1 rotates back: the report applies RoPE with position -i to the core attention's output
+    o_{t,i}, because the shared key is also the value and would otherwise carry absolute positions into it.
+    V4 uses the last 64 dimensions of its 512-wide head."""
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError(f"x must be a tensor of shape (..., T, D), got {getattr(x, 'shape', type(x).__name__)}")
+    D, T = x.shape[-1], x.shape[-2]
+    if not (isinstance(rope_dim, int) and not isinstance(rope_dim, bool) and 0 < rope_dim <= D and rope_dim % 2 == 0):
+        raise ValueError(f"rope_dim must be an even int in [2, {D}] (the last dimension of x), got {rope_dim!r}")
     if positions is None:
         cos, sin = _rope_tables(positions_start, T, rope_dim, base, x)
     else:
+        if positions.dim() != 1 or positions.shape[0] != T:
+            raise ValueError(f"positions must be a 1-D tensor of length {T} (x.shape[-2]), got shape "
+                             f"{tuple(positions.shape)}")
         from course_lib.rope import rope_cos_sin
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = rope_cos_sin(positions, rope_dim, base, dtype=dtype)
         cos, sin = cos.to(x.device), sin.to(x.device)
-    nope, r = x.split([x.shape[-1] - rope_dim, rope_dim], dim=-1)
+    nope, r = x.split([D - rope_dim, rope_dim], dim=-1)
     return torch.cat([nope, apply_rope(r, cos, sign * sin, interleaved=True)], dim=-1)
 
 
@@ -99,10 +116,10 @@ class Compressor(nn.Module):
                 slots_kv[:, 0, :m], slots_gate[:, 0, :m] = prior
             last = (kv[:, -1, :, :c], gate[:, -1, :, :c])
             kv, gate = slots_kv, slots_gate
-        # Eq. 11 / 22: softmax over the window's tokens, per feature, then the weighted sum; Eq. 12: RMSNorm.
+        # Eq. 11-12 / 22-23: softmax over the window's tokens, per feature, then the weighted sum; §2.3.3: RMSNorm.
         pooled = self.norm((kv * torch.softmax(gate, dim=2)).sum(dim=2))
         positions = torch.arange(n, device=pooled.device) * m + first_position   # each entry at its window start
-        return _rope_tail(pooled, 0, self.rope_dim, self.rope_base, positions=positions), last
+        return partial_rope(pooled, 0, self.rope_dim, self.rope_base, positions=positions), last
 
     @torch.no_grad()
     def token_weights(self, x):
@@ -177,7 +194,7 @@ class V4Indexer(nn.Module):
         B, T, _ = x.shape
         keys = self.compressor(x, state)                                       # (B, N, d^I)
         q = self.wq(q_res).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        q = _rope_tail(q, start_pos, self.rope_dim, self.rope_base)            # (B, H, T, d^I)
+        q = partial_rope(q, start_pos, self.rope_dim, self.rope_base)            # (B, H, T, d^I)
         dots = F.relu(torch.einsum("bhtd,bnd->bhtn", q, keys)) * self.head_dim ** -0.5
         w = self.weights(x) * self.n_heads ** -0.5                             # (B, T, H)
         s = torch.einsum("bth,bhtn->btn", w, dots)
@@ -297,8 +314,8 @@ class V4Attention(nn.Module):
         q_res = self.q_norm(self.q_down(x))
         q = self.q_up(q_res).view(B, T, H, D).transpose(1, 2)
         q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + self.eps)       # per-head RMSNorm, no weight
-        q = _rope_tail(q, start_pos, r, self.rope_base)                        # (B, H, T, D)
-        kv = _rope_tail(self.kv_norm(self.kv(x)), start_pos, r, self.rope_base)  # (B, T, D)
+        q = partial_rope(q, start_pos, r, self.rope_base)                        # (B, H, T, D)
+        kv = partial_rope(self.kv_norm(self.kv(x)), start_pos, r, self.rope_base)  # (B, T, D)
 
         # Sliding-window branch: query t sees keys t - n_win < s <= t.
         prior = cache.window if cache is not None and cache.window is not None else kv[:, :0]
@@ -339,7 +356,7 @@ class V4Attention(nn.Module):
         o = p[..., :keys.shape[1]] @ keys[:, None]                             # values = keys (shared KV)
         if sel_keys is not None:
             o = o + torch.einsum("bhtk,btkd->bhtd", p[..., keys.shape[1]:], sel_keys)
-        o = _rope_tail(o, start_pos, r, self.rope_base, sign=-1.0)             # undo the values' RoPE at t
+        o = partial_rope(o, start_pos, r, self.rope_base, sign=-1.0)             # undo the values' RoPE at t
         o = o.transpose(1, 2).reshape(B, T, self.o_groups, H * D // self.o_groups)
         o = torch.einsum("btgi,goi->btgo", o, self.o_a)                        # grouped output projection
         return self.o_b(o.reshape(B, T, self.o_groups * self.o_lora_rank))

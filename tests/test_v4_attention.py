@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from course_lib.v4_attention import Compressor, V4Attention, V4Cache, _rope_tail, visible_entries
+from course_lib.v4_attention import Compressor, V4Attention, V4Cache, partial_rope, visible_entries
 
 torch.set_num_threads(2)
 D, H = 32, 4
@@ -49,7 +49,7 @@ def test_hca_with_rate_one_gives_every_token_its_own_entry():
     x = torch.randn(1, 6, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         entries = att.compressor(x)
-        keys = _rope_tail(att.kv_norm(att.kv(x)), 0, 4, att.rope_base)
+        keys = partial_rope(att.kv_norm(att.kv(x)), 0, 4, att.rope_base)
     assert torch.allclose(entries, keys, atol=1e-12)
     assert visible_entries(torch.arange(6), 6, 1).equal(torch.ones(6, 6, dtype=torch.bool).tril())
 
@@ -149,3 +149,36 @@ def test_csa_indexer_learns_the_main_attention_from_its_kl_loss():
         att.index_loss.backward()
         opt.step()
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_partial_rope_by_hand():
+    """V4 §2.3.3: only the last rope_dim features turn. One token at position 1, base 1, rope_dim 2: the single
+    pair (x_4, x_5) = (1, 0) turns by 1 radian to (cos 1, sin 1); features 0-3 stay; sign = -1 turns it back."""
+    x = torch.tensor([[[0.5, -1.0, 2.0, 3.0, 1.0, 0.0]]], dtype=torch.float64)      # (1, T=1, D=6)
+    y = partial_rope(x, 1, 2, 1.0)
+    want = torch.tensor([0.5, -1.0, 2.0, 3.0, math.cos(1.0), math.sin(1.0)], dtype=torch.float64)
+    torch.testing.assert_close(y[0, 0], want)
+    torch.testing.assert_close(partial_rope(y, 1, 2, 1.0, sign=-1.0), x)
+    # Explicit positions give the same rotation as a start position.
+    torch.testing.assert_close(partial_rope(x, 0, 2, 1.0, positions=torch.tensor([1])), y)
+
+
+def test_partial_rope_scores_depend_on_distance_only():
+    """Rotating a query at t and a key at s makes q . k depend on t - s only (the relative-position property the
+    report relies on); the output's rotation by -t undoes the key's rotation when the key sits at t."""
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 8, generator=g, dtype=torch.float64), torch.randn(1, 1, 8, generator=g,
+                                                                               dtype=torch.float64)
+    a = (partial_rope(q, 7, 4, 100.0) * partial_rope(k, 4, 4, 100.0)).sum()
+    b = (partial_rope(q, 13, 4, 100.0) * partial_rope(k, 10, 4, 100.0)).sum()
+    c = (partial_rope(q, 13, 4, 100.0) * partial_rope(k, 9, 4, 100.0)).sum()
+    torch.testing.assert_close(a, b)
+    assert not torch.isclose(a, c)
+
+
+@pytest.mark.parametrize("kwargs,name", [({"rope_dim": 3}, "rope_dim"), ({"rope_dim": 10}, "rope_dim"),
+                                         ({"rope_dim": 2, "positions": torch.arange(3)}, "positions")])
+def test_partial_rope_rejects_bad_input(kwargs, name):
+    args = {"rope_dim": 4, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        partial_rope(torch.zeros(1, 2, 8), 0, args.pop("rope_dim"), 10000.0, **args)

@@ -3,7 +3,7 @@ V4's cache at 1M."""
 import torch
 
 from course_lib.checks.core import close, register
-from course_lib.v4_attention import Compressor, _rope_tail
+from course_lib.v4_attention import Compressor, partial_rope
 
 
 def _g(seed):
@@ -103,7 +103,7 @@ def compress_entries(x, w_kv, w_z, bias):
         comp.position_bias.copy_(bias)
         entries = comp(x[None])[0]
         positions = torch.arange(entries.shape[0]) * m
-        return _rope_tail(entries, 0, 2, comp.rope_base, sign=-1.0, positions=positions)
+        return partial_rope(entries, 0, 2, comp.rope_base, sign=-1.0, positions=positions)
 
 
 @register(kind="value",
