@@ -3,15 +3,17 @@
 ``course_lib.grpo`` holds GRPO as DeepSeekMath and R1 used it; this module reuses its pieces (group advantages, the
 clipped surrogate, the k3 KL, the loss reductions) and adds what came after:
 
-  * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.1: A_i = r_i - mean (no std), no 1/|o_i|,
-    a constant normaliser.
-  * DAPO (arXiv 2503.14476) §3: clip-higher (eps_low, eps_high), a token-level loss over all tokens of the batch,
-    dynamic sampling (§3.2: keep only groups whose rewards are not all equal), overlong reward shaping (eq. 13)
-    and filtering of truncated outputs.
-  * GSPO (arXiv 2507.18071) §4: one importance ratio per sequence, s_i = (pi_theta(o_i) / pi_old(o_i))^(1/|o_i|),
-    clipped per sequence; GSPO-token (§4.3) gives each token its own gradient path with the same value.
-  * CISPO, in MiniMax-M1 (arXiv 2506.13585) §3.1: clip the importance weight, stop its gradient, and multiply the
-    log-likelihood by it, so no token's gradient is ever dropped.
+  * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.2 (the biases it removes: §3.1):
+    A_i = r_i - mean (no std), no 1/|o_i|, a constant normaliser (Listing 1).
+  * DAPO (arXiv 2503.14476) §3, objective eq. 8: clip-higher (§3.1, eq. 10: eps_low, eps_high), a token-level loss
+    over all tokens of the batch (§3.3, eq. 12), dynamic sampling (§3.2, eq. 11: keep only groups whose rewards are
+    not all equal), overlong reward shaping (§3.4: soft overlong punishment, eq. 13, and overlong filtering of
+    truncated outputs).
+  * GSPO (arXiv 2507.18071) §4.1, eqs. 5 and 7: one importance ratio per sequence,
+    s_i = (pi_theta(o_i) / pi_old(o_i))^(1/|o_i|), clipped per sequence; GSPO-token (§4.3, eqs. 13-14) gives each
+    token its own gradient path with the same value.
+  * CISPO, in MiniMax-M1 (arXiv 2506.13585) §3.1, eqs. 4-5: clip the importance weight, stop its gradient, and
+    multiply the log-likelihood by it, so no token's gradient is ever dropped.
   * DeepSeek-V3.2 (arXiv 2512.02556) §3.1: the unbiased KL estimate (eq. 7), off-policy sequence masking
     (eqs. 8-9), Keep Routing (``record_routes`` / ``replay_routes`` on the MoE layers) and Keep Sampling Mask
     (``truncation_mask`` / ``kept_logprobs``).
@@ -44,7 +46,7 @@ ADVANTAGE_SCALE = {"grpo": "group", "dr_grpo": "none", "dapo": "group", "gspo": 
 # ----------------------------------------------------------------------------------------------------------------
 
 def advantages(rewards: torch.Tensor, group_size: int, variant: str = "grpo") -> torch.Tensor:
-    """The group-relative advantage each variant's paper uses (Dr. GRPO §3.1 and V3.2 eq. 5: no division by std)."""
+    """The group-relative advantage each variant's paper uses (Dr. GRPO §3.2 and V3.2 eq. 5: no division by std)."""
     _check_variant(variant)
     return group_advantages(rewards, group_size, ADVANTAGE_SCALE[variant])
 
@@ -52,8 +54,9 @@ def advantages(rewards: torch.Tensor, group_size: int, variant: str = "grpo") ->
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """One bool per group: True when its rewards are not all equal, so its advantages are not all zero.
 
-    DAPO §3.2, dynamic sampling: the constraint 0 < |{o_i correct}| < G of its objective (eq. 8). For any reward:
-    a group whose G rewards are equal has A_i = 0 for every sample and adds nothing to the gradient.
+    DAPO §3.2, dynamic sampling: the constraint 0 < |{o_i correct}| < G of its objective (eq. 8, highlighted in
+    eq. 11). For any reward: a group whose G rewards are equal has A_i = 0 for every sample and adds nothing to the
+    gradient.
     """
     if not isinstance(group_size, int) or group_size < 2:
         raise ValueError(f"group_size must be an int >= 2, got {group_size!r}")
@@ -68,7 +71,7 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> torch.Tensor:
     """DAPO's soft overlong punishment, added to the reward of each completion of `lengths` tokens.
 
-    DAPO eq. (13):  R_length(y) = 0                               if |y| <= L_max - L_cache
+    DAPO §3.4, eq. (13):  R_length(y) = 0                               if |y| <= L_max - L_cache
                                   ((L_max - L_cache) - |y|) / L_cache  if L_max - L_cache < |y| <= L_max
                                   -1                              if |y| > L_max
     """

@@ -47,11 +47,11 @@ def partial_rope(x, positions_start, rope_dim, base, sign=1.0, positions=None):
 
         x_t -> [x_t[:D - r], R(sign * theta_t) x_t[D - r:]],   theta_{t,j} = t / base^(2j / r), r = rope_dim,
 
-    in interleaved pairs (x_{2j}, x_{2j+1}), as transformers' DeepSeek-V4 code (the test oracle) pairs them. The positions are positions_start ..
-    positions_start + T - 1, or the given 1-D tensor `positions` (length T; a compressed entry sits at its window's
-    first token). sign = -1 rotates back: the report applies RoPE with position -i to the core attention's output
-    o_{t,i}, because the shared key is also the value and would otherwise carry absolute positions into it.
-    V4 uses the last 64 dimensions of its 512-wide head."""
+    in interleaved pairs (x_{2j}, x_{2j+1}), as transformers' DeepSeek-V4 code (the test oracle) pairs them. The
+    positions are positions_start .. positions_start + T - 1, or the given 1-D tensor `positions` (length T; a
+    compressed entry sits at its window's first token). sign = -1 rotates back: the report applies RoPE with
+    position -i to the core attention's output o_{t,i}, because the shared key is also the value and would
+    otherwise carry absolute positions into it. V4 uses the last 64 dimensions of its 512-wide head."""
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a tensor of shape (..., T, D), got {getattr(x, 'shape', type(x).__name__)}")
     D, T = x.shape[-1], x.shape[-2]
