@@ -114,7 +114,7 @@ def aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str =
         dapo    (DAPO eq. 8):          sum_i sum_t l_it / sum_i |o_i|        -- token mean over the WHOLE batch; TRL
                                         divides by `num_items_in_batch` (all tokens across gradient-accumulation
                                         micro-batches). Pass that count as num_tokens; without it dapo == bnpo.
-        dr_grpo (Dr. GRPO §3.1):       sum_i sum_t l_it / (B * L)            -- L a constant: max_completion_length
+        dr_grpo (Dr. GRPO §3.2):       sum_i sum_t l_it / (B * L)            -- L a constant: max_completion_length
     The |o_i| of grpo is the reason long wrong answers are punished less per token (Dr. GRPO's length bias).
     """
     one_of("loss_type", loss_type, LOSS_TYPES)

@@ -10,7 +10,7 @@ updates per rollout (with one update every ratio is 1 and the clip never acts). 
   clip_higher   the same with DAPO's clip-higher (0.8, 1.28) (DAPO eq. 10)
   dapo          clip-higher + token-level mean + dynamic sampling: groups whose rewards are all equal are dropped and
                 refilled from up to --refill extra rollouts (DAPO §3.1-3.3)
-  dr_grpo       r - mean advantages, sum / (B * L) (Dr. GRPO §3.1)
+  dr_grpo       r - mean advantages, sum / (B * L) (Dr. GRPO §3.2)
   gspo          one ratio per sequence, clip (1 - 3e-4, 1 + 4e-4) (GSPO §5.1's ranges)
 Logged per step: reward, accuracy, the entropy estimate (mean -log pi_old of the sampled tokens: at temperature 1
 an unbiased estimate of the policy's per-token entropy), clip_frac, the share of groups whose rewards are all equal

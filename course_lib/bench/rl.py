@@ -6,7 +6,7 @@ Every variant starts from the shipped base policy (assets/grpo/base.pt) with not
 (`arith.grpo_config()`: 8 questions x 8 samples per step, lr 5e-4) and the same seed, and trains with
 `course_lib.policy_losses.policy_loss`:
   grpo     token ratios, clip 0.2, per-sequence mean (DeepSeekMath eq. 3)
-  dr_grpo  no std in the advantage, sum / (B * L) (Dr. GRPO §3.1)
+  dr_grpo  no std in the advantage, sum / (B * L) (Dr. GRPO §3.2)
   dapo     clip-higher 0.2 / 0.28, token-level mean, dynamic sampling (groups whose rewards are all equal are dropped
            and refilled from up to --refill extra rollouts) and truncated completions filtered out (DAPO §3)
   gspo     one ratio per sequence, clip 3e-4 / 4e-4 (the GSPO paper's ranges, §5.1)
