@@ -21,7 +21,8 @@ PROMPTS = {"english": "The parser reads the command line and ", "python": "    d
 # --------------------------------------------------------------------------------------------- architecture figure
 def plot_architecture(cfg):
     """One figure of nano-DeepSeek with the course's names: embedding, the dense and MoE decoder layers, the final
-    norm and head, and the MTP module beside them (V3 Figures 2 and 3), annotated with cfg's sizes."""
+    norm and head, and the MTP module beside them (V3 Figures 2 and 3), annotated with cfg's sizes. Symbols are
+    written as the report writes them (mathtext): the cached $c^{KV}_t$ and $k^R_t$, $d_c$, $h_i$, $t_{i+1}$."""
     import matplotlib.pyplot as plt
 
     from course_lib.kit.style import COLORS
@@ -41,38 +42,47 @@ def plot_architecture(cfg):
     box(0.5, 1.4, 4.6, 2.4, "", COLORS["blue"])
     dense = "layer 0" if k == 1 else f"layers 0..{k - 1}"
     ax.text(0.6, 3.5, f"{dense}: dense FFN (first_k_dense_replace = {k})", fontsize=8.5)
-    box(0.8, 1.6, 4.0, 0.7, f"RMSNorm -> MLA  (d_c {cfg.kv_lora_rank}, d'_c {cfg.q_lora_rank}, "
+    box(0.8, 1.6, 4.0, 0.7, f"RMSNorm -> MLA  ($d_c$ {cfg.kv_lora_rank}, $d'_c$ {cfg.q_lora_rank}, "
                             f"{cfg.num_attention_heads} heads)", COLORS["blue"], 8)
     box(0.8, 2.5, 4.0, 0.7, f"RMSNorm -> SwiGLU  (width {cfg.intermediate_size})", COLORS["orange"], 8)
     box(0.5, 4.2, 4.6, 3.3, "", COLORS["purple"])
     ax.text(0.6, 7.2, f"layers {k}..{L - 1}: DeepSeekMoE FFN", fontsize=8.5)
-    box(0.8, 4.35, 4.0, 0.7, "RMSNorm -> MLA  (cache: c_kv + k_rope)", COLORS["blue"], 8)
+    box(0.8, 4.35, 4.0, 0.7, r"RMSNorm -> MLA  (cache: $c^{KV}_t$ + $k^R_t$)", COLORS["blue"], 8)
     box(0.8, 5.25, 4.0, 1.75, f"RMSNorm -> router: sigmoid s + bias b (top-{cfg.num_experts_per_tok} of "
                             f"{cfg.n_routed_experts},\n{cfg.n_group} groups, best {cfg.topk_group})\n"
                             f"{cfg.n_shared_experts} shared + {cfg.num_experts_per_tok} routed experts "
                             f"(width {cfg.moe_intermediate_size})", COLORS["orange"], 8)
-    box(0.5, 7.9, 4.6, 0.7, "RMSNorm -> head  =>  P(t_{i+1})", COLORS["green"])
+    box(0.5, 7.9, 4.6, 0.7, r"RMSNorm -> head  =>  P($t_{i+1}$)", COLORS["green"])
     for y0, y1 in ((0.9, 1.4), (3.8, 4.2), (7.5, 7.9)):
         arrow(2.8, y0, 2.8, y1)
     if cfg.num_nextn_predict_layers:
         box(5.8, 1.4, 3.9, 7.2, "", COLORS["red"])
         ax.text(5.9, 8.3, f"MTP module (stored as layer {L})", fontsize=8.5)
-        box(6.0, 1.7, 3.5, 0.8, "enorm(embed(t_{i+1}))  hnorm(h_i)", COLORS["grey"], 8)
+        box(6.0, 1.7, 3.5, 0.8, r"enorm(embed($t_{i+1}$))  hnorm($h_i$)", COLORS["grey"], 8)
         box(6.0, 3.0, 3.5, 0.7, "eh_proj: d x 2d  (V3 Eq. 21)", COLORS["red"], 8)
         box(6.0, 4.2, 3.5, 1.6, "one decoder layer\nMLA + DeepSeekMoE\n(Eq. 22)", COLORS["purple"], 8)
-        box(6.0, 6.3, 3.5, 1.0, "shared_head: RMSNorm ->\nhead (shared)  =>  P(t_{i+2})", COLORS["green"], 8)
+        box(6.0, 6.3, 3.5, 1.0, "shared_head: RMSNorm ->\nhead (shared)  =>  P($t_{i+2}$)", COLORS["green"], 8)
         for y0, y1 in ((2.5, 3.0), (3.7, 4.2), (5.8, 6.3)):
             arrow(7.75, y0, 7.75, y1)
         arrow(5.1, 7.6, 6.6, 2.5)
-        ax.text(5.15, 7.0, "h_i", fontsize=8, color=COLORS["grey"])
+        ax.text(5.15, 7.0, "$h_i$", fontsize=8, color=COLORS["grey"])
     ax.set_title(f"nano-DeepSeek ({cfg.name}): V3's architecture with the course's modules", fontsize=10)
     return fig
 
 
 # --------------------------------------------------------------------------------------------- recorded runs
+# The dense baselines under the names notebook 10 teaches (section 2): the recordings call them by the width they
+# match, "dense (activated)" and "dense (total)".
+LABELS = {"dense_iso_flop": "dense, iso-FLOP", "dense_iso_param": "dense, iso-parameter"}
+
+
 def load_runs(names=RUN_NAMES) -> dict:
-    """The recorded runs of assets/nano/make_runs.py: name -> record (history, losses, sizes, time)."""
-    return {n: json.loads(asset_path("nano", "runs", f"{n}.json").read_text()) for n in names}
+    """The recorded runs of assets/nano/make_runs.py: name -> record (history, losses, sizes, time), with the
+    labels of LABELS where a run has one."""
+    runs = {n: json.loads(asset_path("nano", "runs", f"{n}.json").read_text()) for n in names}
+    for n, r in runs.items():
+        r["label"] = LABELS.get(n, r.get("label", n))
+    return runs
 
 
 def plot_runs(runs: dict, title: str = ""):
@@ -176,6 +186,30 @@ def most_predictable(results: dict) -> tuple[str, str]:
     line = (f"most predictable domain: {best}, acceptance {r['acceptance']:.1%}, {r['tokens_per_forward']:.2f} tokens "
             f"per main forward pass, identical to greedy (fp64): {r['identical_float64']}")
     return best, line
+
+
+def draft_weight_fraction(cfg) -> float:
+    """Weights one token multiplies with in an MTP draft step, as a fraction of those of a plain step of the main model,
+    counted from the config the way course_lib.configs counts activated parameters (norms left out):
+
+        draft = eh_proj (d x 2d) + one MoE decoder layer (attention, shared + top-K routed experts, router) + head
+        plain = L attention blocks + the dense FFNs + (L - k) MoE FFNs + head
+
+    At 2 FLOPs per weight this is the draft's share of a step's matrix FLOPs (attention scores over the cache and the
+    embedding lookup are left out). It does not depend on the machine, unlike the measured c_draft."""
+    from course_lib import configs
+
+    L, k = cfg.num_hidden_layers, cfg.first_k_dense_replace
+    if not cfg.num_nextn_predict_layers:
+        raise ValueError("cfg must have an MTP module (num_nextn_predict_layers >= 1)")
+    if L <= k:
+        raise ValueError("cfg must have MoE layers (num_hidden_layers > first_k_dense_replace): the MTP layer is one")
+    act = configs.count_activated(cfg)
+    moe_ffn = (act["routed_experts"] + act["shared_experts"] + act["router"]) / (L - k)
+    draft = 2 * cfg.hidden_size ** 2 + act["attention"] / L + moe_ffn + act["head"]
+    plain = act["attention"] + act["dense_mlp"] + act["routed_experts"] + act["shared_experts"] + act["router"] \
+        + act["head"]
+    return draft / plain
 
 
 # --------------------------------------------------------------------------------------------- sampling

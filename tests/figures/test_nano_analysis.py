@@ -56,6 +56,58 @@ def test_architecture_figure_shows_the_configs_sizes():
     plt.close(fig)
 
 
+def test_architecture_figure_writes_the_symbols_as_math():
+    import matplotlib.pyplot as plt
+
+    cfg = nano.TINY
+    fig = nano_analysis.plot_architecture(cfg)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    joined = " | ".join(texts)
+    for label in (r"$c^{KV}_t$ + $k^R_t$", f"$d_c$ {cfg.kv_lora_rank}", f"$d'_c$ {cfg.q_lora_rank}",
+                  "P($t_{i+1}$)", "P($t_{i+2}$)", r"enorm(embed($t_{i+1}$))  hnorm($h_i$)"):
+        assert label in joined, label
+    assert "$h_i$" in texts                                        # the arrow's label, on its own
+    assert "c_kv" not in joined and "k_rope" not in joined
+    assert all(t.count("$") % 2 == 0 for t in texts)              # every math span is closed
+    fig.canvas.draw()                                              # mathtext parses every label
+    plt.close(fig)
+
+
+def test_dense_baselines_carry_the_names_the_notebook_teaches():
+    runs = nano_analysis.load_runs(("nano", "dense_iso_flop", "dense_iso_param"))
+    assert runs["dense_iso_flop"]["label"] == "dense, iso-FLOP"
+    assert runs["dense_iso_param"]["label"] == "dense, iso-parameter"
+    assert "iso" not in runs["nano"]["label"]
+    table = nano_analysis.runs_table(runs)
+    assert "dense, iso-FLOP" in table and "dense, iso-parameter" in table and "dense (" not in table
+
+
+def _weights_per_token(module, cfg):
+    """Weights one token multiplies with, counted on a built module: every matrix except the embedding, the routed
+    experts' stacks scaled by the share K_r / N_r a token uses."""
+    share = cfg.num_experts_per_tok / cfg.n_routed_experts
+    return sum(p.numel() * (share if ".experts." in n else 1)
+               for n, p in module.named_parameters() if p.dim() >= 2 and "embed" not in n)
+
+
+@pytest.mark.parametrize("cfg", [nano.TINY, nano.DEEP], ids=["tiny", "deep"])
+def test_draft_weight_fraction_matches_the_built_modules(cfg):
+    net = nano.build_model(cfg)
+    plain, draft = _weights_per_token(nano.main_model(net), cfg), _weights_per_token(net.mtp[0], cfg)
+    # the config count also holds the router bias and MLA's inner norm weights: under 0.1% apart
+    assert nano_analysis.draft_weight_fraction(cfg) == pytest.approx(draft / plain, rel=1e-3)
+
+
+def test_draft_weight_fraction_falls_with_depth_and_rejects_configs_without_a_draft():
+    tiny, deep = nano_analysis.draft_weight_fraction(nano.TINY), nano_analysis.draft_weight_fraction(nano.DEEP)
+    v3 = nano_analysis.draft_weight_fraction(nano.V3)
+    assert tiny > deep > v3
+    # V3 by README_WEIGHTS.md: the MTP module activates 2.4B with the 0.9B embedding, the main model 36.7B with it
+    assert v3 == pytest.approx((2.4 - 0.9) / (36.7 - 0.9), rel=0.1)
+    with pytest.raises(ValueError, match="MoE layers"):                 # a dense model's MTP layer is no MoE layer
+        nano_analysis.draft_weight_fraction(nano.dense_baseline(nano.TINY, "activated"))
+
+
 def test_runs_figure_plots_the_recorded_losses_and_the_table_lists_them():
     import math
 
