@@ -1,14 +1,16 @@
 """DeepSeek-V4.1's block around CSA2: single-pass mHC, Engram inside a layer, and the encoder/decoder split.
 
 Sources: the released DeepSeek-V4.1-Flash code (huggingface.co/deepseek-ai/DeepSeek-V4.1-Flash, revision df42c109)
-as ported in NVIDIA-NeMo/Automodel nemo_automodel/components/models/deepseek_v41/ (layers.py DeepseekV41Block,
-engram.py DeepseekV41Engram, model.py DeepseekV41Model, config.py DeepseekV41TextConfig).
+as ported in NVIDIA-NeMo/Automodel nemo_automodel/components/models/deepseek_v41/ (model.py DeepseekV41Block and
+DeepseekV41Model, layers.py DeepseekV41HyperConnection, engram.py DeepseekV41Engram, config.py
+DeepseekV41TextConfig; file names as in NeMo-Automodel 0.7.0). course_lib.nano.v41_model assembles these pieces
+into a trainable toy (nano-V4.1).
 
 Single-pass mHC. V4 (course_lib.mhc, V4 §2.2) computes at each site A_l, B_l, C_l from the streams X_l and feeds the
 sub-layer A_l X_l. V4.1 computes the same three coefficients from the same streams, but the sub-layer reads the
 streams through the A of the PREVIOUS site: the attention site through the last block's FFN-site A, the FFN site
-through this block's attention-site A (layers.py DeepseekV41Block.forward; the first block reads stream 0, a one-hot
-A, make_identity_pre_mix). The collapse no longer waits for this site's coefficients, so one pass over the streams
+through this block's attention-site A (model.py DeepseekV41Block.forward; the first block reads stream 0, a one-hot
+A set up in DeepseekV41Model.forward). The collapse no longer waits for this site's coefficients, so one pass over the streams
 serves both. The Sinkhorn projection of B is unchanged: the released config keeps hc_sinkhorn_iters = 20.
 
 Engram (engram.py): layers 1 and 14 add an n-gram memory to the streams before their attention site, one key per
@@ -50,7 +52,7 @@ def hc_coefficients(hc: HyperConnection, streams: torch.Tensor):
 
 
 def one_hot_mix(streams: torch.Tensor) -> torch.Tensor:
-    """The first block's carried A: read stream 0 (layers.py make_identity_pre_mix)."""
+    """The first block's carried A: read stream 0 (model.py DeepseekV41Model.forward: pre_mix[..., 0] = 1)."""
     mix = torch.zeros(streams.shape[:3], dtype=streams.dtype, device=streams.device)
     mix[..., 0] = 1.0
     return mix
@@ -59,7 +61,7 @@ def one_hot_mix(streams: torch.Tensor) -> torch.Tensor:
 def single_pass_block(x, carried, attn_hc: HyperConnection, attn, ffn_hc: HyperConnection, ffn,
                       engram=None, ids=None):
     """One V4.1 block on streams x (B, T, n, d) with the carried A (B, T, n); returns (streams, A for the next block).
-    layers.py DeepseekV41Block.forward:
+    model.py DeepseekV41Block.forward:
         x <- x + Engram(x)                                  (Engram layers only)
         A1, B1, C1 = coeff(x);   x <- B1 x + C1 attn(carried . x)
         A2, B2, C2 = coeff(x);   x <- B2 x + C2 ffn(A1 . x)

@@ -478,11 +478,12 @@ def active_params(cfg: NanoV41Config, phase: str) -> int:
     return activated_params(tiny) + writer
 
 
-def kv_cache_bytes_per_token(cfg, context: int, bytes_per_value: int = 2) -> float:
+def kv_cache_bytes_per_token(cfg, context: int, bytes_per_value: int = 2, shared: bool = True) -> float:
     """Cache bytes per token of a `context`-token sequence (bf16 values by default), summed over layers.
     nano-DeepSeek (MLA): the latent c^KV and the RoPE key per token and layer. nano-V4: every layer's window of
     min(S, window) shared-KV vectors, compressed entries S // m, and CSA's index keys. nano-V4.1: the windows, and
-    compressed vectors and index keys only in the Full layers (the others read them)."""
+    compressed vectors and index keys only in the Full layers (the others read them); shared=False counts them in
+    every compressed layer, as if each kept its own (csa2.cache_bytes' shared=False)."""
     from course_lib.nano import NanoConfig
     from course_lib.nano.v4 import NanoV4Config
     positive_int("context", context)
@@ -499,7 +500,7 @@ def kv_cache_bytes_per_token(cfg, context: int, bytes_per_value: int = 2) -> flo
             m = cfg.compress_rate(layer)
             if m:
                 values += (S // m) * (D + (di if cfg.layer_types[layer] == "csa" else 0))
-        elif cfg.layout().mode(layer) == "full":
+        elif cfg.layout().mode(layer) == "full" or (not shared and cfg.compress_ratios[layer]):
             values += (S // cfg.compress_ratios[layer]) * (D + di)
     return values * bytes_per_value / S
 

@@ -151,6 +151,8 @@ def test_kv_cache_by_hand():
     # windows: 4 layers x 16 vectors x 32; Full layers: 32 (ratio 2) and 64 (ratio 1) vectors of 32 + index keys of 16
     values = 4 * 16 * 32 + 32 * (32 + 16) + 64 * (32 + 16)
     assert m.kv_cache_bytes_per_token(CFG, S) == values * 2 / S
+    unshared = 4 * 16 * 32 + 2 * 32 * (32 + 16) + 2 * 64 * (32 + 16)      # every compressed layer its own cache
+    assert m.kv_cache_bytes_per_token(CFG, S, shared=False) == unshared * 2 / S
     assert m.kv_cache_bytes_per_token(nano.TINY, S, bytes_per_value=1) == 3 * (32 + 8)
     with pytest.raises(ValueError, match="context"):
         m.kv_cache_bytes_per_token(CFG, 0)
