@@ -28,7 +28,7 @@ def _inputs(seed=0, B=6, T=5):
 
 
 def _ref_loss(logp, old, ref, mask, adv, beta, eps_low, eps_high, loss_type, L=None):
-    """From the formulas: DeepSeekMath eq. (3)-(4), DAPO eq. (8), Dr. GRPO §3.1; plain loops."""
+    """From the formulas: DeepSeekMath eq. (3)-(4), DAPO eq. (8), Dr. GRPO §3.2; plain loops."""
     B, T = len(logp), len(logp[0])
     per_tok = [[0.0] * T for _ in range(B)]
     for i in range(B):

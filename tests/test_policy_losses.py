@@ -44,7 +44,7 @@ def _k3(lp, rf):
 
 
 def _loss_by_hand(variant, logp, old, ref, mask, adv, eps=0.2, eps_high=None, beta=0.0, unbiased=False, L=None):
-    """The papers' objectives, negated: DeepSeekMath eq. 3, Dr. GRPO §3.1, DAPO eq. 10-12, GSPO eq. 5/7,
+    """The papers' objectives, negated: DeepSeekMath eq. 3, Dr. GRPO §3.2, DAPO eq. 10-12, GSPO eq. 5/7,
     MiniMax-M1 eq. 4-5, V3.2 eq. 7."""
     lp, od, rf, A = _rows(logp), _rows(old), _rows(ref), adv.tolist()
     toks = _tokens(mask)
