@@ -4,8 +4,10 @@ Papers (equation numbers refer to the arXiv versions):
   * DeepSeekMath (arXiv 2402.03300) §4.1: GRPO itself -- eq. (3) objective, eq. (4) k3 KL estimator,
     §4.1.2 outcome-supervision advantages, Figure 4 (PPO vs GRPO).
   * DeepSeek-R1 (arXiv 2501.12948) §2.2.1: the same objective, used for R1-Zero with rule-based rewards.
-  * DAPO (arXiv 2503.14476) eq. (8)-(10): decoupled clip (epsilon_low / epsilon_high) and a token-level loss.
-  * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.2 (the biases it removes: §3.1): no 1/|o_i|, no std scaling.
+  * DAPO (arXiv 2503.14476) eq. (8) the objective, eq. (10) the decoupled clip (epsilon_low / epsilon_high),
+    eq. (12) the token-level loss.
+  * Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv 2503.20783) §3.2: no 1/|o_i|, no std scaling (§3.1
+    describes the biases these cause).
 
 The loss variants follow the definitions in TRL's GRPOTrainer (huggingface/trl, trl/trainer/grpo_trainer.py at
 commit f2cd577: advantages in `_generate_and_score_completions`, lines 2687-2707; the loss in `_compute_loss`,
