@@ -528,20 +528,24 @@ def fit_ffn_width(cfg, target: float, seq_len: int = 64) -> int:
 
 
 def equal_flops_configs() -> dict:
-    """notebook 13 §6's three models, 4 layers each, d = 96, the same MoE layout (dense first layer, 8 routed + 1
-    shared experts, top-2): nano-V4.1 as TINY_V41; nano-DeepSeek (MLA, no MTP) and nano-V4 (mHC + sliding / CSA /
-    HCA) with the expert width fit_ffn_width gives for nano-V4.1's FLOPs at 64 tokens (tests/nano re-derive it)."""
+    """notebook 13 §6's models, 4 layers each, d = 96, the same MoE layout (dense first layer, 8 routed + 1 shared
+    experts, top-2): nano-V4.1 as TINY_V41; nano-DeepSeek (MLA, no MTP), nano-V4 (mHC + sliding / CSA / HCA) and the
+    ablation nano-V4.1 without its Engram layer, each with the expert width fit_ffn_width gives for nano-V4.1's
+    FLOPs at 64 tokens (tests/nano re-derive it)."""
+    w = EQUAL_FLOPS_WIDTHS
     ds = nano_tiny().replace(name="nano-DeepSeek (MLA, no MTP)", num_nextn_predict_layers=0, num_hidden_layers=4,
-                             moe_intermediate_size=EQUAL_FLOPS_WIDTHS["nano-DeepSeek"],
-                             intermediate_size=3 * EQUAL_FLOPS_WIDTHS["nano-DeepSeek"])
+                             moe_intermediate_size=w["nano-DeepSeek"], intermediate_size=3 * w["nano-DeepSeek"])
     v4c = tiny_v4().replace(name="nano-V4 (mHC, sliding/CSA/HCA)", num_hidden_layers=4,
-                            layer_types=("sliding", "csa", "hca", "csa"),
-                            moe_intermediate_size=EQUAL_FLOPS_WIDTHS["nano-V4"],
-                            intermediate_size=3 * EQUAL_FLOPS_WIDTHS["nano-V4"])
-    return {"nano-DeepSeek": ds, "nano-V4": v4c, "nano-V4.1": TINY_V41}
+                            layer_types=("sliding", "csa", "hca", "csa"), moe_intermediate_size=w["nano-V4"],
+                            intermediate_size=3 * w["nano-V4"])
+    no_engram = TINY_V41.replace(name="nano-V4.1 without Engram", engram_layer_ids=(),
+                                 moe_intermediate_size=w["nano-V4.1 without Engram"],
+                                 intermediate_size=3 * w["nano-V4.1 without Engram"])
+    return {"nano-DeepSeek": ds, "nano-V4": v4c, "nano-V4.1": TINY_V41, "nano-V4.1 without Engram": no_engram}
 
 
-EQUAL_FLOPS_WIDTHS = {"nano-DeepSeek": 80, "nano-V4": 45}     # set from fit_ffn_width (checked by the tests)
+# set from fit_ffn_width (checked by the tests)
+EQUAL_FLOPS_WIDTHS = {"nano-DeepSeek": 80, "nano-V4": 45, "nano-V4.1 without Engram": 53}
 
 
 def nano_tiny():

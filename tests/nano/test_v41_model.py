@@ -77,15 +77,16 @@ def test_batched_index_scores_equal_csa2_index_scores():
         torch.testing.assert_close(got[b], index_scores(q[b], keys[b], w[b], ratio=2))
 
 
-def test_the_model_is_causal():
-    model = _model()
-    x = torch.randint(0, 256, (1, 40))
+@pytest.mark.parametrize("training", [False, True])
+def test_the_model_is_causal(training):
+    model = _model().train(training)
+    x = torch.randint(0, 256, (2, 40))
     y = x.clone()
-    y[0, 25:] = (y[0, 25:] + 7) % 256
+    y[:, 25:] = (y[:, 25:] + 7) % 256
     with torch.no_grad():
         a, b = model(x).logits, model(y).logits
-    torch.testing.assert_close(a[0, :25], b[0, :25])
-    assert not torch.allclose(a[0, 25:], b[0, 25:])
+    torch.testing.assert_close(a[:, :25], b[:, :25])
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
 
 
 def _written_out_activated(cfg):
@@ -164,8 +165,9 @@ def test_equal_flops_sizing_holds_and_is_reproduced():
     ref = flops["nano-V4.1"]
     for k, f in flops.items():
         assert abs(f - ref) <= m.FLOPS_TOLERANCE * ref, (k, f, ref)
-    for k in ("nano-DeepSeek", "nano-V4"):
+    for k in ("nano-DeepSeek", "nano-V4", "nano-V4.1 without Engram"):
         assert m.fit_ffn_width(cfgs[k], ref) == m.EQUAL_FLOPS_WIDTHS[k]
+    assert cfgs["nano-V4.1 without Engram"].engram_layer_ids == ()
     # the unsized capstone models are NOT at equal FLOPs: the sizing does something
     assert abs(m.train_flops_per_token(nano.TINY.replace(num_nextn_predict_layers=0)) - ref) > 0.2 * ref
 
