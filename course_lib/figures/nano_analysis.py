@@ -85,18 +85,32 @@ def load_runs(names=RUN_NAMES) -> dict:
     return runs
 
 
+# one line style and marker per run, with the course colours, so that curves stay apart where they overlap
+LINE_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v")]
+
+
+def run_style(i: int) -> dict:
+    """Plot keywords of the i-th run: colour, line style and marker (markers staggered so they do not sit on top of
+    each other)."""
+    from course_lib.kit.style import CYCLE
+
+    ls, marker = LINE_STYLES[i % len(LINE_STYLES)]
+    return dict(color=CYCLE[i % len(CYCLE)], linestyle=ls, marker=marker, markevery=(i, 5), markersize=5, lw=1.6)
+
+
 def plot_runs(runs: dict, title: str = ""):
-    """Validation loss against training steps (left) and against training FLOPs (right)."""
+    """Validation loss against training steps (left) and against training FLOPs (right), one style per run
+    (run_style) and the legend beside the panels."""
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    for name, r in runs.items():
+    for i, (name, r) in enumerate(runs.items()):
         h = r["history"] if "history" in r else r
-        a.plot(h["val_step"], h["val_loss"], label=r.get("label", name))
-        b.plot(h["val_flops"], h["val_loss"], label=r.get("label", name))
+        a.plot(h["val_step"], h["val_loss"], label=r.get("label", name), **run_style(i))
+        b.plot(h["val_flops"], h["val_loss"], label=r.get("label", name), **run_style(i))
     a.set(xlabel="training step", ylabel="validation loss (nats per byte)", title=title or "same tokens, same seed")
     b.set(xlabel="training FLOPs (6 x activated weights + attention)", xscale="log", title="against compute")
-    a.legend(fontsize=8)
+    fig.legend(*a.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.905, 0.5), fontsize=8)
     return fig
 
 

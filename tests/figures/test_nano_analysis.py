@@ -56,6 +56,20 @@ def test_architecture_figure_shows_the_configs_sizes():
     plt.close(fig)
 
 
+def test_each_run_gets_its_own_colour_line_style_and_marker():
+    import matplotlib.pyplot as plt
+
+    runs = nano_analysis.load_runs(("nano", "mha", "no_mtp", "aux_loss", "nano_v4"))
+    fig = nano_analysis.plot_runs(runs)
+    for ax in fig.axes:
+        looks = [(ln.get_color(), str(ln.get_linestyle()), ln.get_marker()) for ln in ax.lines]
+        assert len(set(looks)) == len(runs) == 5
+        assert [ln.get_label() for ln in ax.lines] == [r["label"] for r in runs.values()]
+    assert fig.axes[0].lines[1].get_markevery() == (1, 5)           # markers staggered run by run
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [r["label"] for r in runs.values()]
+    plt.close(fig)
+
+
 def test_architecture_figure_writes_the_symbols_as_math():
     import matplotlib.pyplot as plt
 
@@ -121,7 +135,7 @@ def test_runs_figure_plots_the_recorded_losses_and_the_table_lists_them():
     assert list(by_step.get_xdata()) == h["val_step"] and list(by_step.get_ydata()) == h["val_loss"]
     assert list(by_flops.get_xdata()) == h["val_flops"] and list(by_flops.get_ydata()) == h["val_loss"]
     assert (steps_ax.get_xlabel(), steps_ax.get_title(), flops_ax.get_xscale()) == ("training step", "t", "log")
-    assert [t.get_text() for t in steps_ax.get_legend().get_texts()] == [runs["nano"]["label"]]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [runs["nano"]["label"]]
     plt.close(fig)
     table = nano_analysis.runs_table(runs).splitlines()
     assert "val loss" in table[0] and len(table) == 2
