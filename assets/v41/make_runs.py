@@ -4,7 +4,7 @@ writes assets/v41/runs.json.
 
     nice -n 10 python assets/v41/make_runs.py                    # 3 seeds x 200 steps, one CPU thread
     nice -n 10 python assets/v41/make_runs.py --models "nano-V4.1 without Engram" --merge   # add one model's runs
-    python assets/v41/make_runs.py --steps 20 --seeds 0 --out /tmp/runs.json    # a quick check
+    python assets/v41/make_runs.py --steps 20 --seeds 0 --out quick_check.json    # a quick check
 
 The three configurations come from course_lib.nano.v41_model.equal_flops_configs (equal training FLOPs per token,
 counted by v41_model.train_flops_per_token). Every arm with seed s starts from torch.manual_seed(s) and draws the
