@@ -48,6 +48,10 @@ from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.mhc import HyperConnection
 from course_lib.model import ModelOutput, TinyLM
 from course_lib.moe import MoE
+from course_lib.nano import TINY, NanoConfig
+from course_lib.nano import build_model as build_nano
+from course_lib.nano.v4 import TINY_V4, NanoV4Config
+from course_lib.nano.v4 import build_model as build_v4
 from course_lib.nano.v41 import encoder_decoder, one_hot_mix, single_pass_block
 from course_lib.v4_attention import partial_rope
 
@@ -401,8 +405,6 @@ def _mean(values) -> float:
 def attention_terms(cfg, seq_len: int) -> tuple[float, float]:
     """(query-key pairs x heads x (d_qk + d_v), index scores x index heads x index dim) per token, summed over
     layers and averaged over the positions of a seq_len window; for a NanoConfig, a NanoV4Config or a NanoV41Config."""
-    from course_lib.nano import NanoConfig
-    from course_lib.nano.v4 import NanoV4Config
     positive_int("seq_len", seq_len)
     t = range(seq_len)
     if isinstance(cfg, NanoConfig):                      # MLA, full causal attention
@@ -436,13 +438,11 @@ def attention_terms(cfg, seq_len: int) -> tuple[float, float]:
 
 def build_any(cfg) -> nn.Module:
     """nano.build_model, nano.v4.build_model or build_model, by the config's type."""
-    from course_lib import nano
-    from course_lib.nano import v4
     if isinstance(cfg, NanoV41Config):
         return build_model(cfg)
-    if isinstance(cfg, v4.NanoV4Config):
-        return v4.build_model(cfg)
-    return nano.build_model(cfg)
+    if isinstance(cfg, NanoV4Config):
+        return build_v4(cfg)
+    return build_nano(cfg)
 
 
 def train_flops_per_token(cfg, seq_len: int = 64) -> float:
@@ -484,8 +484,6 @@ def kv_cache_bytes_per_token(cfg, context: int, bytes_per_value: int = 2, shared
     min(S, window) shared-KV vectors, compressed entries S // m, and CSA's index keys. nano-V4.1: the windows, and
     compressed vectors and index keys only in the Full layers (the others read them); shared=False counts them in
     every compressed layer, as if each kept its own (csa2.cache_bytes' shared=False)."""
-    from course_lib.nano import NanoConfig
-    from course_lib.nano.v4 import NanoV4Config
     positive_int("context", context)
     positive_int("bytes_per_value", bytes_per_value)
     S = context
@@ -533,9 +531,9 @@ def equal_flops_configs() -> dict:
     ablation nano-V4.1 without its Engram layer, each with the expert width fit_ffn_width gives for nano-V4.1's
     FLOPs at 64 tokens (tests/nano re-derive it)."""
     w = EQUAL_FLOPS_WIDTHS
-    ds = nano_tiny().replace(name="nano-DeepSeek (MLA, no MTP)", num_nextn_predict_layers=0, num_hidden_layers=4,
+    ds = TINY.replace(name="nano-DeepSeek (MLA, no MTP)", num_nextn_predict_layers=0, num_hidden_layers=4,
                              moe_intermediate_size=w["nano-DeepSeek"], intermediate_size=3 * w["nano-DeepSeek"])
-    v4c = tiny_v4().replace(name="nano-V4 (mHC, sliding/CSA/HCA)", num_hidden_layers=4,
+    v4c = TINY_V4.replace(name="nano-V4 (mHC, sliding/CSA/HCA)", num_hidden_layers=4,
                             layer_types=("sliding", "csa", "hca", "csa"), moe_intermediate_size=w["nano-V4"],
                             intermediate_size=3 * w["nano-V4"])
     no_engram = TINY_V41.replace(name="nano-V4.1 without Engram", engram_layer_ids=(),
@@ -546,13 +544,3 @@ def equal_flops_configs() -> dict:
 
 # set from fit_ffn_width (checked by the tests)
 EQUAL_FLOPS_WIDTHS = {"nano-DeepSeek": 80, "nano-V4": 45, "nano-V4.1 without Engram": 53}
-
-
-def nano_tiny():
-    from course_lib.nano import TINY
-    return TINY
-
-
-def tiny_v4():
-    from course_lib.nano.v4 import TINY_V4
-    return TINY_V4
