@@ -82,14 +82,14 @@ class CharTokenizer:
 # --------------------------------------------------------------------------------------------- config
 @dataclass
 class ModelConfig:
-    """TinyLM's shape. The fields that DeepSeek-V3 also has carry the names of its config.json (transformers'
-    ``DeepseekV3Config``), so ``course_lib.nano.NanoConfig`` hands them over unchanged; ``ffn``, ``moe``,
-    ``attention`` and ``mla`` are the course's switches between the notebooks' building blocks."""
+    """TinyLM's shape. The fields that DeepSeek-V3 also has carry the names of transformers' ``DeepseekV3Config``,
+    so ``course_lib.nano.NanoConfig`` hands them over unchanged; ``ffn``, ``moe``, ``attention`` and ``mla`` are the
+    course's switches between the notebooks' building blocks."""
     vocab_size: int
     hidden_size: int = 128            # d, the residual stream width
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    max_position_embeddings: int = 256  # longest sequence the RoPE tables cover
+    max_position_embeddings: int = 256  # longest sequence (prompt + generated tokens) the model accepts
     ffn: str = "dense"                # "dense" (SwiGLU) or "moe" (course_lib.moe.MoE, notebook 02)
     moe: dict | None = None           # keyword arguments for MoE(d_model=hidden_size, **moe)
     first_k_dense_replace: int = 0    # with ffn="moe": the first layers keep a dense FFN
