@@ -208,10 +208,10 @@ def attention_distribution(mla: MLA, x: torch.Tensor, last_only: bool = False) -
     xq = x[:, -1:] if last_only else x
     c_q = xq if mla.q_down is None else mla.q_norm(mla.q_down(xq))
     q_nope, q_rope = mla.q_up(c_q).view(B, xq.shape[1], H, dn + dr).transpose(1, 2).split([dn, dr], dim=-1)
-    q_rope = apply_rope(q_rope, cos[-xq.shape[1]:], sin[-xq.shape[1]:], interleaved=mla.rope_interleaved)
+    q_rope = apply_rope(q_rope, cos[-xq.shape[1]:], sin[-xq.shape[1]:], interleaved=mla.rope_interleave)
     c_kv, k_rope = mla.kv_down(x).split([dc, dr], dim=-1)
     k_nope = mla.kv_up(mla.kv_norm(c_kv)).view(B, T, H, -1)[..., :dn].transpose(1, 2)
-    k_rope = apply_rope(k_rope, cos, sin, interleaved=mla.rope_interleaved)
+    k_rope = apply_rope(k_rope, cos, sin, interleaved=mla.rope_interleave)
     scores = (q_nope @ k_nope.transpose(-2, -1) + q_rope @ k_rope[:, None].transpose(-2, -1)) * mla.softmax_scale
     mask = causal_mask(xq.shape[1], T, x.device)
     if mask is not None:
@@ -236,7 +236,7 @@ def prefill_cache(att: DSA, x: torch.Tensor) -> dict:
     T, dc, dr = x.shape[1], att.kv_lora_rank, att.qk_rope_head_dim
     cos, sin = _rope_tables(0, T, dr, att.rope_base, x)
     c_kv, k_rope = att.kv_down(x).split([dc, dr], dim=-1)
-    return {"c_kv": att.kv_norm(c_kv), "k_rope": apply_rope(k_rope, cos, sin, interleaved=att.rope_interleaved),
+    return {"c_kv": att.kv_norm(c_kv), "k_rope": apply_rope(k_rope, cos, sin, interleaved=att.rope_interleave),
             "k_index": att.indexer.keys(x, 0)}
 
 

@@ -146,7 +146,7 @@ class DSparkDraft(nn.Module):
         super().__init__()
         model = _main(target)
         self.cfg = cfg = cfg or DSparkConfig()
-        d, V = model.cfg.d_model, model.cfg.vocab_size
+        d, V = model.cfg.hidden_size, model.cfg.vocab_size
         self.layers = cfg.layers_for(len(model.blocks))
         self.fc = nn.Linear(len(self.layers) * d, d, bias=False)
         self.hidden_norm = RMSNorm(d)
@@ -316,8 +316,8 @@ def dspark_generate(draft: DSparkDraft, target, idx, max_new_tokens: int, thresh
     if idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 1:
         raise ValueError(f"idx must be one prompt of shape (1, T), got {tuple(idx.shape)}")
     P, g = idx.shape[1], draft.cfg.block_size
-    if P + max_new_tokens + g > model.cfg.max_seq_len:
-        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} + block {g} exceeds max_seq_len")
+    if P + max_new_tokens + g > model.cfg.max_position_embeddings:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} + block {g} exceeds max_position_embeddings")
     model.eval(), draft.eval()
     stats, cache = DSparkStats(), model.new_cache()
     out, feats = target_forward(model, idx, draft.layers, cache=cache)

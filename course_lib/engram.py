@@ -265,11 +265,11 @@ class EngramLM(nn.Module):
         from course_lib.model import TinyLM
 
         self.lm = TinyLM(cfg)
-        bad = [i for i in engram_layers if not 0 <= i < cfg.n_layers]
+        bad = [i for i in engram_layers if not 0 <= i < cfg.num_hidden_layers]
         if bad:
-            raise ValueError(f"engram_layers must be block indices in [0, {cfg.n_layers}), got {bad}")
+            raise ValueError(f"engram_layers must be block indices in [0, {cfg.num_hidden_layers}), got {bad}")
         engram_kwargs.setdefault("vocab_size", cfg.vocab_size)
-        self.engrams = nn.ModuleDict({str(i): Engram(cfg.d_model, layer_id=i, layer_ids=list(engram_layers),
+        self.engrams = nn.ModuleDict({str(i): Engram(cfg.hidden_size, layer_id=i, layer_ids=list(engram_layers),
                                                      **engram_kwargs)
                                       for i in engram_layers})
 

@@ -199,7 +199,7 @@ def use_hash_routing(model: nn.Module, n_hash_layers: int, table: torch.Tensor |
     cfg = model.cfg
     layers = []
     for i in range(n_hash_layers):
-        layer = HashMoE(cfg.d_model, cfg.vocab_size, table=table, seed=seed + i, **moe_kwargs)
+        layer = HashMoE(cfg.hidden_size, cfg.vocab_size, table=table, seed=seed + i, **moe_kwargs)
         layer.to(next(model.parameters()).device)
         for p in layer.parameters():                 # the course's small init, as TinyLM gives its own layers
             nn.init.normal_(p, mean=0.0, std=0.02)

@@ -39,9 +39,9 @@ class MLA(nn.Module):
       v_head_dim        per-head value size                                        (default d_h)
       path              "naive": decompress the cache to full K and V; "absorbed": attend in the latent space;
                         "auto" (default): naive for a prompt (T > 1), absorbed for one-token decode steps
-      rope_base, rope_interleaved  RoPE frequencies base and pair layout (DeepSeek's weights use interleaved)
+      rope_base, rope_interleave  RoPE frequencies base and pair layout (DeepSeek's weights use interleaved)
       softmax_scale     default 1 / sqrt(d_h + d^R_h) (Eq. 18); YaRN-extended checkpoints multiply it by mscale^2
-      norm_eps          eps of the RMSNorms after the compressed latents (V2 §3.1.2 "additional RMS Norm layers")
+      rms_norm_eps      eps of the RMSNorms after the compressed latents (V2 §3.1.2 "additional RMS Norm layers")
 
     Parameters (names follow the paper; fused where the paper's matrices act on the same input; docs/name_map.md
     gives DeepSeek's and transformers' names):
@@ -57,7 +57,7 @@ class MLA(nn.Module):
     def __init__(self, d_model: int, n_heads: int, kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
                  qk_nope_head_dim: int | None = None, qk_rope_head_dim: int | None = None,
                  v_head_dim: int | None = None, path: str = "auto", rope_base: float = 10000.0,
-                 rope_interleaved: bool = False, softmax_scale: float | None = None, norm_eps: float = 1e-6):
+                 rope_interleave: bool = False, softmax_scale: float | None = None, rms_norm_eps: float = 1e-6):
         super().__init__()
         positive_int("d_model", d_model)
         positive_int("n_heads", n_heads)
@@ -75,7 +75,7 @@ class MLA(nn.Module):
         self.q_lora_rank = None if q_lora_rank is None else positive_int("q_lora_rank", q_lora_rank)
         self.path = one_of("path", path, PATHS)
         self.rope_base = float(rope_base)
-        self.rope_interleaved = bool(rope_interleaved)
+        self.rope_interleave = bool(rope_interleave)
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
         if softmax_scale is not None and not softmax_scale > 0:
             raise ValueError(f"softmax_scale must be positive, got {softmax_scale!r}")
@@ -88,10 +88,10 @@ class MLA(nn.Module):
             self.q_up = nn.Linear(d_model, H * (dn + dr), bias=False)
         else:
             self.q_down = nn.Linear(d_model, self.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(self.q_lora_rank, norm_eps)
+            self.q_norm = RMSNorm(self.q_lora_rank, rms_norm_eps)
             self.q_up = nn.Linear(self.q_lora_rank, H * (dn + dr), bias=False)
         self.kv_down = nn.Linear(d_model, dc + dr, bias=False)
-        self.kv_norm = RMSNorm(dc, norm_eps)
+        self.kv_norm = RMSNorm(dc, rms_norm_eps)
         self.kv_up = nn.Linear(dc, H * (dn + dv), bias=False)
         self.out = nn.Linear(H * dv, d_model, bias=False)
 
@@ -161,11 +161,11 @@ class MLA(nn.Module):
         # Eq. 13-14: q^C_t = W^UQ c^Q_t and q^R_t = RoPE(W^QR c^Q_t), one [q^C_i; q^R_i] block per head.
         q = self.q_up(c_q).view(B, T, H, dn + dr).transpose(1, 2)                   # (B, H, T, dn + dr)
         q_nope, q_rope = q.split([dn, dr], dim=-1)
-        q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleaved)
+        q_rope = apply_rope(q_rope, cos, sin, interleaved=self.rope_interleave)
         # Eq. 9: c^KV_t = W^DKV h_t (then RMSNorm) and Eq. 15: k^R_t = RoPE(W^KR h_t), ONE rope key for all heads.
         c_kv, k_rope = self.kv_down(x).split([dc, dr], dim=-1)
         c_kv = self.kv_norm(c_kv)                                                    # (B, T, dc)
-        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleaved)     # (B, T, dr)
+        k_rope = apply_rope(k_rope, cos, sin, interleaved=self.rope_interleave)     # (B, T, dr)
         return c_q, q_nope, q_rope, c_kv, k_rope
 
     def _rope(self, start_pos: int, T: int, x: torch.Tensor):

@@ -82,34 +82,74 @@ class CharTokenizer:
 # --------------------------------------------------------------------------------------------- config
 @dataclass
 class ModelConfig:
+    """TinyLM's shape. The fields that DeepSeek-V3 also has carry the names of transformers' ``DeepseekV3Config``,
+    so ``course_lib.nano.NanoConfig`` hands them over unchanged; ``ffn``, ``moe``, ``attention`` and ``mla`` are the
+    course's switches between the notebooks' building blocks."""
     vocab_size: int
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    max_seq_len: int = 256
-    ffn: str = "dense"            # "dense" (SwiGLU) or "moe" (course_lib.moe.MoE, notebook 02)
-    moe: dict | None = None       # keyword arguments for MoE(d_model=..., **moe)
-    n_dense_layers: int = 0       # like V3's first_k_dense_replace: the first layers keep a dense FFN
-    attention: str = "mha"        # "mha" or "mla" (course_lib.mla.MLA, notebook 03)
-    mla: dict | None = None       # keyword arguments for MLA(d_model=..., n_heads=..., **mla)
-    ffn_hidden: int | None = None  # SwiGLU hidden size; default about 8/3 * d_model, rounded to 16
-    rope_base: float = 10000.0
+    hidden_size: int = 128            # d, the residual stream width
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256  # longest sequence (prompt + generated tokens) the model accepts
+    ffn: str = "dense"                # "dense" (SwiGLU) or "moe" (course_lib.moe.MoE, notebook 02)
+    moe: dict | None = None           # keyword arguments for MoE(d_model=hidden_size, **moe)
+    first_k_dense_replace: int = 0    # with ffn="moe": the first layers keep a dense FFN
+    attention: str = "mha"            # "mha" or "mla" (course_lib.mla.MLA, notebook 03)
+    mla: dict | None = None           # MLA(d_model=hidden_size, n_heads=num_attention_heads, **mla)
+    intermediate_size: int | None = None  # SwiGLU hidden size; default about 8/3 * hidden_size, rounded to 16
+    rope_theta: float = 10000.0       # RoPE frequency base
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "max_position_embeddings"):
             positive_int(name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads={self.n_heads} must divide d_model={self.d_model}")
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"head dim d_model/n_heads={self.d_model // self.n_heads} must be even for RoPE")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} must divide "
+                             f"hidden_size={self.hidden_size}")
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(f"head dim hidden_size/num_attention_heads="
+                             f"{self.hidden_size // self.num_attention_heads} must be even for RoPE")
         if self.ffn not in ("dense", "moe"):
             raise ValueError(f"ffn must be 'dense' or 'moe', got {self.ffn!r}")
         if self.attention not in ("mha", "mla"):
             raise ValueError(f"attention must be 'mha' or 'mla', got {self.attention!r}")
-        if not 0 <= self.n_dense_layers <= self.n_layers:
-            raise ValueError(f"n_dense_layers must be between 0 and n_layers={self.n_layers}, got {self.n_dense_layers}")
-        if self.ffn_hidden is None:
-            self.ffn_hidden = int(math.ceil(8 * self.d_model / 3 / 16) * 16)
+        if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
+            raise ValueError(f"first_k_dense_replace must be between 0 and num_hidden_layers="
+                             f"{self.num_hidden_layers}, got {self.first_k_dense_replace}")
+        if self.intermediate_size is None:
+            self.intermediate_size = int(math.ceil(8 * self.hidden_size / 3 / 16) * 16)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """A config from a stored dict (``dataclasses.asdict`` of one), also one saved with the older names."""
+        return cls(**rename_old_config_names(d))
+
+
+# Earlier versions of the course named these fields in its own notation. A stored config that still uses them is
+# read through this one map (ModelConfig.from_dict; tools/migrate_config_names.py rewrites files with it).
+OLD_CONFIG_NAMES = {
+    "d_model": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+    "max_seq_len": "max_position_embeddings", "n_dense_layers": "first_k_dense_replace",
+    "ffn_hidden": "intermediate_size", "rope_base": "rope_theta",
+    "rope_interleaved": "rope_interleave", "norm_eps": "rms_norm_eps",     # keys of the ``mla`` dict
+}
+
+
+def rename_old_config_names(obj):
+    """A copy of obj with every dict key in OLD_CONFIG_NAMES renamed (nested dicts and lists too; order kept).
+
+    Idempotent. A dict holding an old name and its new name with different values is an error."""
+    if isinstance(obj, list):
+        return [rename_old_config_names(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {}
+    for key, value in obj.items():
+        new = OLD_CONFIG_NAMES.get(key, key)
+        value = rename_old_config_names(value)
+        if new in out and out[new] != value:
+            raise ValueError(f"config has both {key!r} and {new!r} with different values")
+        out[new] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -118,17 +158,20 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.d_model)
-        self.ffn_norm = RMSNorm(cfg.d_model)
+        d = cfg.hidden_size
+        self.attn_norm = RMSNorm(d)
+        self.ffn_norm = RMSNorm(d)
         if cfg.attention == "mla":
             from course_lib.mla import MLA  # imported here so the dense model needs nothing from notebook 03
-            self.attn = MLA(d_model=cfg.d_model, n_heads=cfg.n_heads, **{"rope_base": cfg.rope_base, **(cfg.mla or {})})
+            self.attn = MLA(d_model=d, n_heads=cfg.num_attention_heads,
+                            **{"rope_base": cfg.rope_theta, **(cfg.mla or {})})
         else:
-            self.attn = MHA(cfg.d_model, cfg.n_heads, max_seq_len=cfg.max_seq_len, rope_base=cfg.rope_base)
-        if cfg.ffn == "moe" and layer >= cfg.n_dense_layers:
-            self.ffn = MoE(d_model=cfg.d_model, **(cfg.moe or {}))
+            self.attn = MHA(d, cfg.num_attention_heads, max_seq_len=cfg.max_position_embeddings,
+                            rope_base=cfg.rope_theta)
+        if cfg.ffn == "moe" and layer >= cfg.first_k_dense_replace:
+            self.ffn = MoE(d_model=d, **(cfg.moe or {}))
         else:
-            self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
+            self.ffn = SwiGLU(d, cfg.intermediate_size)
 
     def forward(self, x, start_pos: int = 0, cache: dict | None = None):
         x = x + self.attn(self.attn_norm(x), start_pos=start_pos, cache=cache)
@@ -146,10 +189,10 @@ class TinyLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size)
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -177,6 +220,9 @@ class TinyLM(nn.Module):
             raise ValueError(f"idx must be (batch, time) token ids, got shape {tuple(idx.shape)}")
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the model has {len(self.blocks)}; use model.new_cache()")
+        if start_pos + idx.shape[1] > self.cfg.max_position_embeddings:
+            raise ValueError(f"start_pos + T = {start_pos + idx.shape[1]} exceeds "
+                             f"max_position_embeddings={self.cfg.max_position_embeddings}")
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, start_pos=start_pos, cache=None if cache is None else cache[i])

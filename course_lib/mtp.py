@@ -77,13 +77,13 @@ class MTPModule(nn.Module):
 
     def __init__(self, model: TinyLM, k: int):
         super().__init__()
-        cfg, d = model.cfg, model.cfg.d_model
+        cfg, d = model.cfg, model.cfg.hidden_size
         self.k = k
         self.hnorm = RMSNorm(d)                      # normalises h^{k-1}
         self.enorm = RMSNorm(d)                      # normalises Emb(t_{i+k})
         self.proj = nn.Linear(2 * d, d, bias=False)  # M_k in R^{d x 2d}
         # TRM_k: the course model's own block, numbered after the main layers as V3 numbers its MTP layer 61.
-        self.block = Block(cfg, layer=cfg.n_layers + k - 1)
+        self.block = Block(cfg, layer=cfg.num_hidden_layers + k - 1)
         # V3's checkpoints give each MTP module its own final norm before the shared output projection
         # ("shared_head.norm"); the paper folds it into OutHead.
         self.norm = RMSNorm(d)
@@ -235,8 +235,9 @@ def speculative_generate(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens:
         raise ValueError(f"idx must be (batch, time) prompt ids with time >= 1, got shape {tuple(idx.shape)}")
     model, drafter = mtp_model.model, mtp_model.mtp[0]
     P = idx.shape[1]
-    if P + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds max_seq_len={model.cfg.max_seq_len}")
+    if P + max_new_tokens > model.cfg.max_position_embeddings:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds "
+                         f"max_position_embeddings={model.cfg.max_position_embeddings}")
     was_training = mtp_model.training
     mtp_model.eval()
     stats = SpecStats()
@@ -303,8 +304,9 @@ def speculative_sample(mtp_model: MTPModel, idx: torch.Tensor, max_new_tokens: i
     positive_int("max_new_tokens", max_new_tokens)
     model, drafter = mtp_model.model, mtp_model.mtp[0]
     P = idx.shape[1]
-    if P + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds max_seq_len={model.cfg.max_seq_len}")
+    if P + max_new_tokens > model.cfg.max_position_embeddings:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds "
+                         f"max_position_embeddings={model.cfg.max_position_embeddings}")
     probs = lambda logits: torch.softmax(logits.float() / temperature, dim=-1)
     draw = lambda dist: torch.multinomial(dist, 1, generator=generator)          # (1, 1)
     was_training = mtp_model.training

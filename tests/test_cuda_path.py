@@ -185,7 +185,8 @@ def test_tinylm_moe_train_step_and_generation(monkeypatch):
     from course_lib.moe import update_biases
     from course_lib.kit.train_loop import train_lm
 
-    models = [TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, **extra))
+    models = [TinyLM(ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 max_position_embeddings=32, **extra))
               for extra in ({}, dict(ffn="moe", moe=dict(n_routed_experts=4, num_experts_per_tok=2,
                                                          bias_update_speed=1e-3)))]
     with off_cpu(monkeypatch):
@@ -204,7 +205,8 @@ def test_mla_and_mtp_speculative_decoding(monkeypatch):
     from course_lib.mtp import MTPModel, speculative_generate, speculative_sample, train_mtp
 
     blocks = [MLA(32, 4, kv_lora_rank=16, q_lora_rank=16), GQA(32, 4, 2)]
-    lm = TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64, attention="mla",
+    lm = TinyLM(ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=64, attention="mla",
                             mla=dict(kv_lora_rank=16)))
     mtp = MTPModel(lm, depth=1)
     with off_cpu(monkeypatch):
@@ -312,7 +314,8 @@ def test_muon_optimizer_step(monkeypatch):
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.kit.train_loop import train_lm
 
-    model = TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32))
+    model = TinyLM(ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               max_position_embeddings=32))
     with off_cpu(monkeypatch):
         model = to_dev(model)
         opt = muon.MuonAdamW.for_model(model, lr=1e-3, weight_decay=0.1)
@@ -330,7 +333,8 @@ def test_hash_routing_on_a_moved_model(monkeypatch):
     from course_lib.kit.train_loop import train_lm
 
     table = hash_routing.hash_table(64, 4, 2, seed=0)
-    base = TinyLM(ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=32, ffn="moe",
+    base = TinyLM(ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=32, ffn="moe",
                               moe=dict(n_routed_experts=4, num_experts_per_tok=2)))
     with off_cpu(monkeypatch):
         base = to_dev(base)
@@ -348,7 +352,8 @@ def test_engram_lm_train_and_scores(monkeypatch):
     from course_lib.toys.corpus import Corpus
     from course_lib.model import ModelConfig
 
-    cfg = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+    cfg = ModelConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=64)
     kw = dict(table_size=263, max_ngram=3, n_heads=2, d_mem=16)
     base, with_mem = engram.EngramLM(cfg, engram_layers=(), **kw), engram.EngramLM(cfg, engram_layers=(0,), **kw)
     corpus = Corpus()

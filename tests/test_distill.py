@@ -65,7 +65,8 @@ def test_kd_gradient_at_high_temperature_is_the_logit_difference():
 
 
 def test_kd_loss_fn_mixes_kd_and_hard_labels():
-    cfg = ModelConfig(vocab_size=9, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    cfg = ModelConfig(vocab_size=9, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=16)
     torch.manual_seed(0)
     teacher, student = TinyLM(cfg), TinyLM(cfg)
     x = torch.randint(0, 9, (2, 6), generator=torch.Generator().manual_seed(3))
@@ -110,7 +111,8 @@ def test_rejection_filter_thresholds():
 def _tiny_policy():
     tok = CharTokenizer("0123456789+=", specials=["<think>", "</think>", "<answer>", "</answer>"])
     torch.manual_seed(0)
-    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32))
+    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               max_position_embeddings=32))
     return tok, model
 
 
@@ -237,7 +239,8 @@ def test_reverse_kl_gradient_and_mask_by_hand():
 def test_on_policy_distill_moves_the_student_towards_the_teacher_on_its_own_samples():
     tok, teacher = _tiny_policy()
     torch.manual_seed(1)
-    student = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=32))
+    student = TinyLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 max_position_embeddings=32))
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     sampler = lambda n, rng: ([f"{rng.randint(10, 99)}+{rng.randint(10, 99)}=" for _ in range(n)], [0] * n)
     eos = tok.id_of("</answer>")

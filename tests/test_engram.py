@@ -187,7 +187,8 @@ def test_lookup_cost_does_not_grow_with_table_size():
 
 
 def test_engram_lm_adds_memory_to_the_residual_only_where_asked():
-    cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=2, n_heads=2, max_seq_len=32)
+    cfg = ModelConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=32)
     torch.manual_seed(0)
     plain = TinyLM(cfg)
     lm = EngramLM(cfg, engram_layers=(), table_size=64)
@@ -248,7 +249,8 @@ def test_top_ngram_gains_sums_the_saved_loss_per_trigram_by_hand():
 
 
 def test_flops_per_token_counts_the_projections_not_the_table():
-    cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    cfg = ModelConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=16)
     small = EngramLM(cfg, table_size=64, max_ngram=3, n_heads=2, d_mem=8, short_conv=False)
     big = EngramLM(cfg, table_size=6400, max_ngram=3, n_heads=2, d_mem=8, short_conv=False)
     plain = EngramLM(cfg, engram_layers=(), table_size=64)
@@ -269,7 +271,8 @@ def test_train_on_corpus_is_seeded_and_figures_draw():
             x = torch.randint(0, 30, (batch_size, seq_len), generator=generator)
             return x, (x + 1) % 30
 
-    cfg = ModelConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, max_seq_len=16)
+    cfg = ModelConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      max_position_embeddings=16)
     runs = []
     for _ in range(2):
         torch.manual_seed(0)

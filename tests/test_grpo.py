@@ -188,7 +188,8 @@ def _toy_policy():
 
     tok = CharTokenizer("abxy.")
     torch.manual_seed(0)
-    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=16))
+    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               max_position_embeddings=16))
     return model, tok
 
 

@@ -95,7 +95,8 @@ def test_balanced_table_evens_out_a_skewed_frequency():
 
 def test_use_hash_routing_replaces_the_first_ffns_and_trains():
     torch.manual_seed(0)
-    model = TinyLM(ModelConfig(vocab_size=V, d_model=D, n_layers=3, n_heads=2, max_seq_len=32))
+    model = TinyLM(ModelConfig(vocab_size=V, hidden_size=D, num_hidden_layers=3, num_attention_heads=2,
+                               max_position_embeddings=32))
     wrapped = hr.use_hash_routing(model, 2, n_routed_experts=E, num_experts_per_tok=K)
     assert isinstance(model.blocks[0].ffn, hr.HashMoE) and isinstance(model.blocks[1].ffn, hr.HashMoE)
     assert not isinstance(model.blocks[2].ffn, hr.HashMoE)
@@ -116,7 +117,8 @@ def test_use_hash_routing_replaces_the_first_ffns_and_trains():
     (lambda: hr.HashMoE(D, V)(torch.zeros(1, 3, D), torch.full((1, 3), V)), "input_ids"),
     (lambda: hr.hash_table(10, 4, 5), "top_k"),
     (lambda: hr.hash_table(0, 4, 1), "vocab_size"),
-    (lambda: hr.use_hash_routing(TinyLM(ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=2)), 3),
+    (lambda: hr.use_hash_routing(TinyLM(ModelConfig(vocab_size=V, hidden_size=D, num_hidden_layers=2,
+                                                    num_attention_heads=2)), 3),
      "n_hash_layers"),
 ])
 def test_bad_input_raises_one_line_value_error(call, match):

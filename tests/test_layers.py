@@ -231,9 +231,10 @@ def test_fused_float32_path_matches_written_out_float64(cls, kw):
 def test_tiny_lm_uses_the_shared_mha():
     """One MHA in the course: TinyLM's attention is course_lib.layers.MHA (no second copy in model.py)."""
     from course_lib.model import ModelConfig, TinyLM
-    m = TinyLM(ModelConfig(vocab_size=11, d_model=32, n_heads=4, n_layers=2, max_seq_len=16))
+    m = TinyLM(ModelConfig(vocab_size=11, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                           max_position_embeddings=16))
     assert all(type(b.attn) is MHA for b in m.blocks)
-    with pytest.raises(ValueError, match="max_seq_len"):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
         m(torch.zeros(1, 17, dtype=torch.long))
 
 

@@ -41,7 +41,7 @@ def decode_stepwise(module, x, prompt_len, **kw):
 @pytest.mark.parametrize("q_lora_rank", [20, None])
 @pytest.mark.parametrize("interleaved", [False, True])
 def test_naive_and_absorbed_agree_on_prefill_float64(q_lora_rank, interleaved):
-    m = make_mla(q_lora_rank=q_lora_rank, rope_interleaved=interleaved)
+    m = make_mla(q_lora_rank=q_lora_rank, rope_interleave=interleaved)
     x = rand(3, 11, 48, seed=1)
     with torch.no_grad():
         naive, absorbed = m(x, path="naive"), m(x, path="absorbed")
@@ -160,7 +160,8 @@ def test_mla_defaults_follow_v2_ratios():
 def test_mla_plugs_into_the_course_model():
     model_mod = pytest.importorskip("course_lib.model")
     torch.manual_seed(0)
-    cfg = model_mod.ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, attention="mla",
+    cfg = model_mod.ModelConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                attention="mla",
                                 mla=dict(kv_lora_rank=16, q_lora_rank=24, path="absorbed"))
     model = model_mod.TinyLM(cfg).eval()
     idx = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))

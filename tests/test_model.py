@@ -10,7 +10,7 @@ from course_lib.kit.train_loop import lr_at, train_lm
 
 def tiny(**kw):
     torch.manual_seed(0)
-    cfg = dict(vocab_size=17, d_model=32, n_layers=2, n_heads=4, max_seq_len=48)
+    cfg = dict(vocab_size=17, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=48)
     cfg.update(kw)
     return TinyLM(ModelConfig(**cfg)).eval()
 
@@ -28,12 +28,14 @@ def test_tokenizers_round_trip():
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"n_heads": 5}, "n_heads=5 must divide"), ({"d_model": 20, "n_heads": 4}, "even for RoPE"),
+    ({"num_attention_heads": 5}, "num_attention_heads=5 must divide"),
+    ({"hidden_size": 20, "num_attention_heads": 4}, "even for RoPE"),
     ({"ffn": "sparse"}, "ffn"), ({"attention": "flash"}, "attention"), ({"vocab_size": 0}, "vocab_size"),
-    ({"n_dense_layers": 3}, "n_dense_layers"),
+    ({"first_k_dense_replace": 3}, "first_k_dense_replace"), ({"num_hidden_layers": 0}, "num_hidden_layers"),
+    ({"max_position_embeddings": -1}, "max_position_embeddings"),
 ])
 def test_config_errors_name_the_parameter(kw, match):
-    cfg = dict(vocab_size=17, d_model=32, n_layers=2, n_heads=4)
+    cfg = dict(vocab_size=17, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
     cfg.update(kw)
     with pytest.raises(ValueError, match=match):
         ModelConfig(**cfg)

@@ -367,7 +367,8 @@ def test_moe_inputs_capture_what_each_layer_sees():
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.figures.moe_analysis import moe_inputs
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=2, max_seq_len=8, ffn="moe",
+    cfg = ModelConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=8, ffn="moe",
                       moe=dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=8))
     model = TinyLM(cfg).eval()
     idx = torch.randint(0, 32, (2, 8))
@@ -406,7 +407,8 @@ def test_plot_routing_moves_selection_not_affinities():
     from course_lib.model import ModelConfig, TinyLM
     from course_lib.figures.moe_analysis import plot_routing
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=256, d_model=16, n_layers=2, n_heads=2, max_seq_len=16, ffn="moe",
+    cfg = ModelConfig(vocab_size=256, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=16, ffn="moe",
                       moe=dict(n_routed_experts=4, num_experts_per_tok=1, moe_intermediate_size=8))
     model = TinyLM(cfg).eval()
     before = [layer.e_score_correction_bias.clone() for layer in moe_layers(model)]

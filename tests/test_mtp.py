@@ -19,9 +19,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny(depth=1, seed=0, n_layers=2, max_seq_len=96, dtype=torch.float32):
+def tiny(depth=1, seed=0, n_layers=2, max_len=96, dtype=torch.float32):
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=n_layers, n_heads=2, max_seq_len=max_seq_len)
+    cfg = ModelConfig(vocab_size=V, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=2,
+                      max_position_embeddings=max_len)
     return MTPModel(TinyLM(cfg), depth=depth).to(dtype)
 
 
@@ -137,13 +138,13 @@ def test_embedding_and_head_are_shared_tensors():
 @pytest.mark.parametrize("depth", [0, -1, 1.5, True, "1"])
 def test_bad_depth(depth):
     with pytest.raises(ValueError, match="depth"):
-        MTPModel(TinyLM(ModelConfig(vocab_size=V, d_model=32, n_heads=2)), depth=depth)
+        MTPModel(TinyLM(ModelConfig(vocab_size=V, hidden_size=32, num_attention_heads=2)), depth=depth)
 
 
 @pytest.mark.parametrize("lam", [-0.1, "0.3", None, 11.0])
 def test_bad_lambda(lam):
     with pytest.raises(ValueError, match="lam"):
-        MTPModel(TinyLM(ModelConfig(vocab_size=V, d_model=32, n_heads=2)), lam=lam)
+        MTPModel(TinyLM(ModelConfig(vocab_size=V, hidden_size=32, num_attention_heads=2)), lam=lam)
 
 
 def test_bad_shapes_and_lengths():
@@ -156,7 +157,7 @@ def test_bad_shapes_and_lengths():
         MTPModel(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="max_new_tokens"):
         speculative_generate(m, torch.zeros(1, 3, dtype=torch.long), 0)
-    with pytest.raises(ValueError, match="max_seq_len"):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
         speculative_generate(m, torch.zeros(1, 90, dtype=torch.long), 10)
     with pytest.raises(ValueError, match="k"):
         mtp_targets(torch.arange(3), 2)
@@ -231,7 +232,8 @@ def test_speculative_with_mla_attention_cache():
     """truncate_cache also fits MLA's latent cache (c_kv, k_rope: (B, S, .)); MLA decodes 1 token on its absorbed
     path and verifies 2 on its naive path, so compare in float64."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, max_seq_len=96, attention="mla", mla={})
+    cfg = ModelConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=96, attention="mla", mla={})
     m = MTPModel(TinyLM(cfg)).double()
     _check_exact(m, n_trials=5, batch=1, seed=3)
 
@@ -242,7 +244,7 @@ def test_shipped_checkpoint_loads_shares_and_decodes_exactly():
 
     m, meta = load_checkpoint()
     assert m.mtp[0].embed.weight is m.model.embed.weight and m.mtp[0].head.weight is m.model.head.weight
-    assert m.model.cfg.n_layers == meta["config"]["n_layers"] and not m.training
+    assert m.model.cfg.num_hidden_layers == meta["config"]["num_hidden_layers"] and not m.training
     corpus = Corpus()
     g = torch.Generator().manual_seed(11)
     accepted = 0
@@ -304,7 +306,8 @@ def test_speculative_sampling_matches_the_main_model_distribution():
     from course_lib.mtp import speculative_sample
 
     torch.manual_seed(3)
-    m = MTPModel(TinyLM(ModelConfig(vocab_size=4, d_model=32, n_layers=2, n_heads=2, max_seq_len=16))).eval()
+    m = MTPModel(TinyLM(ModelConfig(vocab_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    max_position_embeddings=16))).eval()
     with torch.no_grad():
         for p in m.parameters():
             p.mul_(8.0)                                              # sharper, more different p and q

@@ -36,10 +36,10 @@ def pretrain(cfg, tok, steps, batch_size, lr, seed, log_every=500):
         if (step + 1) % log_every == 0:
             stats = r1_recipe.held_out_metrics(m, tok)
             m.train()
-            print(f"d={cfg.d_model} step {step + 1}:", {k: round(v, 3) for k, v in stats.items()}, flush=True)
+            print(f"d={cfg.hidden_size} step {step + 1}:", {k: round(v, 3) for k, v in stats.items()}, flush=True)
 
     # constant learning rate: a shorter run is a prefix of a longer one, so step counts can be compared
-    train_lm(model, get_batch, steps, lr=lr, warmup=50, schedule="constant", desc=f"pretrain d={cfg.d_model}",
+    train_lm(model, get_batch, steps, lr=lr, warmup=50, schedule="constant", desc=f"pretrain d={cfg.hidden_size}",
              callback=callback)
     return model.eval()
 

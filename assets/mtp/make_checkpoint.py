@@ -2,7 +2,7 @@
 
     python assets/mtp/make_checkpoint.py            # writes assets/mtp/mtp_tiny.pt and assets/mtp/mtp_tiny.json
 
-A TinyLM (byte-level, 8 layers, d_model 64) with one MTP module (V3 §2.2, D = 1), trained on the course corpus
+A TinyLM (byte-level, 8 layers, hidden_size 64) with one MTP module (V3 §2.2, D = 1), trained on the course corpus
 (assets/corpus) with V3's two-stage lambda (0.3, then 0.1 for the last third; V3 §4.2). The main model is deeper
 than the notebook's quick models on purpose: the MTP module costs one block, so the deeper the main model, the
 cheaper each draft is relative to a main forward pass (V3: 1 MTP block on 61 layers).
@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-CONFIG = dict(vocab_size=256, d_model=64, n_layers=8, n_heads=4, max_seq_len=256)
+CONFIG = dict(vocab_size=256, hidden_size=64, num_hidden_layers=8, num_attention_heads=4,
+              max_position_embeddings=256)
 
 
 def main(argv=None):
@@ -34,8 +35,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--d-model", type=int, default=CONFIG["d_model"])
-    p.add_argument("--layers", type=int, default=CONFIG["n_layers"])
+    p.add_argument("--hidden-size", type=int, default=CONFIG["hidden_size"])
+    p.add_argument("--layers", type=int, default=CONFIG["num_hidden_layers"])
     p.add_argument("--out", default=str(HERE / "mtp_tiny"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -45,7 +46,7 @@ def main(argv=None):
     def get_batch(step):
         return corpus.get_batch("train", args.batch, args.seq_len, generator=torch.Generator().manual_seed(step))
 
-    config = dict(CONFIG, d_model=args.d_model, n_layers=args.layers)
+    config = dict(CONFIG, hidden_size=args.hidden_size, num_hidden_layers=args.layers)
     model = MTPModel(TinyLM(ModelConfig(**config)), depth=1)
     t0 = time.time()
     hist = train_mtp(model, get_batch, args.steps, lr=args.lr)

@@ -30,11 +30,12 @@ from course_lib.model import ModelConfig, TinyLM  # noqa: E402
 from course_lib.moe import max_violation  # noqa: E402
 from course_lib.kit.train_loop import lr_at  # noqa: E402
 
-MHC = dict(d_model=32, n_layers=24, n_heads=4, n_streams=4, sinkhorn_iters=20, batch=8, seq=32, steps=200, lr=3e-3)
-MUON = dict(d_model=64, n_layers=4, n_heads=4, batch=8, seq=64, steps=300, sweep_steps=100,
+MHC = dict(hidden_size=32, num_hidden_layers=24, num_attention_heads=4, n_streams=4, sinkhorn_iters=20, batch=8,
+           seq=32, steps=200, lr=3e-3)
+MUON = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, batch=8, seq=64, steps=300, sweep_steps=100,
             adamw_lrs=[1e-3, 3e-3, 1e-2], muon_lrs=[3e-3, 1e-2, 3e-2])
-HASH = dict(d_model=64, n_layers=4, n_heads=4, batch=8, seq=64, steps=300, lr=3e-3, n_experts=8, top_k=2,
-            n_hash_layers=2)
+HASH = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, batch=8, seq=64, steps=300, lr=3e-3,
+            n_experts=8, top_k=2, n_hash_layers=2)
 
 
 def run_mhc(corpus):
@@ -42,8 +43,8 @@ def run_mhc(corpus):
     val_x, _ = corpus.get_batch("val", 4, MHC["seq"], generator=torch.Generator().manual_seed(123))
     for residual in mhc.RESIDUALS:
         torch.manual_seed(0)
-        model = mhc.StreamLM(256, MHC["d_model"], MHC["n_layers"], MHC["n_heads"], residual, MHC["n_streams"],
-                             MHC["sinkhorn_iters"])
+        model = mhc.StreamLM(256, MHC["hidden_size"], MHC["num_hidden_layers"], MHC["num_attention_heads"], residual,
+                             MHC["n_streams"], MHC["sinkhorn_iters"])
         opt = torch.optim.AdamW(model.parameters(), lr=MHC["lr"], betas=(0.9, 0.95))
         g = torch.Generator().manual_seed(0)
         rec = {"loss": [], "grad_norm": [], "gain_steps": [], "fwd_gain": [], "bwd_gain": []}
@@ -74,8 +75,10 @@ def run_mhc(corpus):
 
 
 def tiny_lm(cfg, **extra):
-    return TinyLM(ModelConfig(vocab_size=256, d_model=cfg["d_model"], n_layers=cfg["n_layers"],
-                              n_heads=cfg["n_heads"], max_seq_len=cfg["seq"], **extra))
+    return TinyLM(ModelConfig(vocab_size=256, hidden_size=cfg["hidden_size"],
+                              num_hidden_layers=cfg["num_hidden_layers"],
+                              num_attention_heads=cfg["num_attention_heads"], max_position_embeddings=cfg["seq"],
+                              **extra))
 
 
 def train(model, corpus, cfg, steps, make_opt, lr, seed=0):

@@ -107,7 +107,8 @@ def _optimizer_fns(args):
     torch.manual_seed(0)
     fns = {}
     for name in ("AdamW", "Muon (V4: 8+2 NS steps)", "Muon (Jordan: 5 NS steps)"):
-        model = TinyLM(ModelConfig(vocab_size=256, d_model=64, n_layers=4, n_heads=4, max_seq_len=64))
+        model = TinyLM(ModelConfig(vocab_size=256, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                   max_position_embeddings=64))
         x = torch.randint(0, 256, (8, 64))
         model(x, x).loss.backward()
         if name == "AdamW":

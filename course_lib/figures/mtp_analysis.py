@@ -33,7 +33,7 @@ def load_checkpoint(name: str = CHECKPOINT, device=None) -> tuple[MTPModel, dict
     from course_lib.model import ModelConfig, TinyLM
 
     meta = json.loads(asset_path("mtp", f"{name}.json").read_text())
-    model = MTPModel(TinyLM(ModelConfig(**meta["config"])), depth=meta["mtp_depth"])
+    model = MTPModel(TinyLM(ModelConfig.from_dict(meta["config"])), depth=meta["mtp_depth"])
     state = torch.load(asset_path("mtp", f"{name}.pt"), map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     shared = {k for k in model.state_dict() if k.startswith("mtp.") and k.split(".")[2] in ("embed", "head")}

@@ -172,24 +172,27 @@ def is_moe(cfg: NanoConfig) -> bool:
     return cfg.first_k_dense_replace < cfg.num_hidden_layers
 
 
+def moe_kwargs(cfg) -> dict:
+    """The keyword arguments of V3's MoE layers (course_lib.moe.MoE) from a NanoConfig or NanoV4Config."""
+    return dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
+                num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
+                scoring_func="sigmoid", n_group=cfg.n_group, topk_group=cfg.topk_group,
+                norm_topk_prob=cfg.norm_topk_prob, routed_scaling_factor=cfg.routed_scaling_factor,
+                bias_update_speed=cfg.bias_update_speed, aux_loss_alpha=cfg.aux_loss_alpha,
+                seq_aux_loss_alpha=cfg.seq_aux_loss_alpha)
+
+
 def model_config(cfg: NanoConfig) -> ModelConfig:
-    """The course ModelConfig that builds this network (TinyLM's names for V3's fields)."""
+    """The course ModelConfig that builds this network. Both use DeepseekV3Config's names, so the shared fields are
+    copied as they are; the MLA and MoE fields go into the ``mla`` and ``moe`` keyword dicts of TinyLM's blocks."""
     mla = None
     if cfg.attention == "mla":
         mla = dict(kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank,
                    qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
-                   v_head_dim=cfg.v_head_dim, rope_interleaved=cfg.rope_interleave, norm_eps=cfg.rms_norm_eps)
-    moe = dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
-               num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
-               scoring_func="sigmoid", n_group=cfg.n_group, topk_group=cfg.topk_group,
-               norm_topk_prob=cfg.norm_topk_prob, routed_scaling_factor=cfg.routed_scaling_factor,
-               bias_update_speed=cfg.bias_update_speed, aux_loss_alpha=cfg.aux_loss_alpha,
-               seq_aux_loss_alpha=cfg.seq_aux_loss_alpha)
-    return ModelConfig(vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, n_layers=cfg.num_hidden_layers,
-                       n_heads=cfg.num_attention_heads, max_seq_len=cfg.max_position_embeddings,
-                       ffn="moe" if is_moe(cfg) else "dense", moe=moe if is_moe(cfg) else None,
-                       n_dense_layers=cfg.first_k_dense_replace, attention=cfg.attention, mla=mla,
-                       ffn_hidden=cfg.intermediate_size, rope_base=cfg.rope_theta)
+                   v_head_dim=cfg.v_head_dim, rope_interleave=cfg.rope_interleave, rms_norm_eps=cfg.rms_norm_eps)
+    shared = {f.name: getattr(cfg, f.name) for f in fields(ModelConfig) if f.name not in ("ffn", "moe", "mla")}
+    return ModelConfig(**shared, ffn="moe" if is_moe(cfg) else "dense", moe=moe_kwargs(cfg) if is_moe(cfg) else None,
+                       mla=mla)
 
 
 def build_model(cfg: NanoConfig) -> nn.Module:

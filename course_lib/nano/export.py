@@ -131,7 +131,7 @@ def tensor_slots(model: nn.Module) -> list:
     lm = main_model(model)
     if lm.cfg.attention != "mla":
         raise ValueError("model: only MLA models can be exported (attention must be 'mla'; MHA is an ablation)")
-    d, L = lm.cfg.d_model, lm.cfg.n_layers
+    d, L = lm.cfg.hidden_size, lm.cfg.num_hidden_layers
     slots = [("model.embed_tokens.weight", lm.embed.weight, ...), ("model.norm.weight", lm.norm.weight, ...),
              ("lm_head.weight", lm.head.weight, ...)]
     for i, block in enumerate(lm.blocks):
@@ -185,7 +185,7 @@ def _permute_rope(tensors: dict, model: nn.Module, inverse: bool) -> None:
 def state_for_export(model: nn.Module, rope_interleave: bool | None = None) -> dict:
     """The checkpoint's tensors (name -> contiguous CPU tensor) in DeepSeek's release layout."""
     out = {name: t.detach()[idx].contiguous().cpu().clone() for name, t, idx in tensor_slots(model)}
-    if rope_interleave is not None and rope_interleave != main_model(model).blocks[0].attn.rope_interleaved:
+    if rope_interleave is not None and rope_interleave != main_model(model).blocks[0].attn.rope_interleave:
         if not rope_interleave:
             _permute_rope(out, model, inverse=False)      # interleaved pairs -> half layout
         else:
@@ -243,7 +243,7 @@ def load_state(model: nn.Module, tensors: dict, rope_interleave: bool | None = N
         raise ValueError(f"checkpoint has unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)"
                                                                               if len(extra) > 1 else ""))
     tensors = dict(tensors)
-    if rope_interleave is not None and rope_interleave != main_model(model).blocks[0].attn.rope_interleaved:
+    if rope_interleave is not None and rope_interleave != main_model(model).blocks[0].attn.rope_interleave:
         _permute_rope(tensors, model, inverse=rope_interleave)
     with torch.no_grad():
         for name, t, idx in slots:

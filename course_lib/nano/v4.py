@@ -52,6 +52,7 @@ from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.mhc import HyperConnection, HyperHead
 from course_lib.model import ModelOutput, TinyLM
 from course_lib.moe import MoE
+from course_lib.nano import moe_kwargs
 from course_lib.v4_attention import KINDS, V4Attention
 
 
@@ -142,16 +143,6 @@ TINY_V4 = NanoV4Config()
 
 
 # --------------------------------------------------------------------------------------------- the network
-def _moe_kwargs(cfg: NanoV4Config) -> dict:
-    """nano-DeepSeek's MoE settings (course_lib.nano.model_config) for a NanoV4Config."""
-    return dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
-                num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
-                scoring_func="sigmoid", n_group=cfg.n_group, topk_group=cfg.topk_group,
-                norm_topk_prob=cfg.norm_topk_prob, routed_scaling_factor=cfg.routed_scaling_factor,
-                bias_update_speed=cfg.bias_update_speed, aux_loss_alpha=cfg.aux_loss_alpha,
-                seq_aux_loss_alpha=cfg.seq_aux_loss_alpha)
-
-
 class V4Block(nn.Module):
     """One V4 decoder layer: two sub-layers (V4 attention, then SwiGLU or MoE), each behind its own mHC connection.
 
@@ -170,7 +161,7 @@ class V4Block(nn.Module):
         if layer < cfg.first_k_dense_replace:
             self.ffn = SwiGLU(d, cfg.intermediate_size)
         else:
-            self.ffn = MoE(d_model=d, **_moe_kwargs(cfg))
+            self.ffn = MoE(d_model=d, **moe_kwargs(cfg))
         hc = dict(n_streams=cfg.hc_mult, sinkhorn_iters=cfg.hc_sinkhorn_iters, rms_eps=cfg.rms_norm_eps)
         self.attn_hc, self.ffn_hc = HyperConnection(d, **hc), HyperConnection(d, **hc)
 

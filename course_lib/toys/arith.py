@@ -180,7 +180,7 @@ def evaluate_forced(model, tok: CharTokenizer, think: bool, problems: list[tuple
     return sum(acc) / len(acc)
 
 
-BASE_MODEL = dict(d_model=64, n_layers=2, n_heads=4, max_seq_len=64)
+BASE_MODEL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
 
 
 def load_base(device=None):

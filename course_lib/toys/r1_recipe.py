@@ -293,11 +293,13 @@ def students_figure(results: dict, names):
 # cannot add directly (about 15%), and the student-size base is weaker at both: the R1-Zero story needs the first,
 # the distillation comparison the second.
 def teacher_config(vocab_size: int) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
+    return ModelConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       max_position_embeddings=64)
 
 
 def student_config(vocab_size: int) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, d_model=24, n_layers=2, n_heads=2, max_seq_len=64)
+    return ModelConfig(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                       max_position_embeddings=64)
 
 
 def load_base_models(path: str | Path = CHECKPOINT, device=None) -> tuple[TinyLM, TinyLM]:
@@ -305,7 +307,7 @@ def load_base_models(path: str | Path = CHECKPOINT, device=None) -> tuple[TinyLM
     state = torch.load(path, map_location="cpu", weights_only=True)
     models = []
     for key in ("teacher", "student"):
-        model = TinyLM(ModelConfig(**state[f"{key}_config"]))
+        model = TinyLM(ModelConfig.from_dict(state[f"{key}_config"]))
         model.load_state_dict(state[key])
         models.append(model.to(device).eval())
     return models[0], models[1]

@@ -39,7 +39,7 @@ def test_grpo_base_policy_loads_strictly():
 def test_distill_base_models_load_strictly():
     state = _load("distill", "base_models.pt")
     for key in ("teacher", "student"):
-        model = TinyLM(ModelConfig(**state[f"{key}_config"]))
+        model = TinyLM(ModelConfig.from_dict(state[f"{key}_config"]))
         _assert_same_keys_and_shapes(model, state[key])
         model.load_state_dict(state[key], strict=True)
 
@@ -48,7 +48,7 @@ def test_mtp_checkpoint_holds_every_key_but_the_shared_embedding_and_head():
     from course_lib.mtp import MTPModel
     state = _load("mtp", "mtp_tiny.pt")
     meta = json.loads(asset_path("mtp", "mtp_tiny.json").read_text())
-    model = MTPModel(TinyLM(ModelConfig(**meta["config"])), depth=meta["mtp_depth"])
+    model = MTPModel(TinyLM(ModelConfig.from_dict(meta["config"])), depth=meta["mtp_depth"])
     # MTP modules share the main model's embedding and output head (V3 §2.2); the file stores them once.
     shared = {k for k in model.state_dict() if k.startswith("mtp.") and k.split(".")[2] in ("embed", "head")}
     assert shared
@@ -71,7 +71,7 @@ def test_nano_checkpoints_load_strictly_and_round_trip(name, layers):
     if not (directory / "model.safetensors").exists():
         pytest.skip(f"{name} not built")
     model = nano_export.from_transformers(directory)
-    assert model.model.cfg.n_layers == layers and len(model.mtp) == 1
+    assert model.model.cfg.num_hidden_layers == layers and len(model.mtp) == 1
     stored, again = load_file(str(directory / "model.safetensors")), nano_export.state_for_export(model)
     assert sorted(stored) == sorted(again)
     assert all(stored[k].dtype == torch.float32 and torch.equal(stored[k], again[k]) for k in stored)

@@ -146,7 +146,7 @@ def test_other_rope_layout_gives_same_logits(exported, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.model(x).logits, ref(x).logits, atol=1e-5, rtol=1e-5)
     back = nano_export.from_transformers(d)
-    assert back.model.blocks[0].attn.rope_interleaved is False
+    assert back.model.blocks[0].attn.rope_interleave is False
     again = nano_export.state_for_export(back, rope_interleave=True)
     orig = nano_export.state_for_export(model)
     assert all(torch.equal(again[k], orig[k]) for k in orig)

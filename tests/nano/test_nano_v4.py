@@ -145,3 +145,16 @@ def test_nano_v4_adds_the_index_loss_to_aux_loss_in_training():
     moe = sum(b.ffn.aux_loss for b in model.blocks if getattr(b.ffn, "aux_loss", None) is not None)
     assert kl.item() > 0
     torch.testing.assert_close(out.aux_loss, moe + kl)
+
+
+def test_v4_defaults_are_nano_deepseeks_where_the_fields_are_shared():
+    """nano-V4 differs from nano-DeepSeek only in residual and attention: every field both configs have starts equal,
+    and both build their MoE layers from the same keyword arguments."""
+    import dataclasses
+
+    from course_lib import nano
+    v3 = {f.name: f.default for f in dataclasses.fields(nano.NanoConfig)}
+    shared = [f.name for f in dataclasses.fields(nano_v4.NanoV4Config) if f.name in v3 and f.name != "name"]
+    assert {"hidden_size", "intermediate_size", "moe_intermediate_size", "n_routed_experts", "rope_theta"} <= set(shared)
+    assert [n for n in shared if getattr(nano_v4.TINY_V4, n) != v3[n]] == []
+    assert nano.moe_kwargs(nano_v4.TINY_V4) == nano.model_config(nano.TINY).moe

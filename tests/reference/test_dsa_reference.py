@@ -35,7 +35,7 @@ def make_pair(topk, path="naive", seed=0, dtype=torch.float64):
         for p in ref.parameters():
             p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
     ours = DSA(D, H, index_topk=topk, index_n_heads=HI, index_head_dim=DI, kv_lora_rank=DC, q_lora_rank=QL,
-               qk_nope_head_dim=DN, qk_rope_head_dim=DR, v_head_dim=DV, path=path, rope_interleaved=True).to(dtype)
+               qk_nope_head_dim=DN, qk_rope_head_dim=DR, v_head_dim=DV, path=path, rope_interleave=True).to(dtype)
     names = {"q_down.weight": "q_a_proj.weight", "q_norm.weight": "q_a_layernorm.weight",
              "q_up.weight": "q_b_proj.weight", "kv_down.weight": "kv_a_proj_with_mqa.weight",
              "kv_norm.weight": "kv_a_layernorm.weight", "kv_up.weight": "kv_b_proj.weight",

@@ -35,7 +35,7 @@ def make_pair(q_lora_rank, interleave, path, seed=0):
         for p in ref.parameters():                         # random weights, norms included (default init is ones)
             p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0))
     ours = MLA(D, H, kv_lora_rank=DC, q_lora_rank=q_lora_rank, qk_nope_head_dim=DN, qk_rope_head_dim=DR,
-               v_head_dim=DV, path=path, rope_interleaved=interleave).double().eval()
+               v_head_dim=DV, path=path, rope_interleave=interleave).double().eval()
     names = {"kv_down.weight": "kv_a_proj_with_mqa.weight", "kv_norm.weight": "kv_a_layernorm.weight",
              "kv_up.weight": "kv_b_proj.weight", "out.weight": "o_proj.weight"}
     if q_lora_rank is None:

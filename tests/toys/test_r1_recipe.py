@@ -81,7 +81,8 @@ def test_base_mix_shares():
 def test_held_out_metrics_reports_shares_for_a_random_model():
     tok = r1_recipe.make_tokenizer()
     torch.manual_seed(0)
-    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=64))
+    model = TinyLM(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               max_position_embeddings=64))
     r = r1_recipe.held_out_metrics(model, tok, n=8)
     again = r1_recipe.held_out_metrics(model, tok, n=8)                       # seeded: the same numbers twice
     assert all(r[k] == again[k] or (r[k] != r[k] and again[k] != again[k]) for k in r)
