@@ -24,8 +24,8 @@ def uses_device(path: Path) -> bool:
             continue
         for line in "".join(cell["source"]).splitlines():
             code = line.split("#", 1)[0]
-            if re.search(r"\bdevice\b", code) and not re.match(r"\s*device\s*=\s*get_device\(\)", code) \
-                    and "import" not in code:
+            # the variable read: not `torch.device(...)`, not a `device=` keyword or assignment, not an import
+            if "import" not in code and re.search(r"(?<![.\w])device(?!\w)(?!\s*=[^=])", code):
                 return True
     return False
 
@@ -41,6 +41,7 @@ def test_helpers_tell_the_two_kinds_apart(tmp_path):
         return p
     assert uses_device(nb([("code", "device = get_device()\nx = torch.zeros(2, device=device)")]))
     assert not uses_device(nb([("code", "from course_lib.kit.device import get_device\ndevice = get_device()  # no")]))
+    assert not uses_device(nb([("code", "with torch.device('meta'):\n    x = torch.zeros(2, device='cpu')")]))
     assert stays_on_cpu(nb([("markdown", f"{CPU_LINE}, also where a GPU is present")]))
 
 
