@@ -2,7 +2,7 @@
 
 Sources: the released DeepSeek-V4.1-Flash configuration and inference code (huggingface.co/deepseek-ai/
 DeepSeek-V4.1-Flash, revision df42c109), read through NVIDIA-NeMo/Automodel's port
-nemo_automodel/components/models/deepseek_v41/ (config.py, attention.py, layers.py). Every formula below cites the
+nemo_automodel/components/models/deepseek_v41/ (config.py, attention.py, quantization.py). Every formula below cites the
 port's function; the port calls itself a numerical copy of the released inference/model.py.
 
 What changes from V4's CSA/HCA (course_lib.v4_attention):
@@ -14,7 +14,7 @@ What changes from V4's CSA/HCA (course_lib.v4_attention):
   * hierarchical selection: the candidate-source layer (20) keeps the best blocks of 8 compressed positions, and
     every later index layer scores only inside those candidates;
   * storage: window KV FP8 (ue8m0 scale per 32), compressed KV NVFP4 (E4M3 scale per 16), index keys MXFP4 (E8M0
-    scale per 32): layers.py fake_quant_fp8 / fake_quant_fp4 and attention.py quantize_cache.
+    scale per 32): quantization.py quantize_cache, called from attention.py with block sizes 32 / 16 / 32.
 The transformers DeepSeek-V4 modules have no V4.1 layer and the NeMo port needs TileLang/CUDA and a 552B config, so
 the tests check these functions against the released code's equations on hand-worked cases.
 """
@@ -109,7 +109,7 @@ V41_FLASH = CSA2Layout("DeepSeek-V4.1-Flash", (0, 0) + (2,) * 18 + (1,) * 20, kv
                        index_sources=(2, 8, 14, 20, 24, 28, 32, 36), candidate_source=20)
 
 # Bytes per cached vector: FP8 window KV 512 + 512/32 scale bytes; NVFP4 compressed KV 512/2 + 512/16 E4M3 scales;
-# MXFP4 index key 128/2 + 128/32 E8M0 scales (layers.py fake_quant_fp8 / fake_quant_fp4, block sizes 32 / 16 / 32).
+# MXFP4 index key 128/2 + 128/32 E8M0 scales (quantization.py quantize_cache, block sizes 32 / 16 / 32).
 def entry_bytes(layout: CSA2Layout) -> dict:
     d, di = layout.head_dim, layout.index_head_dim
     return {"window": d + d / 32, "compressed": d / 2 + d / 16, "index": di / 2 + di / 32}
@@ -169,7 +169,7 @@ def compare_v4_flash(contexts=tuple(2 ** p for p in range(12, 21))) -> list[dict
 
 # --------------------------------------------------------------------------------------------- the pieces, on tensors
 def compress(x, wkv, wgate=None, ratio: int = 2):
-    """layers.py DeepseekV41Compressor: for group j of `ratio` consecutive tokens
+    """attention.py _Compressor: for group j of `ratio` consecutive tokens
         c_j = sum_{i in j} softmax_i(W_gate x_i) * (W_kv x_i)     (softmax per channel over the group)
     ratio 1: c_i = W_kv x_i. A trailing partial group gives nothing. (The release then applies RMSNorm and RoPE.)"""
     positive_int("ratio", ratio)
@@ -195,7 +195,7 @@ def index_scores(q, keys, weights, ratio: int, positions=None):
 
 
 def candidate_blocks(scores, n_blocks: int, block_size: int, ratio: int, positions=None):
-    """layers.py select_candidate_blocks (the first level): a block of `block_size` compressed vectors scores its
+    """attention.py _select_candidate_blocks (the first level): a block of `block_size` compressed vectors scores its
     maximum; the block holding the query's newest visible vector is always kept; the best n_blocks are kept.
     Returns a (S, P) bool mask (False where nothing is visible)."""
     S, P = scores.shape
