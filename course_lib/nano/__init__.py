@@ -173,7 +173,7 @@ def is_moe(cfg: NanoConfig) -> bool:
 
 
 def moe_kwargs(cfg) -> dict:
-    """The keyword arguments of V3's MoE layers (course_lib.moe.MoE) from a NanoConfig or NanoV4Config."""
+    """The keyword arguments of V3's MoE layers (course_lib.moe.MoE) from a NanoConfig, NanoV4Config or NanoV41Config."""
     return dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
                 num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
                 scoring_func="sigmoid", n_group=cfg.n_group, topk_group=cfg.topk_group,

@@ -48,7 +48,7 @@ from course_lib.layers import RMSNorm, SwiGLU
 from course_lib.mhc import HyperConnection
 from course_lib.model import ModelOutput, TinyLM
 from course_lib.moe import MoE
-from course_lib.nano import TINY, NanoConfig
+from course_lib.nano import TINY, NanoConfig, moe_kwargs
 from course_lib.nano import build_model as build_nano
 from course_lib.nano.v4 import TINY_V4, NanoV4Config
 from course_lib.nano.v4 import build_model as build_v4
@@ -313,13 +313,7 @@ class V41Block(nn.Module):
         if layer < cfg.first_k_dense_replace:
             self.ffn = SwiGLU(d, cfg.intermediate_size)
         else:
-            self.ffn = MoE(d_model=d, n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
-                           num_experts_per_tok=cfg.num_experts_per_tok,
-                           moe_intermediate_size=cfg.moe_intermediate_size, scoring_func="sigmoid",
-                           n_group=cfg.n_group, topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
-                           routed_scaling_factor=cfg.routed_scaling_factor,
-                           bias_update_speed=cfg.bias_update_speed, aux_loss_alpha=cfg.aux_loss_alpha,
-                           seq_aux_loss_alpha=cfg.seq_aux_loss_alpha)
+            self.ffn = MoE(d_model=d, **moe_kwargs(cfg))          # nano-DeepSeek's MoE layer, as nano-V4's
         hc = dict(n_streams=cfg.hc_mult, sinkhorn_iters=cfg.hc_sinkhorn_iters, rms_eps=cfg.rms_norm_eps)
         self.attn_hc, self.ffn_hc = HyperConnection(d, **hc), HyperConnection(d, **hc)
         self.engram = None

@@ -202,3 +202,16 @@ def test_build_model_rejects_other_configs():
         m.build_model(TINY_V4)
     with pytest.raises(ValueError, match="cfg"):
         m.attention_terms(object(), 8)
+
+
+def test_v41_defaults_are_nano_v4s_where_the_fields_are_shared():
+    """nano-V4.1 keeps nano-V4's sizes and MoE; only its depth and the index top-k start different."""
+    import dataclasses
+
+    from course_lib import nano
+    from course_lib.nano import v4
+    v4_defaults = {f.name: f.default for f in dataclasses.fields(v4.NanoV4Config)}
+    differ = [f.name for f in dataclasses.fields(m.NanoV41Config)
+              if f.name in v4_defaults and f.default != v4_defaults[f.name]]
+    assert differ == ["name", "num_hidden_layers", "index_topk"]
+    assert nano.moe_kwargs(m.NanoV41Config()) == nano.moe_kwargs(v4.TINY_V4)
