@@ -2,6 +2,7 @@
 looks like.
 
 * ``load_checkpoint``: the trained toy model of assets/mtp (a TinyLM with one MTP module).
+* ``draft_weight_fraction``: what a draft step costs in plain decode steps, counted from the weights it multiplies.
 * ``acceptance_by_confidence`` / ``ConfidenceTable`` / ``plot_acceptance_by_confidence``: draft acceptance per bin
   of the main model's confidence.
 * ``plot_speculation``: one step of self-speculative decoding; ``plot_mtp_architectures``: parallel heads
@@ -40,6 +41,34 @@ def load_checkpoint(name: str = CHECKPOINT, device=None) -> tuple[MTPModel, dict
     if unexpected or set(missing) - shared:
         raise ValueError(f"checkpoint {name!r} does not match the model: missing {missing}, unexpected {unexpected}")
     return model.to(device or "cpu").eval(), meta
+
+
+
+def draft_weight_fraction(mtp_model: MTPModel) -> float:
+    """Weights one token multiplies with in a draft step of MTP module 1, as a fraction of those of a plain decode
+    step of the main model, counted from the built modules (every nn.Linear weight; norms and the embedding lookup
+    are left out):
+
+        draft = M_1 (d x 2d, V3 Eq. 21) + the module's transformer block + the shared output head
+        plain = the main model's L blocks + the output head
+
+    At 2 FLOPs per weight this is the draft's share of a step's matrix FLOPs, and when decoding is limited by reading
+    the weights (a GPU at batch 1) its share of a step's time. It depends only on the shapes, not on the machine.
+    The analogue of ``nano_analysis.draft_weight_fraction`` for TinyLM with a dense FFN; with an MoE FFN a token
+    multiplies only its chosen experts, so count that model from its config there instead."""
+    from torch import nn
+
+    if not isinstance(mtp_model, MTPModel) or not len(mtp_model.mtp):
+        raise ValueError("mtp_model must be an MTPModel with at least one MTP module")
+    if mtp_model.model.cfg.ffn != "dense":
+        raise ValueError(f"mtp_model must have a dense FFN (cfg.ffn='dense'), got {mtp_model.model.cfg.ffn!r}")
+
+    def linear_weights(*modules) -> int:
+        return sum(m.weight.numel() for mod in modules for m in mod.modules() if isinstance(m, nn.Linear))
+
+    lm, module = mtp_model.model, mtp_model.mtp[0]
+    head = linear_weights(lm.head)
+    return (linear_weights(module.proj, module.block) + head) / (linear_weights(lm.blocks) + head)
 
 
 CONFIDENCE_EDGES = (0.0, 0.5, 0.7, 0.9, 0.97, 1.0)
