@@ -144,15 +144,19 @@ def _timed(fn):
 
 @torch.no_grad()
 def speculative_by_domain(mtp_model: MTPModel, corpus, n_prompts: int = 3, prompt_len: int = 32, new: int = 48,
-                          repeat: int = 3, check_float64: bool = True) -> dict:
+                          repeat: int = 3, check_float64: bool = True, timed: bool = True) -> dict:
     """Per domain: acceptance of the MTP drafts and tokens per main forward pass over `n_prompts` validation prompts;
-    tokens/s of plain greedy and of self-speculative decoding on the first prompt (fastest of `repeat` interleaved
-    runs each, so a burst of load on a shared machine hits both alike); and whether the two decoders gave identical
-    tokens in float64 on every prompt (the exactness claim, free of float32 argmax ties)."""
+    whether the two decoders gave identical tokens in float64 on every prompt (the exactness claim, free of float32
+    argmax ties); and, when `timed`, tokens/s of plain greedy and of self-speculative decoding on the first prompt
+    (fastest of `repeat` interleaved runs each, so a burst of load on a shared machine hits both alike) with their
+    ratio `speedup`. With timed=False nothing is timed and the result holds only the counts, which are the same on
+    every machine (notebook 10 uses this; `python -m course_lib.bench nano_spec` times)."""
     if not isinstance(mtp_model, MTPModel):
         raise ValueError(f"mtp_model must be an MTPModel, got {type(mtp_model).__name__}")
     if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
         raise ValueError(f"repeat must be a positive int, got {repeat!r}")
+    if not isinstance(timed, bool):
+        raise ValueError(f"timed must be True or False, got {timed!r}")
     mtp_model.eval()
     m64 = copy.deepcopy(mtp_model).double() if check_float64 else None
     results = {}
@@ -165,22 +169,27 @@ def speculative_by_domain(mtp_model: MTPModel, corpus, n_prompts: int = 3, promp
             drafted, accepted, forwards = drafted + stats.drafted, accepted + stats.accepted, forwards + stats.forwards
             if m64 is not None:
                 same &= torch.equal(speculative_generate(m64, p, new)[0], generate(m64.model, p, new, temperature=0))
-        t_plain, t_spec = [], []
-        for _ in range(repeat):
-            t_plain.append(_timed(lambda: generate(mtp_model.model, prompts[0], new, temperature=0))[1])
-            t_spec.append(_timed(lambda: speculative_generate(mtp_model, prompts[0], new))[1])
         results[d] = dict(acceptance=accepted / drafted, tokens_per_forward=new * len(prompts) / forwards,
-                          plain_tok_s=new / min(t_plain), spec_tok_s=new / min(t_spec),
-                          speedup=min(t_plain) / min(t_spec), identical_float64=same if m64 is not None else None)
+                          identical_float64=same if m64 is not None else None)
+        if timed:
+            t_plain, t_spec = [], []
+            for _ in range(repeat):
+                t_plain.append(_timed(lambda: generate(mtp_model.model, prompts[0], new, temperature=0))[1])
+                t_spec.append(_timed(lambda: speculative_generate(mtp_model, prompts[0], new))[1])
+            results[d].update(plain_tok_s=new / min(t_plain), spec_tok_s=new / min(t_spec),
+                              speedup=min(t_plain) / min(t_spec))
     return results
 
 
 def format_spec_table(results: dict) -> str:
-    """Two tables: what the drafts achieved (the same on every run), then the measured speeds (wall clock: they vary
-    from run to run, so each of their rows says tok/s)."""
+    """Two tables: what the drafts achieved (the same on every run), then, for results of a timed run, the measured
+    speeds (wall clock: they vary from run to run, so each of their rows says tok/s). Results of
+    speculative_by_domain(..., timed=False) give the first table only."""
     lines = [f"{'domain':<12}{'acceptance':>11}{'tok/forward':>12}{'same as greedy (fp64)':>23}"]
     for d, r in results.items():
         lines.append(f"{d:<12}{r['acceptance']:>11.1%}{r['tokens_per_forward']:>12.2f}{str(r['identical_float64']):>23}")
+    if not all("speedup" in r for r in results.values()):
+        return "\n".join(lines)
     lines += ["", "measured on this machine:"]
     for d, r in results.items():
         lines.append(f"{d:<12} plain {r['plain_tok_s']:>5.0f} tok/s, speculative {r['spec_tok_s']:>5.0f} tok/s: "

@@ -29,6 +29,26 @@ def test_speculative_by_domain_counts_and_is_exact(model):
         assert 1 <= r["tokens_per_forward"] <= 2
 
 
+def test_untimed_run_counts_the_same_without_reading_the_clock(model, monkeypatch):
+    corpus = Corpus(max_chars=4000)
+    timed = nano_analysis.speculative_by_domain(model, corpus, n_prompts=2, prompt_len=8, new=12, repeat=1)
+    assert all(r["speedup"] > 0 and r["plain_tok_s"] > 0 for r in timed.values())
+
+    def no_clock():
+        raise AssertionError("timed=False read the clock")
+
+    monkeypatch.setattr(nano_analysis.time, "perf_counter", no_clock)
+    counted = nano_analysis.speculative_by_domain(model, corpus, n_prompts=2, prompt_len=8, new=12, timed=False)
+    for d, r in counted.items():
+        assert set(r) == {"acceptance", "tokens_per_forward", "identical_float64"}
+        assert r == {k: timed[d][k] for k in r}                 # the counts do not depend on timing
+    table = nano_analysis.format_spec_table(counted)
+    assert "tok/s" not in table and "measured" not in table and len(table.splitlines()) == 1 + len(corpus.domains)
+    assert "tok/s" in nano_analysis.format_spec_table(timed)
+    with pytest.raises(ValueError, match="timed"):
+        nano_analysis.speculative_by_domain(model, corpus, n_prompts=1, prompt_len=8, new=4, timed="no")
+
+
 def test_sample_is_seeded_and_checks_input(model):
     a = nano_analysis.sample_text(model, "def ", 10, 0.8, seed=1)
     assert a == nano_analysis.sample_text(model, "def ", 10, 0.8, seed=1)
