@@ -3,10 +3,11 @@
     python -m course_lib.bench nano_spec [--model tiny|deep|both] [--prompts 3] [--new 48] [--repeat 5]
                                          [--threads 1] [--min-acceptance 0.8] [--min-speedup 1.3]
 
-Per domain of the course corpus (nano_analysis.speculative_by_domain, as notebook 10 runs it): acceptance of the MTP
-drafts and tokens per main forward pass over --prompts validation prompts, whether the output equals plain greedy
-decoding in float64, and tokens/s of both decoders on the first prompt (fastest of --repeat interleaved runs); then the
-per-step costs of the speed-up formula (1 + a) / (c_verify + c_draft) (nano_analysis.step_costs).
+Per domain of the course corpus (nano_analysis.speculative_by_domain; notebook 10 calls it with timed=False and
+prints only the counts): acceptance of the MTP drafts and tokens per main forward pass over --prompts validation
+prompts, whether the output equals plain greedy decoding in float64, and tokens/s of both decoders on the first prompt
+(fastest of --repeat interleaved runs); then the per-step costs of the speed-up formula
+(1 + a) / (c_verify + c_draft) (nano_analysis.step_costs).
 
 Last, on the most predictable domain, three checks of what these models were built to show: acceptance of at least
 --min-acceptance, a speed-up in tokens/s of at least --min-speedup on this machine, and output identical to greedy.
